@@ -1,0 +1,155 @@
+"""The host file under an image: positional I/O, durability and locking.
+
+Every driver does all of its file I/O through a :class:`HostFile`, never through
+``open()`` or ``os`` calls of its own.  That keeps three things in one place:
+turning ``OSError`` into :class:`~disks.errors.ImageIOError` naming the file,
+the advisory lock that keeps two writers apart, and a seam where tests put a
+wrapper that records or cuts off the stream of writes and syncs (crash tests).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Sequence
+
+from .errors import ImageIOError, ImageLockedError
+
+_ZERO_CHUNK = bytes(1 << 20)
+
+
+def zero_fill(view: memoryview) -> None:
+    """Set every byte of ``view`` to zero without allocating its size."""
+    done = 0
+    total = len(view)
+    while done < total:
+        step = min(total - done, len(_ZERO_CHUNK))
+        view[done:done + step] = _ZERO_CHUNK[:step]
+        done += step
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """True when every byte of ``data`` is zero (memcmp speed, no big allocation)."""
+    view = memoryview(data).cast("B")
+    done = 0
+    total = len(view)
+    while done < total:
+        step = min(total - done, len(_ZERO_CHUNK))
+        if view[done:done + step] != _ZERO_CHUNK[:step]:
+            return False
+        done += step
+    return True
+
+
+class HostFile:
+    """An open file on the host, addressed by offset only."""
+
+    def __init__(self, path: str | os.PathLike[str], *, writable: bool,
+                 create: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.writable = writable
+        flags = os.O_RDWR if writable else os.O_RDONLY
+        if create:
+            flags |= os.O_CREAT | os.O_TRUNC
+        flags |= getattr(os, "O_CLOEXEC", 0)
+        try:
+            self.fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise ImageIOError(self.path, f"cannot open: {exc.strerror}") from exc
+        self.closed = False
+
+    # -- locking -----------------------------------------------------------
+    def lock(self) -> None:
+        """Take the writer's advisory lock, or fail with :class:`ImageLockedError`."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ImageLockedError(
+                    self.path, "image is in use by another writer (advisory lock held)"
+                ) from exc
+            raise ImageIOError(self.path, f"cannot lock: {exc.strerror}") from exc
+
+    # -- positional I/O ----------------------------------------------------
+    def size(self) -> int:
+        try:
+            return os.fstat(self.fd).st_size
+        except OSError as exc:
+            raise ImageIOError(self.path, f"cannot stat: {exc.strerror}") from exc
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Read up to ``length`` bytes; fewer only at end of file."""
+        buf = bytearray(length)
+        got = self.preadinto(memoryview(buf), offset, zero_past_eof=False)
+        return bytes(buf[:got])
+
+    def preadinto(self, view: memoryview, offset: int, *, zero_past_eof: bool = True) -> int:
+        """Fill ``view`` from ``offset``; bytes past end of file read as zero.
+
+        Returns how many bytes came from the file.
+        """
+        total = len(view)
+        done = 0
+        try:
+            while done < total:
+                got = os.preadv(self.fd, [view[done:]], offset + done)
+                if got == 0:
+                    break
+                done += got
+        except OSError as exc:
+            raise ImageIOError(self.path, f"read at {offset}: {exc.strerror}") from exc
+        if done < total and zero_past_eof:
+            zero_fill(view[done:])
+        return done
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        self.pwritev([data], offset)
+
+    def pwritev(self, buffers: Sequence[bytes | bytearray | memoryview], offset: int) -> None:
+        """Write all of ``buffers`` back to back from ``offset``."""
+        views = [memoryview(b).cast("B") for b in buffers]
+        try:
+            while views:
+                done = os.pwritev(self.fd, views, offset)
+                offset += done
+                while views and done >= len(views[0]):
+                    done -= len(views[0])
+                    views.pop(0)
+                if views and done:
+                    views[0] = views[0][done:]
+        except OSError as exc:
+            raise ImageIOError(self.path, f"write at {offset}: {exc.strerror}") from exc
+
+    def truncate(self, size: int) -> None:
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            raise ImageIOError(self.path, f"cannot resize to {size}: {exc.strerror}") from exc
+
+    def sync(self) -> None:
+        """Make everything written so far durable (fsync)."""
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise ImageIOError(self.path, f"fsync: {exc.strerror}") from exc
+
+    def seek_data(self, offset: int) -> int | None:
+        """Next offset holding data at or after ``offset`` (SEEK_DATA), None at EOF."""
+        try:
+            return os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return None
+            return offset  # file system cannot tell: everything is data
+
+    def seek_hole(self, offset: int) -> int:
+        try:
+            return os.lseek(self.fd, offset, os.SEEK_HOLE)
+        except OSError:
+            return self.size()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)

@@ -1,0 +1,222 @@
+"""The table of format drivers: probing, opening (with backing chains) and creating.
+
+Like QEMU's list of block drivers, every format module registers its driver class
+here at import, and nothing outside the format module asks "which format is
+this?" -- it asks the table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import (
+    BackingChainError,
+    ImageError,
+    InvalidOptionError,
+    MissingBackingError,
+    UnknownFormatError,
+)
+from .hostfile import HostFile
+from .image import MAX_CHAIN_DEPTH, Image, ProbeInput, _identity
+
+PROBE_HEAD = 64 * 1024
+PROBE_TAIL = 512
+
+_drivers: dict[str, type[Image]] = {}
+_aliases: dict[str, str] = {}
+
+
+def register(driver: type[Image]) -> type[Image]:
+    """Add a driver class to the table (usable as a class decorator)."""
+    name = driver.format_name
+    if not name or name in _drivers:
+        raise ValueError(f"driver name {name!r} missing or registered twice")
+    _drivers[name] = driver
+    for alias in driver.aliases:
+        _aliases[alias] = name
+    return driver
+
+
+def formats() -> list[str]:
+    """Registered format names."""
+    return sorted(_drivers)
+
+
+def driver_for(name: str, path: str | None = None) -> type[Image]:
+    """The driver class for a format name or alias."""
+    canonical = _aliases.get(name, name)
+    try:
+        return _drivers[canonical]
+    except KeyError:
+        raise UnknownFormatError(path, f"unknown format {name!r} (known: {', '.join(formats())})",
+                                 field="format") from None
+
+
+def _probe_input(file: HostFile) -> ProbeInput:
+    size = file.size()
+    head = file.pread(min(PROBE_HEAD, size), 0)
+    tail = file.pread(min(PROBE_TAIL, size), max(0, size - PROBE_TAIL))
+    return ProbeInput(file.path, head, tail, size)
+
+
+def probe(path: str | os.PathLike[str]) -> str:
+    """Name of the format that recognises ``path`` best."""
+    file = HostFile(path, writable=False)
+    try:
+        return _best_driver(_probe_input(file)).format_name
+    finally:
+        file.close()
+
+
+def _best_driver(data: ProbeInput) -> type[Image]:
+    scored = sorted(((drv.probe(data), drv.format_name, drv) for drv in _drivers.values()),
+                    key=lambda item: (-item[0], item[1]))
+    if not scored or scored[0][0] <= 0:
+        raise UnknownFormatError(data.path, "no driver recognises this file")
+    return scored[0][2]
+
+
+def open(path: str | os.PathLike[str], *, format: str | None = None,  # noqa: A002
+         readonly: bool = False, backing: str | os.PathLike[str] | None = None,
+         options: Mapping[str, Any] | None = None) -> Image:
+    """Open an image and its backing chain.
+
+    ``backing`` overrides the parent file the image names; ``options`` are
+    driver-specific open options (for example ``allow_unsafe_paths`` for VMDK).
+    """
+    return _open(os.fspath(path), format, readonly,
+                 os.fspath(backing) if backing is not None else None,
+                 dict(options or {}), visited=(), depth=0)
+
+
+def _open(path: str, format: str | None, readonly: bool,  # noqa: A002
+          backing: str | None, options: dict[str, Any], *,
+          visited: tuple[tuple[int, int] | str, ...], depth: int) -> Image:
+    file = HostFile(path, writable=not readonly)
+    image: Image | None = None
+    try:
+        if not readonly:
+            file.lock()
+        driver = driver_for(format, path) if format else _best_driver(_probe_input(file))
+        image = driver.open_file(file, readonly=readonly, options=options)
+        spec = image.backing_spec
+        if backing is not None or spec is not None:
+            image.backing = _open_parent(image, backing, options,
+                                         visited=(*visited, _identity(path)), depth=depth + 1)
+        return image
+    except BaseException:
+        if image is not None:
+            image.closed = True
+        file.close()
+        raise
+
+
+def _open_parent(child: Image, override: str | None, options: dict[str, Any], *,
+                 visited: tuple[tuple[int, int] | str, ...], depth: int) -> Image:
+    spec = child.backing_spec
+    if depth > MAX_CHAIN_DEPTH:
+        raise BackingChainError(child.path, f"backing chain deeper than {MAX_CHAIN_DEPTH}")
+    if override is not None:
+        candidates: tuple[str, ...] = (override,)
+    elif spec is not None:
+        candidates = tuple(c for c in (spec.filename, *spec.candidates) if c)
+    else:
+        candidates = ()
+    found = next((c for c in candidates if os.path.exists(c)), None)
+    if found is None:
+        named = spec.display_name or spec.filename if spec else override
+        raise MissingBackingError(child.path, f"parent image {named!r} not found"
+                                  + (f" (looked for {', '.join(candidates)})" if candidates else ""),
+                                  field="backing")
+    if _identity(found) in visited:
+        raise BackingChainError(child.path, f"backing chain loops back to {found}",
+                                field="backing")
+    fmt = spec.format if spec is not None and override is None else None
+    parent = _open(found, fmt, True, None, options, visited=visited, depth=depth)
+    try:
+        if spec is not None and spec.validate is not None:
+            spec.validate(parent)
+    except BaseException:
+        parent.close()
+        raise
+    return parent
+
+
+def create(path: str | os.PathLike[str], format: str, size: int | str | None = None,  # noqa: A002
+           *, backing: str | os.PathLike[str] | None = None, backing_format: str | None = None,
+           **options: Any) -> Image:
+    """Create an image (truncating ``path``) and return it open for writing.
+
+    ``size`` may be omitted with ``backing``: the parent's size is used.  Option names
+    are those of ``emu img create -o`` (``static``, ``subformat``, ``block_size`` ...).
+    """
+    path = os.fspath(path)
+    driver = driver_for(format, path)
+    parsed = parse_options(driver, options, path)
+    parent: Image | None = None
+    if backing is not None:
+        if not driver.supports_backing:
+            raise InvalidOptionError(path, f"{driver.format_name} images cannot have a backing file",
+                                     field="backing")
+        backing = _resolve_backing_arg(os.fspath(backing), path)
+        parent = open(backing, format=backing_format, readonly=True)
+    try:
+        if size is None:
+            if parent is None:
+                raise InvalidOptionError(path, "a size is needed without a backing file",
+                                         field="size")
+            byte_size = parent.size
+        else:
+            byte_size = _parse_size(size, path)
+        file = HostFile(path, writable=True, create=True)
+        try:
+            file.lock()
+            driver.create_file(file, byte_size, parsed, parent)
+            file.sync()
+        finally:
+            file.close()
+    finally:
+        if parent is not None:
+            parent.close()
+    return open(path, format=driver.format_name,
+                backing=os.fspath(backing) if backing is not None else None)
+
+
+def _resolve_backing_arg(backing: str, image_path: str) -> str:
+    """A relative ``-b`` name is taken from the working folder, else the new image's folder."""
+    if os.path.isabs(backing) or os.path.exists(backing):
+        return backing
+    beside = os.path.join(os.path.dirname(os.path.abspath(image_path)), backing)
+    return beside if os.path.exists(beside) else backing
+
+
+def _parse_size(size: int | str, path: str) -> int:
+    from .image import parse_size
+    try:
+        return parse_size(size)
+    except ValueError as exc:
+        raise InvalidOptionError(path, str(exc), field="size") from None
+
+
+def parse_options(driver: type[Image], options: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """Validate create options against the driver's table; fill defaults."""
+    parsed: dict[str, Any] = {}
+    for key, value in options.items():
+        spec = driver.create_options.get(key)
+        if spec is None:
+            known = ", ".join(sorted(driver.create_options)) or "none"
+            raise InvalidOptionError(path, f"unknown option for {driver.format_name} "
+                                     f"(known: {known})", field=key)
+        try:
+            parsed[key] = spec.parse(value)
+        except (ValueError, TypeError) as exc:
+            raise InvalidOptionError(path, str(exc), field=key) from None
+    for key, spec in driver.create_options.items():
+        parsed.setdefault(key, spec.default)
+    return parsed
+
+
+__all__ = ["ImageError", "create", "driver_for", "formats", "open", "parse_options", "probe",
+           "register"]

@@ -1,0 +1,1 @@
+"""Placeholder: this format driver is being written (see the open issue)."""

@@ -1,0 +1,340 @@
+"""``emu img``: qemu-img's verbs, exit codes and output shapes over the disk layer.
+
+This module imports no Unicorn: it is the disk layer's command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import disks
+from disks.hostfile import is_zero
+from disks.image import Extent, RunKind
+
+CONVERT_CHUNK = 4 << 20
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CORRUPT = 2
+EXIT_LEAKS = 3
+COMPARE_DIFFERENT = 1
+COMPARE_ERROR = 2
+
+
+def parse_o(text: str | None) -> dict[str, str]:
+    """``-o k=v,k2=v2`` into a dict (``,,`` is a literal comma, as in qemu)."""
+    out: dict[str, str] = {}
+    if not text:
+        return out
+    items: list[str] = []
+    current = ""
+    i = 0
+    while i < len(text):
+        if text[i] == "," and text[i + 1:i + 2] == ",":
+            current += ","
+            i += 2
+            continue
+        if text[i] == ",":
+            items.append(current)
+            current = ""
+        else:
+            current += text[i]
+        i += 1
+    items.append(current)
+    for item in filter(None, items):
+        key, sep, value = item.partition("=")
+        out[key.strip()] = value if sep else "on"
+    return out
+
+
+def human_size(n: int) -> str:
+    for unit, shift in (("EiB", 60), ("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20),
+                        ("KiB", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.3g} {unit}" if value != int(value) else f"{int(value)} {unit}"
+    return f"{n} B"
+
+
+# --- verbs -----------------------------------------------------------------
+
+def cmd_create(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = parse_o(args.o)
+    fmt = args.f or "raw"
+    print(f"Formatting '{args.filename}', fmt={fmt}"
+          + (f" size={disks.image.parse_size(args.size)}" if args.size else ""), flush=True)
+    image = disks.create(args.filename, fmt, args.size, backing=args.b,
+                         backing_format=args.F, **options)
+    image.close()
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with disks.open(args.filename, format=args.f, readonly=True) as image:
+        chain = image.chain() if args.backing_chain else [image]
+        infos = [node.info() for node in chain]
+    if args.output == "json":
+        print(json.dumps(infos if args.backing_chain else infos[0], indent=4))
+        return EXIT_OK
+    for n, facts in enumerate(infos):
+        if n:
+            print()
+        print(f"image: {facts['filename']}")
+        print(f"file format: {facts['format']}")
+        print(f"virtual size: {human_size(facts['virtual-size'])} ({facts['virtual-size']} bytes)")
+        print(f"disk size: {human_size(facts['actual-size'])}")
+        if "cluster-size" in facts:
+            print(f"cluster_size: {facts['cluster-size']}")
+        if "backing-filename" in facts:
+            print(f"backing file: {facts['backing-filename']}")
+        if "backing-filename-format" in facts:
+            print(f"backing file format: {facts['backing-filename-format']}")
+        if "geometry" in facts:
+            g = facts["geometry"]
+            print(f"geometry: C/H/S {g['cylinders']}/{g['heads']}/{g['sectors']}")
+        specific = facts.get("format-specific", {}).get("data")
+        if specific:
+            print("Format specific information:")
+            for key, value in specific.items():
+                print(f"    {key}: {value}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    repair = args.r is not None
+    with disks.open(args.filename, format=args.f, readonly=not repair) as image:
+        report = image.check(repair=repair)
+    if args.output == "json":
+        print(json.dumps({
+            "filename": report.filename, "format": report.format,
+            "check-errors": 0, "corruptions": len(report.corruptions),
+            "leaks": len(report.leaks), "corruption-messages": report.corruptions,
+            "leak-messages": report.leaks, "repaired": report.repaired,
+        }, indent=4))
+    else:
+        for message in report.repaired:
+            print(f"Repaired: {message}")
+        for message in report.corruptions:
+            print(f"ERROR {message}")
+        for message in report.leaks:
+            print(f"Leaked: {message}")
+        if report.clean:
+            print("No errors were found on the image.")
+        else:
+            if report.corruptions:
+                print(f"\n{len(report.corruptions)} errors were found on the image.\n"
+                      "Data may be corrupted, or further writes to the image may corrupt it.")
+            if report.leaks:
+                print(f"\n{len(report.leaks)} leaked clusters were found on the image.\n"
+                      "This means waste of disk space, but no harm to data.")
+    if report.corruptions:
+        return EXIT_CORRUPT
+    return EXIT_LEAKS if report.leaks else EXIT_OK
+
+
+def data_extents(image: disks.Image) -> Iterator[Extent]:
+    """Extents whose bytes may be non-zero (data anywhere in the chain)."""
+    for extent in image.map():
+        if extent.kind is RunKind.DATA:
+            yield extent
+
+
+def copy_image(src: disks.Image, dst: disks.Image,
+               progress: Callable[[int, int], None] | None = None) -> None:
+    """Copy every non-zero allocation unit of ``src`` into a fresh, zero ``dst``."""
+    unit = max(512, dst.allocation_unit())
+    chunk = max(CONVERT_CHUNK, unit) // unit * unit
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    total = src.size
+    for extent in data_extents(src):
+        pos, end = extent.offset, extent.offset + extent.length
+        while pos < end:
+            # stay aligned to the destination's allocation unit
+            step = min(end - pos, chunk - (pos % unit))
+            piece = view[:step]
+            src.readinto(pos, piece)
+            _write_nonzero(dst, pos, piece, unit)
+            pos += step
+            if progress:
+                progress(pos, total)
+    if progress:
+        progress(total, total)
+
+
+def _write_nonzero(dst: disks.Image, offset: int, data: memoryview, unit: int) -> None:
+    """Write ``data`` skipping whole zero allocation units, coalescing the rest."""
+    start: int | None = None
+    rel = 0
+    while rel < len(data):
+        step = min(unit - (offset + rel) % unit, len(data) - rel)
+        if is_zero(data[rel:rel + step]):
+            if start is not None:
+                dst.write(offset + start, data[start:rel])
+                start = None
+        elif start is None:
+            start = rel
+        rel += step
+    if start is not None:
+        dst.write(offset + start, data[start:])
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = parse_o(args.o)
+    out_fmt = args.O or "raw"
+
+    def show(pos: int, total: int) -> None:
+        pct = 100.0 * pos / total if total else 100.0
+        print(f"    ({pct:.2f}/100%)", end="\r", file=sys.stdout, flush=True)
+
+    with disks.open(args.source, format=args.f, readonly=True) as src:
+        dst = disks.create(args.target, out_fmt, src.size, **options)
+        with dst:
+            copy_image(src, dst, show if args.p else None)
+    if args.p:
+        print(f"    ({100.0:.2f}/100%)")
+    return EXIT_OK
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    with disks.open(args.filename, format=args.f, readonly=True) as image:
+        extents = list(image.map())
+    if args.output == "json":
+        rows = []
+        for e in extents:
+            row: dict[str, Any] = {
+                "start": e.offset, "length": e.length, "depth": e.depth,
+                "present": e.kind is not RunKind.UNALLOCATED,
+                "zero": e.kind is not RunKind.DATA, "data": e.kind is RunKind.DATA,
+            }
+            if e.host_offset is not None:
+                row["offset"] = e.host_offset
+            rows.append(row)
+        print(json.dumps(rows, indent=0).replace("\n", " ").replace("[ ", "[").replace(" ]", "]"))
+        return EXIT_OK
+    print(f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File")
+    for e in extents:
+        if e.kind is RunKind.DATA and e.host_offset is not None:
+            print(f"{e.offset:<#16x}{e.length:<#16x}{e.host_offset:<#16x}{e.filename}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    with disks.open(args.a, format=args.f, readonly=True) as a, \
+            disks.open(args.b, format=args.F, readonly=True) as b:
+        if args.s and a.size != b.size:
+            print("Strict mode: Image size mismatch!")
+            return COMPARE_DIFFERENT
+        common = min(a.size, b.size)
+        mismatch = _first_difference(a, b, common)
+        if mismatch is None and a.size != b.size:
+            longer = a if a.size > b.size else b
+            mismatch = _first_nonzero(longer, common, longer.size)
+            if mismatch is None:
+                print("Warning: Image size mismatch!")
+        if mismatch is not None:
+            print(f"Content mismatch at offset {mismatch}!")
+            return COMPARE_DIFFERENT
+    print("Images are identical.")
+    return EXIT_OK
+
+
+def _first_difference(a: disks.Image, b: disks.Image, length: int) -> int | None:
+    chunk = CONVERT_CHUNK
+    buf_a, buf_b = bytearray(chunk), bytearray(chunk)
+    pos = 0
+    while pos < length:
+        step = min(chunk, length - pos)
+        va, vb = memoryview(buf_a)[:step], memoryview(buf_b)[:step]
+        a.readinto(pos, va)
+        b.readinto(pos, vb)
+        if va != vb:
+            for sector in range(0, step, 512):
+                if va[sector:sector + 512] != vb[sector:sector + 512]:
+                    return pos + sector
+        pos += step
+    return None
+
+
+def _first_nonzero(image: disks.Image, start: int, end: int) -> int | None:
+    for extent in data_extents(image):
+        lo, hi = max(extent.offset, start), min(extent.offset + extent.length, end)
+        pos = lo
+        while pos < hi:
+            step = min(CONVERT_CHUNK, hi - pos)
+            data = image.read(pos, step)
+            if not is_zero(data):
+                for sector in range(0, step, 512):
+                    if not is_zero(data[sector:sector + 512]):
+                        return pos + sector
+            pos += step
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emu img", description="Inspect, create and convert "
+                                     "disk images (qemu-img's verbs).")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("create", help="create an image")
+    p.add_argument("-f", help="format (raw, vdi, vpc/vhd, vmdk, vhdx)")
+    p.add_argument("-o", help="format options k=v,...")
+    p.add_argument("-b", help="backing (parent) image")
+    p.add_argument("-F", help="backing image format")
+    p.add_argument("filename")
+    p.add_argument("size", nargs="?")
+    p.set_defaults(run=cmd_create)
+
+    p = verbs.add_parser("info", help="show facts about an image")
+    p.add_argument("-f")
+    p.add_argument("--output", choices=("human", "json"), default="human")
+    p.add_argument("--backing-chain", action="store_true")
+    p.add_argument("filename")
+    p.set_defaults(run=cmd_info)
+
+    p = verbs.add_parser("check", help="check an image for consistency")
+    p.add_argument("-f")
+    p.add_argument("-r", choices=("leaks", "all"), help="repair")
+    p.add_argument("--output", choices=("human", "json"), default="human")
+    p.add_argument("filename")
+    p.set_defaults(run=cmd_check)
+
+    p = verbs.add_parser("convert", help="copy an image into another format")
+    p.add_argument("-f")
+    p.add_argument("-O")
+    p.add_argument("-o")
+    p.add_argument("-p", action="store_true", help="show progress")
+    p.add_argument("source")
+    p.add_argument("target")
+    p.set_defaults(run=cmd_convert)
+
+    p = verbs.add_parser("map", help="show how the image's bytes are stored")
+    p.add_argument("-f")
+    p.add_argument("--output", choices=("human", "json"), default="human")
+    p.add_argument("filename")
+    p.set_defaults(run=cmd_map)
+
+    p = verbs.add_parser("compare", help="compare the contents of two images")
+    p.add_argument("-f")
+    p.add_argument("-F")
+    p.add_argument("-s", action="store_true", help="strict: size mismatch is a difference")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(run=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except disks.ImageError as exc:
+        print(f"emu img: {exc}", file=sys.stderr)
+        return COMPARE_ERROR if args.verb == "compare" else EXIT_ERROR
+    except KeyboardInterrupt:
+        print("emu img: interrupted", file=sys.stderr)
+        return EXIT_ERROR
