@@ -127,8 +127,8 @@ def _open_parent(child: Image, override: str | None, options: dict[str, Any], *,
     found = next((c for c in candidates if os.path.exists(c)), None)
     if found is None:
         named = spec.display_name or spec.filename if spec else override
-        raise MissingBackingError(child.path, f"parent image {named!r} not found"
-                                  + (f" (looked for {', '.join(candidates)})" if candidates else ""),
+        looked = f" (looked for {', '.join(candidates)})" if candidates else ""
+        raise MissingBackingError(child.path, f"parent image {named!r} not found{looked}",
                                   field="backing")
     if _identity(found) in visited:
         raise BackingChainError(child.path, f"backing chain loops back to {found}",
@@ -158,8 +158,8 @@ def create(path: str | os.PathLike[str], format: str, size: int | str | None = N
     parent: Image | None = None
     if backing is not None:
         if not driver.supports_backing:
-            raise InvalidOptionError(path, f"{driver.format_name} images cannot have a backing file",
-                                     field="backing")
+            raise InvalidOptionError(
+                path, f"{driver.format_name} images cannot have a backing file", field="backing")
         backing = _resolve_backing_arg(os.fspath(backing), path)
         parent = open(backing, format=backing_format, readonly=True)
     try:
