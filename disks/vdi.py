@@ -342,6 +342,9 @@ class VdiImage(Image):
         image.size = header.disk_size
         image.geometry = header.geometry()
         image._load_block_map()
+        if not readonly and header.blocks_allocated < image.next_slot <= header.blocks_in_image:
+            # a crash between a map entry and the header count: finish that allocation
+            image._set_blocks_allocated(image.next_slot)
         if header.uuid_parent != NULL_UUID or header.image_type == TYPE_DIFF:
             image.backing_spec = image._parent_spec()
         return image
