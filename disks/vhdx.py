@@ -271,14 +271,6 @@ def unpack_region_table(raw: bytes) -> list[RegionEntry] | None:
     return entries
 
 
-@dataclass(frozen=True)
-class MetadataEntry:
-    item_id: bytes
-    offset: int
-    length: int
-    flags: int
-
-
 def pack_metadata_region(items: list[tuple[bytes, int, bytes]], length: int) -> bytes:
     """A metadata region holding ``(item_id, flags, payload)`` items after its table."""
     buf = bytearray(length)
@@ -1277,7 +1269,8 @@ def _pack_parent_locator(parent: VhdxImage, child_path: str) -> bytes:
     parent_abs = os.path.abspath(parent.path)
     child_dir = os.path.dirname(os.path.abspath(child_path))
     relative = os.path.relpath(parent_abs, child_dir).replace("/", "\\")
-    pairs = [("parent_linkage", guid_text(parent.header.data_write_guid)),
+    # lower case in braces, as Hyper-V writes it (libvhdi accepts only that form)
+    pairs = [("parent_linkage", guid_text(parent.header.data_write_guid).lower()),
              ("relative_path", relative),
              ("absolute_win32_path", parent_abs)]
     head = PARENT_LOCATOR_HEADER.size + len(pairs) * PARENT_LOCATOR_ENTRY.size
