@@ -486,6 +486,7 @@ class VpcImage(Image):
                                     field="current_size")
         self.block_size = self.bitmap_size = 0
         self.metadata = []
+        self.cut_tail_before_append = False
 
     def _load_dynamic(self) -> None:
         footer, file_size = self.footer, self.file_size
@@ -555,10 +556,11 @@ class VpcImage(Image):
                                           f"{data_limit}")
             else:
                 last_block_end = max(last_block_end, end)
-        if self.footer_at_end:
-            self.footer_offset = file_size - FOOTER_SIZE
-        else:
-            self.footer_offset = max(last_block_end, round_up(file_size, SECTOR))
+        # Without a valid end footer, what follows the last referenced block is the debris
+        # of an interrupted append: the next append (or a repair) cuts it off first, so a
+        # new block never inherits stale bytes (readers that ignore bitmaps would see them).
+        self.footer_offset = file_size - FOOTER_SIZE if self.footer_at_end else last_block_end
+        self.cut_tail_before_append = not self.footer_at_end
 
     def _parent_spec(self, header: DynamicHeader) -> BackingSpec:
         child_dir = os.path.dirname(os.path.abspath(self.path))
@@ -798,6 +800,9 @@ class VpcImage(Image):
         """Append a block in the crash-safe order: data, bitmap, BAT entry, end footer."""
         assert self.header is not None
         host = self.footer_offset
+        if self.cut_tail_before_append:
+            self.file.truncate(host)
+            self.cut_tail_before_append = False
         self.file.pwrite(payload, host + self.bitmap_size + first * SECTOR)
         self.file.pwrite(bitmap_to_disk(mask, self.bitmap_size), host)
         self._write_bat_entry(block, host // SECTOR)
@@ -873,6 +878,7 @@ class VpcImage(Image):
             self.file.pwrite(self.footer.pack(), 0)
             self._write_end_footer()
             self.file.truncate(self.footer_offset + FOOTER_SIZE)
+            self.cut_tail_before_append = False
             self.file.sync()
             report.repaired.extend(problems)
         else:
