@@ -155,6 +155,7 @@ def test_force_size_off_rounds_to_chs_like_qemu(tmp_path: Path) -> None:
     theirs, ours = tmp_path / "q.vhd", tmp_path / "e.vhd"
     qemu_img("create", "-q", "-f", "vpc", theirs, str(size))
     with disks.create(ours, "vpc", size, force_size="off") as image:
+        assert image.geometry is not None
         assert image.size == image.geometry.sector_count * 512 >= size
         assert image.size == qemu_img_info(theirs, "vpc")["virtual-size"]
 
@@ -418,14 +419,14 @@ def test_crash_during_allocation_leaves_a_usable_image(tmp_path: Path,
     real_pwrite = image.file.pwrite
     count = 0
 
-    def pwrite(data: bytes, offset: int) -> None:
+    def pwrite(data: bytes | bytearray | memoryview, offset: int) -> None:
         nonlocal count
         if count == writes_before_crash:
             raise CrashAfter
         count += 1
         real_pwrite(data, offset)
 
-    image.file.pwrite = pwrite  # type: ignore[method-assign]
+    image.file.pwrite = pwrite  # type: ignore[method-assign]  # cut the write stream
     with pytest.raises(CrashAfter):
         image.write(4 * MiB, b"\x43" * 8192)  # data, bitmap, BAT entry, footer
     image.file.close()
