@@ -1,0 +1,238 @@
+"""PIIX bus-master IDE: the DMA engine behind READ/WRITE DMA and TRIM.
+
+Theory of operation
+-------------------
+The Intel 82371SB (PIIX3) IDE function has one bus-master engine per channel,
+found through PCI BAR4 (16 I/O ports: primary at +0, secondary at +8).  Each
+channel has three registers (82371SB datasheet, "Bus Master IDE I/O
+Registers"):
+
+* +0 command: bit 0 start/stop, bit 3 direction (1 = the engine writes memory,
+  i.e. a READ DMA).  Setting start (0 -> 1) makes the engine walk the table
+  from its beginning; clearing it stops the engine and drops Active.
+* +2 status: bit 0 Active (read-only: set by start, cleared when the table is
+  exhausted or the engine is stopped), bit 1 Error and bit 2 Interrupt (write 1
+  to clear; Interrupt is set whenever the channel's drive asserts INTRQ), bits
+  5/6 "drive 0/1 DMA capable" (plain read/write flags the BIOS sets).
+* +4 descriptor table pointer (dword aligned, bits 1:0 read as zero).
+
+The table is a list of 8-byte Physical Region Descriptors: a memory address
+(bit 0 ignored), a byte count in the low 16 bits of the second dword (bit 0
+ignored, 0 meaning 64 KiB) and end-of-table in bit 31.
+
+The model moves a command's data the moment both sides are ready: when the
+guest sets start while a drive waits with a DMA request, or when a drive posts
+one while the engine is already started.  The PRDs are walked into segments
+and the data is moved in groups of up to ``GROUP_BYTES``: one image access and
+one guest-memory access per PRD entry.  The outcomes the datasheet tabulates:
+
+* table and transfer the same size: the drive completes (INTRQ, so Interrupt
+  = 1) and the engine reaches end-of-table, Active = 0;
+* table longer than the transfer: the drive completes, Active stays 1 until
+  the guest stops the engine; the rest of the table is kept and used if
+  another DMA command arrives before the engine is restarted;
+* table shorter: the covered bytes move, Active = 0, Interrupt stays 0 and the
+  drive keeps waiting with DRQ -- restarting the engine with a new table
+  continues the same command.
+
+Not modelled: the direction bit (data always flows the way the command says,
+as in QEMU), bus timing, PCI master aborts (the Error bit is never set by the
+model; the guest may still clear it).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from .ata import AtaChannel
+from .interfaces import GuestMemory
+
+BUSMASTER_PORTS = 16
+CHANNEL_STRIDE = 8
+GROUP_BYTES = 4 << 20        # data moved per image access, at most
+
+# Register offsets inside one channel's block of eight ports.
+REG_COMMAND = 0
+REG_STATUS = 2
+REG_PRD_TABLE = 4            # .. 7
+
+COMMAND_START = 0x01
+COMMAND_TO_MEMORY = 0x08
+COMMAND_WRITABLE = COMMAND_START | COMMAND_TO_MEMORY
+
+STATUS_ACTIVE = 0x01
+STATUS_ERROR = 0x02
+STATUS_INTERRUPT = 0x04
+STATUS_WRITE_ONE_TO_CLEAR = STATUS_ERROR | STATUS_INTERRUPT
+STATUS_DMA_CAPABLE = 0x60    # drive 0 (bit 5) and drive 1 (bit 6)
+
+PRD = struct.Struct("<II")   # physical address, byte count | end-of-table
+PRD_END_OF_TABLE = 0x80000000
+PRD_COUNT_MASK = 0xFFFE
+PRD_ADDRESS_MASK = 0xFFFFFFFE
+PRD_FULL_COUNT = 0x10000     # a count of 0 means 64 KiB
+
+
+class _Engine:
+    """One channel's bus-master registers and position in its PRD table."""
+
+    def __init__(self, owner: BusMasterIde, channel: AtaChannel) -> None:
+        self.owner = owner
+        self.channel = channel
+        self.command = 0
+        self.status = 0
+        self.prd_table = 0
+        self._next_prd = 0                 # address of the next descriptor to load
+        self._entry: tuple[int, int] | None = None   # (address, bytes) left in the current one
+        self._entry_last = False
+        self._exhausted = False
+        channel.dma_ready_hook = self.run
+        channel.interrupt_hook = self.drive_interrupt
+
+    # --- registers ----------------------------------------------------------
+    def read_byte(self, offset: int) -> int:
+        if offset == REG_COMMAND:
+            return self.command
+        if offset == REG_STATUS:
+            return self.status
+        if REG_PRD_TABLE <= offset < REG_PRD_TABLE + 4:
+            return self.prd_table >> (8 * (offset - REG_PRD_TABLE)) & 0xFF
+        return 0
+
+    def write_byte(self, offset: int, value: int) -> None:
+        if offset == REG_COMMAND:
+            self._write_command(value)
+        elif offset == REG_STATUS:
+            kept = self.status & ~(value & STATUS_WRITE_ONE_TO_CLEAR)
+            self.status = (kept & ~STATUS_DMA_CAPABLE) | (value & STATUS_DMA_CAPABLE)
+        elif REG_PRD_TABLE <= offset < REG_PRD_TABLE + 4:
+            shift = 8 * (offset - REG_PRD_TABLE)
+            table = (self.prd_table & ~(0xFF << shift)) | (value << shift)
+            self.prd_table = table & 0xFFFFFFFC
+
+    def _write_command(self, value: int) -> None:
+        was_started = self.command & COMMAND_START
+        self.command = value & COMMAND_WRITABLE
+        if value & COMMAND_START and not was_started:
+            self.status |= STATUS_ACTIVE
+            self._next_prd = self.prd_table
+            self._entry = None
+            self._exhausted = False
+            self.run()
+        elif was_started and not value & COMMAND_START:
+            self.status &= ~STATUS_ACTIVE
+
+    def drive_interrupt(self) -> None:
+        self.status |= STATUS_INTERRUPT
+
+    # --- the transfer -------------------------------------------------------
+    def _take(self, wanted: int) -> tuple[int, int] | None:
+        """The next (address, length <= wanted) piece of the table, None at its end."""
+        if self._entry is None:
+            if self._exhausted:
+                return None
+            raw = self.owner.memory.read(self._next_prd, PRD.size)
+            address, flags = PRD.unpack(raw)
+            count = flags & PRD_COUNT_MASK or PRD_FULL_COUNT
+            self._entry = (address & PRD_ADDRESS_MASK, count)
+            self._entry_last = bool(flags & PRD_END_OF_TABLE)
+            self._next_prd = (self._next_prd + PRD.size) & 0xFFFFFFFF
+        address, left = self._entry
+        length = min(left, wanted)
+        if length == left:
+            self._entry = None
+            self._exhausted = self._entry_last
+        else:
+            self._entry = (address + length, left - length)
+        return address, length
+
+    def run(self) -> None:
+        """Move data if the engine is started and the drive has a request waiting."""
+        if not self.command & COMMAND_START or not self.status & STATUS_ACTIVE \
+                or not self.owner.bus_master_enabled:
+            return
+        channel = self.channel
+        request = channel.dma_request
+        if request is None:
+            return
+        memory = self.owner.memory
+        while channel.dma_request is request and request.remaining:
+            segments: list[tuple[int, int]] = []
+            group = 0
+            wanted = min(GROUP_BYTES, request.remaining)
+            while group < wanted:
+                piece = self._take(wanted - group)
+                if piece is None:
+                    break
+                segments.append(piece)
+                group += piece[1]
+            if not segments:
+                break
+            if request.to_memory:
+                data = channel.dma_read(group)
+                view = memoryview(data)
+                position = 0
+                for address, length in segments:
+                    if position >= len(view):
+                        break
+                    memory.write(address, view[position:position + length])
+                    position += length
+            else:
+                channel.dma_write(b"".join(memory.read(address, length)
+                                           for address, length in segments))
+        if channel.dma_request is request:
+            self.status &= ~STATUS_ACTIVE          # short table: the drive still waits
+        elif request.remaining:
+            self.status &= ~STATUS_ACTIVE          # the drive failed the command
+        elif self._exhausted and self._entry is None:
+            self.status &= ~STATUS_ACTIVE          # table and transfer ended together
+
+
+class BusMasterIde:
+    """The PIIX bus-master register block for ``channels`` (primary, secondary)."""
+
+    def __init__(self, channels: Sequence[AtaChannel], memory: GuestMemory) -> None:
+        self.memory = memory
+        self.base: int | None = None
+        self.bus_master_enabled = True
+        self.engines = [_Engine(self, channel) for channel in channels]
+
+    def io_ports(self) -> list[tuple[int, int]]:
+        return [] if self.base is None else [(self.base, BUSMASTER_PORTS)]
+
+    def set_bus_master_enabled(self, enabled: bool) -> None:
+        """PCI command bit 2: without it the engines cannot reach memory."""
+        self.bus_master_enabled = enabled
+        if enabled:
+            for engine in self.engines:
+                engine.run()
+
+    def reset(self) -> None:
+        for engine in self.engines:
+            engine.command = engine.status = engine.prd_table = 0
+            engine._entry = None
+            engine._exhausted = False
+
+    def _locate(self, port: int) -> tuple[_Engine | None, int]:
+        if self.base is None:
+            return None, 0
+        index, offset = divmod(port - self.base, CHANNEL_STRIDE)
+        if not 0 <= index < len(self.engines):
+            return None, 0
+        return self.engines[index], offset
+
+    def read(self, port: int, size: int) -> int:
+        value = 0
+        for byte in range(size):
+            engine, offset = self._locate(port + byte)
+            part = engine.read_byte(offset) if engine is not None else 0xFF
+            value |= part << (8 * byte)
+        return value
+
+    def write(self, port: int, size: int, value: int) -> None:
+        # A wide access is its bytes in ascending port order, as the PIIX decodes it.
+        for byte in range(size):
+            engine, offset = self._locate(port + byte)
+            if engine is not None:
+                engine.write_byte(offset, value >> (8 * byte) & 0xFF)
