@@ -24,6 +24,8 @@
 ;
 ; Data written is a pattern the host can recompute: dword i of the sector at
 ; LBA L written with seed S is ((L * 128 + i) * 0x9E3779B1 + S) mod 2^32.
+; Each addressed test prints "@LLLLLLLLLLLL+NNNNNNNN" (48-bit LBA and sector count,
+; hex) so the host can recompute every hash from its model of the disk.
 ; The data hash folds dwords: h = 0x811C9DC5; h = rol32((h ^ d) * 0x01000193, 5).
 ;
 ; When LBA 0 of the disk starts with "ATABENCH", the ROM instead times bulk
@@ -267,6 +269,26 @@ hex8:
     add al, 'A' - '9' - 1
 .print:
     jmp putc
+
+; dec16: print AX in decimal
+dec16:
+    pusha
+    xor cx, cx
+    mov bx, 10
+.divide:
+    xor dx, dx
+    div bx
+    push dx
+    inc cx
+    test ax, ax
+    jnz .divide
+.digit:
+    pop ax
+    add al, '0'
+    call putc
+    loop .digit
+    popa
+    ret
 
 ; exit with status AL through the debug-exit device
 exit:
@@ -984,6 +1006,18 @@ run_test:
     mov eax, 65536
 .counted:
     mov [v_remaining], eax
+    cmp byte [cs:si + test.address], A_NONE
+    je .unaddressed
+    PRINT " @"                          ; where and how much, so the host can predict hashes
+    mov ax, [v_lba_high]
+    call hex16
+    mov eax, [v_lba]
+    call hex32
+    mov al, '+'
+    call putc
+    mov eax, [v_remaining]
+    call hex32
+.unaddressed:
     mov dword [v_moved], 0
     mov word [v_block], 1
     test byte [cs:si + test.flags], F_MULTIPLE
@@ -1100,16 +1134,15 @@ identify:
     mov [v_sectors], ax
     mov eax, [es:60 * 2]
     mov [v_capacity], eax
-    PRINT "IDENTIFY words"
+    PRINT "IDENTIFY"
     mov bx, identify_words
 .word:
     mov di, [cs:bx]
     cmp di, 0xFFFF
     je .strings
-    mov al, ' '
-    call putc
+    PRINT " w"
     mov ax, di
-    call hex8
+    call dec16
     mov al, '='
     call putc
     shl di, 1
