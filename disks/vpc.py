@@ -82,6 +82,7 @@ DEFAULT_BLOCK_SIZE = 2 << 20
 MIN_BLOCK_SIZE = SECTOR
 MAX_BLOCK_SIZE = 256 << 20
 MAX_LOCATOR_BYTES = 64 << 10
+FIXED_ALLOCATION_UNIT = 4096  # a fixed VHD is raw: the host file system's block
 VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z as a Unix time
 UNUSED_ENTRY = 0xFFFFFFFF
 NO_DATA_OFFSET = 0xFFFFFFFFFFFFFFFF
@@ -707,7 +708,7 @@ class VpcImage(Image):
         return self.footer.disk_type == DiskType.FIXED
 
     def allocation_unit(self) -> int:
-        return self.block_size or SECTOR
+        return self.block_size or FIXED_ALLOCATION_UNIT
 
     def _bitmap(self, block: int) -> int:
         bits = self.bitmap_cache.get(block)
