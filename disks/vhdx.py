@@ -469,6 +469,7 @@ class VhdxImage(Image):
         self._overlay: dict[int, bytes] = {}  # read-only replay: file page -> content
         self._overlay_keys: list[int] = []
         self._overlay_entries = 0
+        self._replayed_size = 0  # the file size the in-memory replay implies
         self._replayed_entries = 0
         self._session = False
         self._log_head = 0
@@ -851,6 +852,7 @@ class VhdxImage(Image):
                     pages[page] = zero_page
             self._overlay_keys = sorted(pages)
             self._overlay_entries = len(sequence)
+            self._replayed_size = head.last_file_offset
             return
         for file_offset, content in writes:
             if isinstance(content, bytes):
@@ -1191,9 +1193,7 @@ class VhdxImage(Image):
                            "(replayed in memory; repair with -r all)")
         if self._replayed_entries:
             report.repaired.append(f"replayed {self._replayed_entries} log entries at open")
-        file_size = max(self.file.size(), self._file_end)
-        if self._overlay_keys:
-            file_size = max(file_size, self._overlay_keys[-1] + LOG_SECTOR)
+        file_size = max(self.file.size(), self._replayed_size)
         reserved = [(0, HEADER_SECTION_SIZE, "header section"),
                     (self.header.log_offset, self.header.log_length, "log"),
                     (self.metadata_offset, self.metadata_length, "metadata region"),
