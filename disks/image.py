@@ -377,19 +377,24 @@ class Image:
         if length:
             self._discard(offset, length)
 
-    def flush(self) -> None:
-        """Make every acknowledged write durable: metadata out, then fsync."""
+    def flush(self, *, sync: bool = True) -> None:
+        """Make every acknowledged write durable: metadata out, then fsync.
+
+        ``sync=False`` writes the metadata out but leaves durability to the host's
+        page cache (qemu-img convert's default ``-t unsafe``).
+        """
         if self.readonly or self.closed:
             return
         self._flush_metadata()
-        self.file.sync()
+        if sync:
+            self.file.sync()
 
-    def close(self) -> None:
+    def close(self, *, sync: bool = True) -> None:
         if self.closed:
             return
         try:
             if not self.readonly:
-                self.flush()
+                self.flush(sync=sync)
             self._close()
         finally:
             self.closed = True
