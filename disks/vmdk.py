@@ -1402,9 +1402,18 @@ class VmdkImage(Image):
         if parent_cid is None or parent_cid == NO_PARENT_CID or not hint:
             return
         folder = os.path.dirname(os.path.abspath(self.path))
-        parent_path = resolve_path(hint, folder, self.path, allow_unsafe=self.allow_unsafe,
-                                   what="parentFileNameHint")
         child = self.path
+        try:
+            parent_path: str | None = resolve_path(hint, folder, self.path,
+                                                   allow_unsafe=self.allow_unsafe,
+                                                   what="parentFileNameHint")
+            shown = hint
+        except ImageError as exc:
+            if exc.field != "parentFileNameHint" or isinstance(exc, CorruptImageError):
+                raise
+            # Not opened; an explicit backing file from the caller still may be.
+            parent_path = None
+            shown = f"{hint} (refused: {exc.reason})"
 
         def validate(parent: Image) -> None:
             own = getattr(parent, "cid", None)
@@ -1415,7 +1424,7 @@ class VmdkImage(Image):
                                         f"image was made from CID {parent_cid:08x}",
                                         field="parentCID")
 
-        self.backing_spec = BackingSpec(parent_path, None, validate=validate, display_name=hint)
+        self.backing_spec = BackingSpec(parent_path, None, validate=validate, display_name=shown)
         for extent in self.extents:
             extent.has_parent = True
 
@@ -1558,8 +1567,9 @@ class VmdkImage(Image):
             raise InvalidOptionError(path, "size must be a multiple of 512", field="size")
         if size // SECTOR > MAX_CAPACITY_SECTORS:
             raise InvalidOptionError(path, "size is too large", field="size")
-        if adapter == "ide" and hwversion not in ("4", "6"):
-            pass  # accepted as given; the guest tools decide
+        if zeroed and subformat in ("monolithicFlat", "twoGbMaxExtentFlat", "vmfs"):
+            raise InvalidOptionError(path, f"{subformat} images have no grains to zero",
+                                     field="zeroed_grain")
         capacity = size // SECTOR
         parent_cid = NO_PARENT_CID
         hint = None
