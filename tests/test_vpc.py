@@ -342,6 +342,43 @@ def test_parent_found_through_relative_locator_after_move(tmp_path: Path) -> Non
     assert header.parent_name == "p.vhd"
 
 
+def rewrite_locators(child: Path, entries: list[tuple[bytes, bytes]]) -> None:
+    """Replace the child's parent locators by ``entries`` (code, data), data at the file end."""
+    header = dynamic_header(child)
+    size = child.stat().st_size
+    footer = child.read_bytes()[-512:]
+    locators, offset = [], size - 512
+    with open(child, "r+b") as f:
+        for code, data in entries:
+            space = vpc.round_up(len(data), 512)
+            f.seek(offset)
+            f.write(data.ljust(space, b"\0"))
+            locators.append(vpc.ParentLocator(code, space, len(data), 0, offset))
+            offset += space
+        f.write(footer)
+    locators += [vpc.EMPTY_LOCATOR] * (8 - len(locators))
+    poke(child, 512, replace(header, locators=tuple(locators),
+                             parent_unicode_name=bytes(512)).pack())
+
+
+@pytest.mark.parametrize("kind", ["MacX", "W2ku", "W2ru-windows-separators"])
+def test_parent_found_through_each_locator_kind(tmp_path: Path, kind: str) -> None:
+    (tmp_path / "sub").mkdir()
+    parent_data = make_parent(tmp_path / "sub" / "p.vhd")
+    child = tmp_path / "c.vhd"
+    disks.create(child, "vpc", backing=tmp_path / "sub" / "p.vhd").close()
+    absolute = str(tmp_path / "sub" / "p.vhd")
+    entry = {
+        "MacX": (b"MacX", ("file://" + absolute.replace(" ", "%20")).encode()),
+        "W2ku": (b"W2ku", absolute.encode("utf-16-le")),
+        "W2ru-windows-separators": (b"W2ru", ".\\sub\\p.vhd".encode("utf-16-le")),
+    }[kind]
+    rewrite_locators(child, [(b"W2ku", "C:\\nowhere\\p.vhd".encode("utf-16-le")), entry])
+    assert read_all_quietly(child) == parent_data
+    with disks.open(child, readonly=True) as image:
+        assert image.check().clean
+
+
 def test_missing_or_wrong_parent_is_an_error(tmp_path: Path) -> None:
     make_parent(tmp_path / "p.vhd")
     disks.create(tmp_path / "c.vhd", "vpc", backing=tmp_path / "p.vhd").close()
