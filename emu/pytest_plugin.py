@@ -115,23 +115,25 @@ class DiskImage:
                     out.write(data)
         return target
 
-    def geometry(self) -> disks.Geometry:
-        """The CHS geometry emu's drive reports (so QEMU can be given the same)."""
+    def geometry(self) -> tuple[disks.Geometry, str]:
+        """The drive geometry and CMOS translation emu uses (so QEMU can be given the same)."""
         with disks.open(self.path, format=self.format, readonly=True) as image:
             return drive_geometry(image)
 
 
-def drive_geometry(image: disks.Image) -> disks.Geometry:
-    """The geometry emu's ATA drive uses for ``image``: the ATA helper's guess when present."""
+TRANSLATION_NAMES = {0: "none", 1: "lba", 2: "large", 3: "rechs"}  # QEMU's bios-chs-trans
+
+
+def drive_geometry(image: disks.Image) -> tuple[disks.Geometry, str]:
+    """The ATA drive geometry (IDENTIFY words 1/3/6) and BIOS translation emu uses."""
     try:
-        from devices.geometry import guess_geometry
+        from devices.geometry import bios_translation
+        from devices.geometry import drive_geometry as ata_drive_geometry
     except ImportError:
-        if image.geometry is not None:
-            return image.geometry
         sectors = image.size // SECTOR
         cylinders = max(1, min(sectors // (16 * 63), 16383))
-        return disks.Geometry(cylinders, 16, 63)
-    return guess_geometry(image)
+        return disks.Geometry(cylinders, 16, 63), "auto"
+    return ata_drive_geometry(image), TRANSLATION_NAMES[int(bios_translation(image))]
 
 
 Content = bytes | Mapping[int, bytes] | Path | None
@@ -278,10 +280,11 @@ def _qemu_argv(work: Path, disk_images: Sequence[DiskImage], rom: Path | None, m
         # QEMU gets a raw copy with the geometry emu's drive uses, so both guests see the
         # same disk; the copy is what we compare afterwards.
         raw = DiskImage(image.to_raw(work / f"disk{index}.raw"), "raw")
-        geometry = image.geometry()
+        geometry, translation = image.geometry()
         argv += ["-drive", f"file={raw.path},format=raw,if=none,id=disk{index}",
                  "-device", f"ide-hd,drive=disk{index},bus=ide.{index // 2},unit={index % 2},"
-                 f"cyls={geometry.cylinders},heads={geometry.heads},secs={geometry.sectors}"]
+                 f"cyls={geometry.cylinders},heads={geometry.heads},secs={geometry.sectors},"
+                 f"bios-chs-trans={translation}"]
         used.append(raw)
     return argv, used
 
