@@ -471,6 +471,7 @@ class VhdxImage(Image):
         self._overlay_entries = 0
         self._replayed_size = 0  # the file size the in-memory replay implies
         self._replayed_entries = 0
+        self._open_repairs: list[str] = []
         self._session = False
         self._log_head = 0
         self._log_sequence = 1
@@ -589,9 +590,14 @@ class VhdxImage(Image):
             file_size = max(file_size, self.file.size())
         self._load_metadata()
         self._load_bat(file_size)
-        self._file_end = _align_up(max(file_size, self._highest_used()), MiB)
+        used_end = self._highest_used()
+        if not self.readonly and used_end > file_size:
+            raise self._corrupt(f"BAT entries reach {used_end}, beyond the {file_size}-byte "
+                                "file; open read-only to inspect it", "BAT")
+        self._file_end = _align_up(max(file_size, used_end), MiB)
         if not self.readonly and not all(self.headers_valid):
             self._write_header()  # a header torn by a crash during an update: rewrite it
+            self._open_repairs.append("rewrote the damaged header copy")
 
     def _load_headers(self, file_size: int) -> None:
         headers = [VhdxHeader.unpack(self.file.pread(HEADER_SIZE, offset))
@@ -936,9 +942,10 @@ class VhdxImage(Image):
 
     def _dirty_pages(self) -> list[tuple[int, bytes]]:
         pages = []
-        raw = self.bat.tobytes() if sys.byteorder == "little" else _swapped(self.bat)
+        per_page = LOG_SECTOR // 8
         for page in sorted(self._dirty_bat_pages):
-            content = raw[page * LOG_SECTOR:(page + 1) * LOG_SECTOR]
+            entries = self.bat[page * per_page:(page + 1) * per_page]
+            content = entries.tobytes() if sys.byteorder == "little" else _swapped(entries)
             pages.append((self.bat_offset + page * LOG_SECTOR,
                           content + bytes(LOG_SECTOR - len(content))))
         for chunk, page in sorted(self._dirty_bitmap_pages):
@@ -1185,9 +1192,21 @@ class VhdxImage(Image):
                     report.repaired.append(f"rewrote header {slot + 1}")
                 else:
                     report.corrupt(f"header {slot + 1} has a bad signature or checksum")
+        report.repaired.extend(self._open_repairs)
         for slot, valid in enumerate(self.region_tables_valid):
-            if not valid:
+            if valid:
+                continue
+            if repair and any(self.region_tables_valid):
+                good = REGION_TABLE_OFFSETS[1 - slot]
+                self.file.pwrite(self.file.pread(REGION_TABLE_SIZE, good),
+                                 REGION_TABLE_OFFSETS[slot])
+                self.file.sync()
+                report.repaired.append(f"rewrote region table {slot + 1} from its copy")
+            else:
                 report.corrupt(f"region table {slot + 1} has a bad signature or checksum")
+        if repair:
+            self.region_tables_valid = (True, True) if any(self.region_tables_valid) \
+                else self.region_tables_valid
         if self._overlay_entries:
             report.corrupt(f"the log holds {self._overlay_entries} entries not yet replayed "
                            "(replayed in memory; repair with -r all)")

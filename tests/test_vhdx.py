@@ -584,3 +584,75 @@ def test_differencing_matches_a_bytearray_model(tmp_path_factory: pytest.TempPat
     assert read_all(folder / "c.vhdx") == bytes(model)
     with disks.open(folder / "c.vhdx", readonly=True) as image:
         assert image.check().clean
+
+
+def test_many_flushes_rotate_the_log(tmp_path: Path) -> None:
+    """More entries than a 1 MiB log holds: a fresh LogGuid replaces wrapping."""
+    path = tmp_path / "busy.vhdx"
+    model = bytearray(300 * MiB)
+    with disks.create(path, "vhdx", len(model), block_size="1M") as image:
+        assert isinstance(image, vhdx.VhdxImage)
+        first_guid = None
+        for block in range(0, 300):
+            image.write(block * MiB + block, bytes([block % 255 + 1]) * 700)
+            model[block * MiB + block:block * MiB + block + 700] = bytes([block % 255 + 1]) * 700
+            image.flush()
+            first_guid = first_guid or image.header.log_guid
+        assert image.header.log_guid != first_guid
+    with disks.open(path, readonly=True) as image:
+        assert image.check().clean
+        for block in range(0, 300, 37):
+            at = block * MiB
+            assert image.read(at, MiB) == bytes(model[at:at + MiB])
+    qemu_img("check", path)
+
+
+def test_unknown_required_metadata_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.vhdx"
+    disks.create(path, "vhdx", 4 * MiB, block_size="1M").close()
+    with disks.open(path, readonly=True) as image:
+        assert isinstance(image, vhdx.VhdxImage)
+        table_at = image.metadata_offset
+    with open(path, "r+b") as f:
+        f.seek(table_at)
+        table = bytearray(f.read(vhdx.METADATA_TABLE_SIZE))
+        signature, _, count = vhdx.METADATA_TABLE_HEADER.unpack_from(table)
+        at = vhdx.METADATA_TABLE_HEADER.size + count * vhdx.METADATA_TABLE_ENTRY.size
+        vhdx.METADATA_TABLE_ENTRY.pack_into(table, at, b"\x17" * 16, 0, 0, vhdx.META_IS_USER)
+        vhdx.METADATA_TABLE_HEADER.pack_into(table, 0, signature, 0, count + 1)
+        f.seek(table_at)
+        f.write(table)
+    disks.open(path, readonly=True).close()  # unknown user metadata is ignored
+    vhdx.METADATA_TABLE_ENTRY.pack_into(table, at, b"\x17" * 16, 0, 0, vhdx.META_IS_REQUIRED)
+    with open(path, "r+b") as f:
+        f.seek(table_at)
+        f.write(table)
+    with pytest.raises(disks.UnsupportedImageError, match="unknown required metadata"):
+        disks.open(path, readonly=True)
+
+
+def test_check_repairs_a_damaged_region_table_copy(tmp_path: Path) -> None:
+    path = tmp_path / "rt.vhdx"
+    disks.create(path, "vhdx", 4 * MiB, block_size="1M").close()
+    with open(path, "r+b") as f:
+        f.seek(vhdx.REGION_TABLE_OFFSETS[1] + 64)
+        f.write(b"\x01")
+    with disks.open(path) as image:
+        report = image.check(repair=True)
+        assert report.repaired and not report.corruptions
+    with disks.open(path, readonly=True) as image:
+        assert image.check().clean
+
+
+def test_writable_open_refuses_bat_entries_beyond_eof(tmp_path: Path) -> None:
+    path = tmp_path / "eof.vhdx"
+    with disks.create(path, "vhdx", 4 * MiB, block_size="1M") as image:
+        assert isinstance(image, vhdx.VhdxImage)
+        bat_offset = image.bat_offset
+    with open(path, "r+b") as f:
+        f.seek(bat_offset + 16)
+        f.write(struct.pack("<Q", (1 << 36) | vhdx.PAYLOAD_BLOCK_FULLY_PRESENT))
+    with pytest.raises(disks.CorruptImageError, match="beyond"):
+        disks.open(path)
+    with disks.open(path, readonly=True) as image:  # still inspectable
+        assert any("beyond" in m for m in image.check().corruptions)
