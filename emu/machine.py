@@ -1,0 +1,799 @@
+"""The PC: a Unicorn x86 CPU, memory, the port bus and the devices, and the run loop.
+
+Theory of operation
+-------------------
+**CPU and reset.**  Unicorn's 32-bit engine is opened and put into real mode by
+hand (CR0.PE = 0, real-mode segments); the 16-bit engine would misplace EIP
+whenever it resumes in protected mode.  Execution starts at F000:FFF0 (linear
+0xFFFF0, the ROM's reset vector through its alias below 1 MiB; a real CPU starts
+at 0xFFFFFFF0 with a hidden CS base of 0xFFFF0000 and sees the same bytes).
+
+**Memory.**  RAM from 0 to ``memory``.  The firmware image (up to 256 KiB) is
+mapped read-only at 4 GiB - size, and its last 128 KiB (all of it if smaller)
+are copied into RAM just below 1 MiB, as QEMU's ``isa-bios`` alias.  That copy
+is *shadow RAM that is always writable*: SeaBIOS unlocks it through the i440FX
+PAM registers and copies itself from the high alias, which then changes
+nothing.  The VGA window 0xA0000-0xBFFFF is plain RAM too.  Accesses to
+unmapped addresses (above RAM, chipset MMIO such as an HPET probe) get a
+scratch page filled with 0xFF, like a floating bus; executing there is a fault.
+
+**Slices and the clock.**  The CPU runs in slices of :data:`SLICE_INSTRUCTIONS`
+instructions (Unicorn's instruction count, counted in C).  Between slices the
+machine advances the deterministic :class:`~emu.clock.VirtualClock`, lets the
+timers (PIT, RTC) raise their IRQs, polls terminal input and delivers a pending
+hardware interrupt when IF=1.  Port I/O goes straight to the devices from
+Unicorn's IN/OUT hooks; when an access makes an interrupt deliverable the slice
+is cut short so it is taken right after the current block.  No Python runs per
+instruction (unless ``--trace``).
+
+**Interrupts.**  See :mod:`emu.x86`: software INTs and exceptions come in
+through ``UC_HOOK_INTR`` and are vectored by hand through the IVT or IDT;
+hardware IRQs are acknowledged at the PIC and vectored the same way.
+
+**HLT.**  Unicorn stops at HLT with EIP past it, indistinguishable from a slice
+ending by count after any instruction whose last byte is 0xF4.  The machine
+resolves this with a code hook on each address seen before such a stop: the
+hook fires only when the byte there is executed as an instruction, i.e. a
+HLT.  The first time an address is seen a stop with IF=1 is taken as HLT (a
+harmless idle skip if wrong) and one with IF=0 as HLT only in the ``cli; hlt``
+idiom; later stops there are exact.  A HLT with IF=1 waits: the clock jumps to
+the next timer deadline and the interrupt is delivered.  With IF=0, or with
+no timer armed, nothing can wake the CPU and the machine stops.
+
+**Fast string I/O.**  A ``rep insw/insd/outsw/...`` on a
+:class:`~devices.interfaces.StringPortDevice` is moved in one step from the
+first item's hook: the rest of the burst goes through ``read_string`` /
+``write_string`` and guest memory in one block, and (E)CX and (E)DI/(E)SI are
+set so that the CPU's own bookkeeping for the first item ends the instruction
+exactly where the slow path would.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MODE_32,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as X
+
+import disks
+from devices import geometry as disk_geometry
+from devices.ata import AtaChannel, AtaDrive
+from devices.busmaster import BusMasterIde
+from devices.cmos import DEFAULT_START, Cmos, CmosLayout
+from devices.interfaces import PortDevice, StringPortDevice
+from devices.misc import (
+    DebugConsole,
+    DebugExit,
+    Kbc8042,
+    PostCode,
+    ResetControl,
+    SystemControlPortA,
+)
+from devices.pci import PciHost
+from devices.pic import PicPair
+from devices.pit import Pit, SystemControlPortB
+from devices.uart import COM1, COM2, Uart16550
+from disks import Image as DiskImage
+
+from . import x86
+from .clock import NS_PER_INSTRUCTION, NS_PER_PORT_ACCESS, VirtualClock
+from .console import CharBackend, open_backend
+from .portbus import PortBus
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+PAGE = 4 * KiB
+SLICE_INSTRUCTIONS = 20_000
+NEVER = (1 << 64) - 1          # an "until" address execution never reaches
+RESET_CS, RESET_IP = 0xF000, 0xFFF0
+ISA_BIOS_MAX = 128 * KiB
+BIOS_MAX = 256 * KiB
+BIOS_MIN = 4 * KiB
+MEMORY_MIN = 1 * MiB
+MEMORY_MAX = 3 * GiB + 512 * MiB
+SCRATCH_PAGES_MAX = 256
+INPUT_POLL_SLICES = 16
+EXCEPTION_STORM = 10_000       # back-to-back exceptions at one address = a hung CPU
+IDE_CHANNELS = ((0x1F0, 0x3F6, 14), (0x170, 0x376, 15))
+CLI = 0xFA
+HLT = 0xF4
+
+
+class StopReason(enum.Enum):
+    DEBUG_EXIT = "debug-exit"
+    RESET = "reset"
+    HALTED = "halted"
+    CPU_FAULT = "cpu-fault"
+    TIMEOUT = "timeout"
+    INSTRUCTION_BUDGET = "instruction-budget"
+    USER_QUIT = "user-quit"
+    INTERNAL_ERROR = "internal-error"
+
+
+# Exit status of `emu run` for each way a run can end (debug exit: the value written).
+EXIT_RESET = 0
+EXIT_INTERNAL_ERROR = 121
+EXIT_USER_QUIT = 123
+EXIT_TIMEOUT = 124
+EXIT_HALTED = 125
+EXIT_CPU_FAULT = 126
+EXIT_INSTRUCTION_BUDGET = 127
+EXIT_CODES = {
+    StopReason.RESET: EXIT_RESET,
+    StopReason.INTERNAL_ERROR: EXIT_INTERNAL_ERROR,
+    StopReason.USER_QUIT: EXIT_USER_QUIT,
+    StopReason.TIMEOUT: EXIT_TIMEOUT,
+    StopReason.HALTED: EXIT_HALTED,
+    StopReason.CPU_FAULT: EXIT_CPU_FAULT,
+    StopReason.INSTRUCTION_BUDGET: EXIT_INSTRUCTION_BUDGET,
+}
+
+
+class MachineConfigError(Exception):
+    """A bad machine option (memory size, BIOS file, disk spec): one line for the user."""
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One ``--disk`` option."""
+
+    path: str
+    format: str | None = None
+    bus: int | None = None
+    unit: int | None = None
+    readonly: bool = False
+    snapshot: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> DiskSpec:
+        path, *options = text.split(",")
+        if not path:
+            raise MachineConfigError(f"--disk {text!r}: no file name")
+        values: dict[str, Any] = {}
+        for option in options:
+            key, sep, value = option.partition("=")
+            if not sep or key not in ("format", "bus", "unit", "readonly", "snapshot"):
+                raise MachineConfigError(f"--disk {text!r}: unknown option {option!r}")
+            try:
+                if key in ("bus", "unit"):
+                    number = int(value)
+                    if number not in (0, 1):
+                        raise ValueError
+                    values[key] = number
+                elif key in ("readonly", "snapshot"):
+                    values[key] = disks.image.parse_bool(value)
+                else:
+                    values[key] = value
+            except ValueError:
+                raise MachineConfigError(f"--disk {text!r}: bad value for {key}") from None
+        return cls(path, **values)
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    reason: StopReason
+    detail: str
+    serial: bytes
+    debugcon: bytes
+    virtual_ns: int
+    instructions: int
+    report: str = ""
+
+    @property
+    def serial_text(self) -> str:
+        return self.serial.decode("latin-1")
+
+    @property
+    def debugcon_text(self) -> str:
+        return self.debugcon.decode("latin-1")
+
+
+@dataclass
+class _Stop:
+    reason: StopReason
+    detail: str
+    exit_code: int
+
+
+def parse_memory_size(value: int | str) -> int:
+    try:
+        size = disks.image.parse_size(value)
+    except ValueError:
+        raise MachineConfigError(f"--memory {value!r} is not a size") from None
+    if not MEMORY_MIN <= size <= MEMORY_MAX or size % PAGE:
+        raise MachineConfigError(
+            f"--memory {value}: must be a multiple of 4 KiB between 1M and 3584M")
+    return size
+
+
+def load_bios(bios: str | Path | bytes | None) -> bytes:
+    if bios is None:
+        import firmware
+        bios = firmware.path("bios.bin")
+        if not Path(bios).exists():
+            raise MachineConfigError(f"the built-in BIOS {bios} is missing "
+                                     "(build it with python -m firmware.build)")
+    if isinstance(bios, bytes):
+        image = bios
+    else:
+        try:
+            image = Path(bios).read_bytes()
+        except OSError as error:
+            raise MachineConfigError(f"--bios {bios}: {error.strerror}") from None
+    if not BIOS_MIN <= len(image) <= BIOS_MAX or len(image) % PAGE:
+        raise MachineConfigError(
+            f"BIOS image is {len(image)} bytes: must be a multiple of 4 KiB up to 256 KiB")
+    return image
+
+
+class PhysicalMemory:
+    """Guest physical memory for DMA (devices.interfaces.GuestMemory)."""
+
+    def __init__(self, uc: Uc, ram_size: int) -> None:
+        self.uc = uc
+        self.ram_size = ram_size
+
+    def read(self, address: int, length: int) -> bytes:
+        inside = max(0, min(length, self.ram_size - address))
+        data = bytes(self.uc.mem_read(address, inside)) if inside else b""
+        return data + b"\xff" * (length - inside)  # beyond RAM: floating bus
+
+    def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
+        inside = max(0, min(len(data), self.ram_size - address))
+        if inside:
+            self.uc.mem_write(address, bytes(data[:inside]))
+
+
+class Machine:
+    """A PC built from ``emu run`` options; :meth:`run` boots it until it stops."""
+
+    def __init__(self, *, bios: str | Path | bytes | None = None, memory: int | str = "64M",
+                 disks: Sequence[str | DiskSpec] = (), serial: str = "null",
+                 debugcon: str = "null", snapshot: bool = False, timeout: float | None = None,
+                 trace: str | Path | None = None, reboot: bool = False,
+                 max_instructions: int | None = None,
+                 rtc_start: Any = DEFAULT_START, serial_input: bytes = b"") -> None:
+        self.ram_size = parse_memory_size(memory)
+        self.bios = load_bios(bios)
+        self.timeout = timeout
+        self.reboot = reboot
+        self.max_instructions = max_instructions
+        self.rtc_start = rtc_start
+        self.disk_specs = [spec if isinstance(spec, DiskSpec) else DiskSpec.parse(spec)
+                           for spec in disks]
+        self.snapshot = snapshot
+        self.images: list[tuple[int, int, DiskImage]] = []
+        self._temporary_dirs: list[str] = []
+        self._stop: _Stop | None = None
+        self.instructions = 0
+        self.slices = 0
+        self.hlt_sites: set[int] = set()
+        self.hlt_fired: int | None = None
+        self.scratch_pages = 0
+        self.exception_streak: tuple[tuple[int, int] | None, int] = (None, 0)
+        self.reboot_requested: str | None = None
+        self.string_device_types: dict[type, bool] = {}
+        self.pending_serial_input = bytearray(serial_input)
+        self.trace_path = Path(trace) if trace is not None else None
+        self.trace_file: Any = None
+        self.serial_backend: CharBackend = open_backend(serial, interactive=True)
+        self.debugcon_backend: CharBackend = open_backend(debugcon)
+        try:
+            self._open_disks()
+            self.uc = self._make_cpu()
+            self.memory = PhysicalMemory(self.uc, self.ram_size)
+            self._build_devices()
+            self._install_hooks()
+            self._power_on()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- construction -----------------------------------------------------
+    def _open_disks(self) -> None:
+        taken: set[tuple[int, int]] = set()
+        free = [(0, 0), (0, 1), (1, 0), (1, 1)]
+        for spec in self.disk_specs:
+            if spec.bus is not None and spec.unit is not None:
+                slot = (spec.bus, spec.unit)
+            else:
+                candidates = [s for s in free if s not in taken
+                              and (spec.bus is None or s[0] == spec.bus)
+                              and (spec.unit is None or s[1] == spec.unit)]
+                if not candidates:
+                    raise MachineConfigError(f"--disk {spec.path}: no free IDE position")
+                slot = candidates[0]
+            if slot in taken:
+                raise MachineConfigError(
+                    f"--disk {spec.path}: bus {slot[0]} unit {slot[1]} is already in use")
+            taken.add(slot)
+            snapshot = spec.snapshot or self.snapshot
+            try:
+                image = disks.open(spec.path, format=spec.format,
+                                   readonly=spec.readonly or snapshot)
+            except disks.ImageError as error:
+                raise MachineConfigError(f"--disk {spec.path}: {error}") from None
+            except OSError as error:
+                raise MachineConfigError(f"--disk {spec.path}: {error.strerror}") from None
+            if snapshot:
+                from disks.overlay import OverlayImage
+                folder = tempfile.mkdtemp(prefix="emu-snapshot-")
+                self._temporary_dirs.append(folder)
+                image = OverlayImage(image, os.path.join(folder, "overlay"))
+            self.images.append((slot[0], slot[1], image))
+
+    def _make_cpu(self) -> Uc:
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map(0, self.ram_size, UC_PROT_ALL)
+        high = (1 << 32) - len(self.bios)
+        uc.mem_map(high, len(self.bios), UC_PROT_ALL)
+        uc.mem_write(high, self.bios)
+        uc.mem_protect(high, len(self.bios), UC_PROT_READ | UC_PROT_EXEC)
+        return uc
+
+    def _build_devices(self) -> None:
+        clock = self.clock = VirtualClock()
+        bus = self.bus = PortBus()
+        pic = self.pic = PicPair()
+        self.pit = Pit(clock, pic.irq_line(0))
+        self.port_b = SystemControlPortB(self.pit)
+        self.cmos = Cmos(clock, pic.irq_line(8), start=self.rtc_start)
+        self.com1 = Uart16550(COM1[0], pic.irq_line(COM1[1]), self.serial_backend.write)
+        self.com2 = Uart16550(COM2[0], pic.irq_line(COM2[1]))
+        self.debug_exit = DebugExit(self._on_debug_exit)
+        self.debugcon = DebugConsole(self.debugcon_backend.write)
+        self.post = PostCode()
+        self.port_a = SystemControlPortA(self._on_reset)
+        self.reset_control = ResetControl(self._on_reset)
+        self.kbc = Kbc8042(self._on_reset, irq1=pic.irq_line(1), irq12=pic.irq_line(12))
+        self.channels = [AtaChannel(command, control, pic.irq_line(irq))
+                         for command, control, irq in IDE_CHANNELS]
+        for bus_index, unit, image in self.images:
+            self.channels[bus_index].attach(unit, AtaDrive(image))
+        self.busmaster = BusMasterIde(self.channels, self.memory)
+        self.pci = PciHost(self.busmaster, self._on_pci_remap)
+        devices: list[PortDevice] = [
+            pic, self.pit, self.port_b, self.cmos, self.com1, self.com2, self.debug_exit,
+            self.debugcon, self.post, self.port_a, self.kbc, *self.channels, self.pci]
+        for device in devices:
+            bus.attach(device)
+        bus.attach(self.busmaster)
+        bus.attach_byte_overlay(self.reset_control)
+        self.timers = (self.pit, self.cmos)
+        self._fill_cmos()
+
+    def _fill_cmos(self) -> None:
+        layout = CmosLayout(self.cmos)
+        layout.memory(self.ram_size)
+        layout.equipment()
+        for bus_index, unit, image in self.images:
+            logical = disk_geometry.logical_geometry(image)
+            translation = disk_geometry.bios_translation(image).name.lower()
+            if translation not in ("none", "lba", "large"):
+                translation = "lba"
+            layout.disk(bus_index * 2 + unit, logical.cylinders, logical.heads,
+                        logical.sectors, translation)
+        layout.boot_order()
+        layout.checksum()
+
+    def _on_pci_remap(self) -> None:
+        self.bus.remap(self.busmaster)
+
+    def _install_hooks(self) -> None:
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED,
+                    self._on_unmapped)
+        uc.hook_add(UC_HOOK_MEM_FETCH_UNMAPPED, self._on_fetch_unmapped)
+        if self.trace_path is not None:
+            from .trace import Tracer
+            self.tracer = Tracer(self.trace_path)
+            uc.hook_add(UC_HOOK_CODE, self.tracer.on_instruction)
+            self.bus.tracer = self.tracer.on_port
+
+    def _power_on(self) -> None:
+        """CPU reset state, shadow copy of the BIOS, devices at power-on."""
+        uc = self.uc
+        isa_size = min(len(self.bios), ISA_BIOS_MAX)
+        uc.mem_write(MiB - isa_size, self.bios[-isa_size:])
+        uc.reg_write(X.UC_X86_REG_CR0, 0x6000_0010)  # CD NW ET, real mode
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+        for name in ("ds", "es", "ss", "fs", "gs"):
+            uc.reg_write(x86.SEGMENT_REGISTERS[name], 0)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))
+        for register in (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX,
+                         X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EBP,
+                         X.UC_X86_REG_ESP):
+            uc.reg_write(register, 0)
+        uc.reg_write(X.UC_X86_REG_EDX, 0x0633)  # family/model/stepping, as CPUID leaf 1
+        uc.reg_write(X.UC_X86_REG_CS, RESET_CS)
+        uc.reg_write(X.UC_X86_REG_EIP, RESET_IP)
+
+    def _reboot(self) -> None:
+        self._power_on()
+        self.pic.reset()
+        self.pit.reset()
+        self.port_b.reset()
+        self.com1.reset()
+        self.com2.reset()
+        self.kbc.reset()
+        for channel in self.channels:
+            channel.reset()
+        self.busmaster.reset()
+        self.pci.reset()
+        self.bus.remap(self.busmaster)
+
+    # --- device callbacks ---------------------------------------------------
+    def _request_stop(self, reason: StopReason, detail: str, exit_code: int | None = None) -> None:
+        if self._stop is None:
+            self._stop = _Stop(reason, detail,
+                               EXIT_CODES[reason] if exit_code is None else exit_code)
+        self.uc.emu_stop()
+
+    def _on_debug_exit(self, value: int) -> None:
+        self._request_stop(StopReason.DEBUG_EXIT, f"guest wrote {value:#x} to port 0xF4",
+                           value & 0xFF)
+
+    def _on_reset(self, why: str) -> None:
+        if self.reboot:
+            self.reboot_requested = why
+            self.uc.emu_stop()
+        else:
+            self._request_stop(StopReason.RESET, why)
+
+    # --- Unicorn hooks --------------------------------------------------------
+    def _after_io(self) -> None:
+        """An access may have made an interrupt deliverable: cut the slice short."""
+        if self.pic.changed:
+            self.pic.changed = False
+            if self.pic.interrupt_pending and self.uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
+                self.uc.emu_stop()
+
+    def _on_in(self, uc: Uc, port: int, size: int, _: Any) -> int:
+        self.clock.advance(NS_PER_PORT_ACCESS)
+        device = self.bus.owner(port, size)
+        value: int | None = None
+        if self._is_string_device(device):
+            value = self._fast_string_io(port, size, device, None)
+        if value is None:
+            value = self.bus.read(port, size)
+        self._after_io()
+        return value
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _: Any) -> None:
+        self.clock.advance(NS_PER_PORT_ACCESS)
+        device = self.bus.owner(port, size)
+        handled = False
+        if self._is_string_device(device):
+            handled = self._fast_string_io(port, size, device, value) is not None
+        if not handled:
+            self.bus.write(port, size, value)
+        self._after_io()
+
+    def _is_string_device(self, device: object) -> bool:
+        kind = type(device)
+        known = self.string_device_types.get(kind)
+        if known is None:
+            known = self.string_device_types[kind] = isinstance(device, StringPortDevice)
+        return known
+
+    def _on_cpuid(self, uc: Uc, _: Any) -> int:
+        eax, ebx, ecx, edx = x86.cpuid(uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFF_FFFF)
+        uc.reg_write(X.UC_X86_REG_EAX, eax)
+        uc.reg_write(X.UC_X86_REG_EBX, ebx)
+        uc.reg_write(X.UC_X86_REG_ECX, ecx)
+        uc.reg_write(X.UC_X86_REG_EDX, edx)
+        return 1  # skip Unicorn's own CPUID
+
+    def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int,
+                     _: Any) -> bool:
+        if self.scratch_pages >= SCRATCH_PAGES_MAX:
+            return False
+        first = address & ~(PAGE - 1)
+        last = (address + size - 1) & ~(PAGE - 1)
+        for page in range(first, last + PAGE, PAGE):
+            try:
+                uc.mem_map(page, PAGE, UC_PROT_READ | 2)  # read + write
+                uc.mem_write(page, b"\xff" * PAGE)
+                self.scratch_pages += 1
+            except UcError:
+                pass  # already mapped (the access straddled a mapped page)
+        return True
+
+    def _on_fetch_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int,
+                           _: Any) -> bool:
+        self._request_stop(StopReason.CPU_FAULT,
+                           f"instruction fetch from unmapped address {address:#x}")
+        return False
+
+    def _on_hlt_site(self, uc: Uc, address: int, size: int, _: Any) -> None:
+        self.hlt_fired = address
+
+    def _on_interrupt(self, uc: Uc, vector: int, _: Any) -> None:
+        try:
+            self._interrupt(vector)
+        except x86.DeliveryError as error:
+            self._cpu_fault(f"triple fault: {error}")
+        except UcError as error:
+            self._cpu_fault(f"triple fault: interrupt {vector:#x} delivery failed ({error})")
+
+    def _interrupt(self, vector: int) -> None:
+        uc = self.uc
+        pc = x86.linear_pc(uc)
+        before = bytes(uc.mem_read(pc - 2, 2)) if pc >= 2 else b""
+        software = (before[-2:] == bytes((0xCD, vector))
+                    or (vector == 3 and before[-1:] == b"\xcc")
+                    or (vector == 4 and before[-1:] == b"\xce")
+                    or (vector == 1 and before[-1:] == b"\xf1"))
+        if software:
+            self.exception_streak = (None, 0)
+            x86.deliver_interrupt(uc, vector)
+            return
+        # A CPU exception: EIP is the faulting instruction.
+        where, count = self.exception_streak
+        count = count + 1 if where == (pc, vector) else 1
+        self.exception_streak = ((pc, vector), count)
+        if count >= EXCEPTION_STORM:
+            self._cpu_fault(f"{x86.EXCEPTION_NAMES.get(vector, vector)} repeats forever "
+                            f"at {pc:#x}")
+            return
+        if not x86.protected_mode(uc):
+            x86.deliver_interrupt(uc, vector)
+            return
+        error_code = 0 if vector in x86.EXCEPTIONS_WITH_ERROR_CODE else None
+        try:
+            x86.deliver_interrupt(uc, vector, error_code=error_code)
+        except x86.DeliveryError as first:
+            try:
+                x86.deliver_interrupt(uc, 8, error_code=0)  # double fault
+            except x86.DeliveryError as second:
+                raise x86.DeliveryError(
+                    f"{x86.EXCEPTION_NAMES.get(vector, hex(vector))} at {pc:#x}: {first}; "
+                    f"double fault: {second}") from None
+
+    def _cpu_fault(self, detail: str) -> None:
+        self._on_reset(detail) if self.reboot else self._request_stop(StopReason.CPU_FAULT,
+                                                                      detail)
+
+    # --- fast string I/O ---------------------------------------------------------
+    def _fast_string_io(self, port: int, size: int, device: Any, out_value: int | None
+                        ) -> int | None:
+        """Move a whole ``rep ins``/``rep outs`` burst; None when not applicable."""
+        uc = self.uc
+        if uc.reg_read(X.UC_X86_REG_CR0) & x86.CR0_PG:
+            return None
+        code_segment = x86.segment(uc, "cs")
+        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        code = bytes(uc.mem_read((code_segment.base + eip) & 0xFFFF_FFFF, 15))
+        decoded = x86.decode_rep_string_io(code, code_segment.big)
+        if decoded is None or decoded.is_input != (out_value is None):
+            return None
+        mask = 0xFFFF_FFFF if decoded.address_32 else 0xFFFF
+        ecx = uc.reg_read(X.UC_X86_REG_ECX)
+        count = ecx & mask
+        if count < 2:
+            return None
+        index_register = X.UC_X86_REG_EDI if decoded.is_input else X.UC_X86_REG_ESI
+        full_index = uc.reg_read(index_register)
+        index = full_index & mask
+        backwards = bool(uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_DF)
+        # Never let the burst wrap the index register: the slow path handles the rest.
+        room = index // size + 1 if backwards else (mask + 1 - index) // size
+        count = min(count, room)
+        if count < 2:
+            return None
+        base = x86.segment(uc, decoded.segment_name).base
+        lowest = index - (count - 1) * size if backwards else index
+        start = (base + lowest) & 0xFFFF_FFFF
+        if start + count * size > self.ram_size:
+            return None
+        step = -size if backwards else size
+        if decoded.is_input:
+            data = device.read_string(port, size, count)
+            moved = len(data) // size
+            if moved == 0:
+                return None
+            self._record_string_io("ins", port, size, moved)
+            rest = data[size:moved * size]
+            if rest:
+                if backwards:
+                    items = [rest[i:i + size] for i in range(0, len(rest), size)]
+                    rest = b"".join(reversed(items))
+                    uc.mem_write((base + index - (moved - 1) * size) & 0xFFFF_FFFF, rest)
+                else:
+                    uc.mem_write((base + index + size) & 0xFFFF_FFFF, rest)
+            result = int.from_bytes(data[:size], "little")
+        else:
+            raw = bytes(uc.mem_read(start, count * size))
+            items = [raw[i:i + size] for i in range(0, len(raw), size)]
+            if backwards:
+                items.reverse()
+            moved = device.write_string(port, size, b"".join(items))
+            if moved == 0:
+                return None
+            self._record_string_io("outs", port, size, moved)
+            result = out_value if out_value is not None else 0
+        skipped = moved - 1
+        uc.reg_write(index_register, (full_index & ~mask) | ((index + skipped * step) & mask))
+        uc.reg_write(X.UC_X86_REG_ECX, (ecx & ~mask) | ((ecx - skipped) & mask))
+        return result
+
+    def _record_string_io(self, kind: str, port: int, size: int, items: int) -> None:
+        self.bus.accesses += items
+        self.bus.recent.append((kind, port, size, items))
+        if self.bus.tracer is not None:
+            self.bus.tracer(kind, port, size, items)
+
+    # --- the run loop -----------------------------------------------------------
+    def run(self) -> RunResult:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        uc = self.uc
+        try:
+            while self._stop is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._request_stop(StopReason.TIMEOUT,
+                                       f"--timeout {self.timeout:g} s of wall time elapsed")
+                    break
+                if self.max_instructions is not None and self.instructions >= self.max_instructions:
+                    self._request_stop(StopReason.INSTRUCTION_BUDGET,
+                                       f"{self.instructions} instructions executed")
+                    break
+                if self.slices % INPUT_POLL_SLICES == 0:
+                    self._poll_input()
+                    if self._stop is not None:
+                        break
+                self.slices += 1
+                self.hlt_fired = None
+                budget = SLICE_INSTRUCTIONS
+                if self.max_instructions is not None:
+                    budget = max(1, min(budget, self.max_instructions - self.instructions))
+                try:
+                    uc.emu_start(uc.reg_read(X.UC_X86_REG_EIP), NEVER, 0, budget)
+                except UcError as error:
+                    if self._stop is None and self.reboot_requested is None:
+                        self._cpu_fault(f"{error} at {x86.linear_pc(uc):#x}")
+                    continue
+                if self._stop is not None:
+                    break
+                if self.reboot_requested is not None:
+                    self.reboot_requested = None
+                    self._reboot()
+                    continue
+                halted = self._halted()
+                if not halted:
+                    # A full slice ran (or a hook cut it short: charge it all the same).
+                    self.instructions += budget
+                    self.clock.advance(budget * NS_PER_INSTRUCTION)
+                self._service_interrupts(halted)
+        except Exception:
+            self._request_stop(StopReason.INTERNAL_ERROR, traceback.format_exc())
+        return self._result()
+
+    def _halted(self) -> bool:
+        """Did the slice end at a HLT?  (see module docstring)"""
+        uc = self.uc
+        pc = x86.linear_pc(uc)
+        try:
+            if pc == 0 or uc.mem_read(pc - 1, 1)[0] != HLT:
+                return False
+            site = pc - 1
+            if site in self.hlt_sites:
+                return self.hlt_fired == site
+            self.hlt_sites.add(site)
+            uc.hook_add(UC_HOOK_CODE, self._on_hlt_site, None, site, site)
+            if uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
+                return True
+            return pc >= 2 and uc.mem_read(pc - 2, 1)[0] == CLI
+        except UcError:
+            return False
+
+    def _service_interrupts(self, halted: bool) -> None:
+        uc = self.uc
+        for timer in self.timers:
+            timer.update()
+        interrupts_on = bool(uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF)
+        if halted:
+            if not interrupts_on:
+                self._request_stop(StopReason.HALTED, "HLT with interrupts disabled")
+                return
+            while not self.pic.interrupt_pending:
+                deadlines = [d for d in (t.next_deadline_ns() for t in self.timers)
+                             if d is not None]
+                if not deadlines:
+                    self._request_stop(StopReason.HALTED,
+                                       "HLT with no interrupt source armed")
+                    return
+                self.clock.advance_to(min(deadlines))
+                for timer in self.timers:
+                    timer.update()
+        if interrupts_on and self.pic.interrupt_pending:
+            self.pic.changed = False
+            vector = self.pic.acknowledge()
+            try:
+                x86.deliver_interrupt(uc, vector)
+            except x86.DeliveryError as error:
+                self._cpu_fault(f"triple fault: IRQ vector {vector:#x}: {error}")
+
+    def _poll_input(self) -> None:
+        typed = self.serial_backend.read_input()
+        if self.serial_backend.quit_requested:
+            self._request_stop(StopReason.USER_QUIT, "Ctrl-A x pressed")
+            return
+        self.pending_serial_input += typed
+        if self.pending_serial_input:
+            taken = self.com1.feed(bytes(self.pending_serial_input))
+            del self.pending_serial_input[:taken]
+
+    def feed_serial(self, data: bytes) -> None:
+        """Queue bytes for COM1's receiver (as if typed at the terminal)."""
+        self.pending_serial_input += data
+
+    def _result(self) -> RunResult:
+        from .report import stop_report
+
+        stop = self._stop or _Stop(StopReason.INTERNAL_ERROR, "no stop reason", 121)
+        report = ""
+        if stop.reason not in (StopReason.DEBUG_EXIT, StopReason.RESET, StopReason.USER_QUIT):
+            report = stop_report(self, stop.reason.value, stop.detail)
+        return RunResult(stop.exit_code, stop.reason, stop.detail, bytes(self.com1.transcript),
+                         bytes(self.debugcon.transcript), self.clock.now_ns(),
+                         self.instructions, report)
+
+    def close(self) -> None:
+        for _, _, image in getattr(self, "images", []):
+            try:
+                image.close()
+            except disks.ImageError:
+                pass
+        for backend in (getattr(self, "serial_backend", None),
+                        getattr(self, "debugcon_backend", None)):
+            if backend is not None:
+                backend.close()
+        tracer = getattr(self, "tracer", None)
+        if tracer is not None:
+            tracer.close()
+        for folder in self._temporary_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._temporary_dirs = []
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_machine(**options: Any) -> RunResult:
+    """Build, run and close a machine (convenience for tests)."""
+    with Machine(**options) as machine:
+        return machine.run()
+
