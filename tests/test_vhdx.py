@@ -264,8 +264,18 @@ def run_crash_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_path: 
     journal = RecordingFile.journal
     assert any(op[0] == "sync" for op in journal)
     cut = tmp_path / ("cut-" + image_path.name)
-    for count in range(len(journal) + 1):
-        replay_prefix(base, journal, count, cut)
+    with disks.open(image_path, readonly=True) as image:
+        assert isinstance(image, vhdx.VhdxImage)
+        log_start = image.header.log_offset
+        log_end = log_start + image.header.log_length
+    # cut after every call, and also in the middle of every log and header write
+    cuts: list[tuple[int, list[tuple]]] = [(count, journal) for count in range(len(journal) + 1)]
+    for index, op in enumerate(journal):
+        if op[0] == "write" and (log_start <= op[1] < log_end or op[1] in vhdx.HEADER_OFFSETS):
+            torn = [*journal[:index], ("write", op[1], op[2][:len(op[2]) // 2 + 1])]
+            cuts.append((index, torn))
+    for count, ops_done in cuts:
+        replay_prefix(base, ops_done, count if ops_done is journal else len(ops_done), cut)
         disks.open(cut).close()  # a read-write open replays the log
         with disks.open(cut, readonly=True) as reopened:
             report = reopened.check()
@@ -656,3 +666,106 @@ def test_writable_open_refuses_bat_entries_beyond_eof(tmp_path: Path) -> None:
         disks.open(path)
     with disks.open(path, readonly=True) as image:  # still inspectable
         assert any("beyond" in m for m in image.check().corruptions)
+
+
+def craft_log(path: Path, entries: list[bytes]) -> None:
+    """Put ``entries`` back to back in the log and name a fresh LogGuid in both headers."""
+    with disks.open(path, readonly=True) as image:
+        assert isinstance(image, vhdx.VhdxImage)
+        header, log_offset = image.header, image.header.log_offset
+    with open(path, "r+b") as f:
+        f.seek(log_offset)
+        f.write(b"".join(entries))
+        for slot, offset in enumerate(vhdx.HEADER_OFFSETS):
+            f.seek(offset)
+            f.write(vhdx.replace(header, sequence_number=header.sequence_number + 1 + slot,
+                                 log_guid=LOG_GUID).pack())
+
+
+LOG_GUID = bytes(range(16))
+
+
+def zero_entry(sequence: int, tail: int, file_size: int, offset: int, length: int) -> bytes:
+    buf = bytearray(vhdx.LOG_SECTOR)
+    vhdx.LOG_ENTRY_HEADER.pack_into(buf, 0, b"loge", 0, vhdx.LOG_SECTOR, tail, sequence, 1, 0,
+                                    LOG_GUID, file_size, file_size)
+    vhdx.LOG_DESCRIPTOR.pack_into(buf, vhdx.LOG_ENTRY_HEADER.size, b"zero", 0, length, offset,
+                                  sequence)
+    return vhdx._with_checksum(buf)
+
+
+def test_log_sequence_with_data_and_zero_descriptors(tmp_path: Path) -> None:
+    """A three-entry sequence (tail = the first) rewriting payload pages: read-only opens
+    serve the replayed pages from memory, read-write opens apply them."""
+    path = tmp_path / "seq.vhdx"
+    with disks.create(path, "vhdx", 4 * MiB, block_size="1M") as image:
+        image.write(0, b"\x01" * (2 * MiB))
+        assert isinstance(image, vhdx.VhdxImage)
+        host = int(image.bat[0]) >> 20 << 20
+    size = path.stat().st_size
+    first = vhdx.build_log_entry(7, LOG_GUID, 0, size, [(host, b"\x02" * 4096),
+                                                        (host + 8192, b"\x03" * 4096)])
+    second = vhdx.build_log_entry(8, LOG_GUID, 0, size, [(host + 8192, b"\x04" * 4096)])
+    third = zero_entry(9, 0, size, host + 16384, 8192)
+    stale = vhdx.build_log_entry(3, LOG_GUID, 0, size, [(host, b"\x09" * 4096)])  # not in sequence
+    craft_log(path, [first, second, third, stale])
+    expected = bytearray(b"\x01" * (2 * MiB))
+    expected[0:4096] = b"\x02" * 4096
+    expected[8192:12288] = b"\x04" * 4096
+    expected[16384:24576] = bytes(8192)
+    before = path.read_bytes()
+    with disks.open(path, readonly=True) as image:
+        assert image.read(0, 2 * MiB) == bytes(expected)
+        assert image.read(4000, 200) == bytes(expected[4000:4200])  # across an overlay page
+    assert path.read_bytes() == before
+    with disks.open(path) as image:
+        assert image.read(0, 2 * MiB) == bytes(expected)
+    with disks.open(path, readonly=True) as image:
+        assert image.info()["format-specific"]["data"]["log-dirty"] is False
+        assert image.read(0, 2 * MiB) == bytes(expected)
+    qemu_img("check", path)
+
+
+def test_log_entry_with_a_bad_checksum_is_not_replayed(tmp_path: Path) -> None:
+    path = tmp_path / "torn-log.vhdx"
+    with disks.create(path, "vhdx", 4 * MiB, block_size="1M") as image:
+        image.write(0, b"\x01" * MiB)
+        assert isinstance(image, vhdx.VhdxImage)
+        host = int(image.bat[0]) >> 20 << 20
+    size = path.stat().st_size
+    good = vhdx.build_log_entry(1, LOG_GUID, 0, size, [(host, b"\x02" * 4096)])
+    torn = bytearray(vhdx.build_log_entry(2, LOG_GUID, len(good), size,
+                                          [(host, b"\x03" * 4096)]))
+    torn[-100] ^= 0xFF
+    craft_log(path, [good, bytes(torn)])
+    with disks.open(path, readonly=True) as image:
+        assert image.read(0, 4096) == b"\x02" * 4096
+
+
+def test_log_written_when_the_file_was_longer_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "short.vhdx"
+    disks.create(path, "vhdx", 4 * MiB, block_size="1M").close()
+    size = path.stat().st_size
+    craft_log(path, [vhdx.build_log_entry(1, LOG_GUID, 0, size + 8 * MiB,
+                                          [(size - 4096, bytes(4096))])])
+    with pytest.raises(disks.CorruptImageError, match="log"):
+        disks.open(path, readonly=True)
+
+
+def test_one_commit_larger_than_a_log_entry(tmp_path: Path) -> None:
+    """Sector bitmap pages of 300 chunks' worth of blocks: several entries in one flush."""
+    parent = tmp_path / "wide-parent.vhdx"
+    disks.create(parent, "vhdx", 8 * GiB, block_size="1M").close()
+    child = tmp_path / "wide-child.vhdx"
+    stride = 16 * MiB + MiB  # one bitmap page covers 16 MiB of 512-byte sectors
+    offsets = list(range(0, 8 * GiB - MiB, stride))[:300]
+    with disks.create(child, "vhdx", backing=parent, block_size="1M") as image:
+        for i, offset in enumerate(offsets):
+            image.write(offset + 512, bytes([i % 250 + 1]) * 512)
+        assert isinstance(image, vhdx.VhdxImage)
+        assert len(image._dirty_pages()) > vhdx.max_pages_per_entry(image.header.log_length)
+    with disks.open(child, readonly=True) as image:
+        for i, offset in enumerate(offsets):
+            assert image.read(offset, 1536) == bytes(512) + bytes([i % 250 + 1]) * 512 \
+                + bytes(512)
+        assert image.check().clean
