@@ -1,0 +1,100 @@
+"""Guest test programs (firmware/tests/*.asm) run through the emu pytest plugin.
+
+Each program boots from a disk of every format, checks BIOS disk services or drives
+the ATA controller itself, prints "G: ..." lines on the debug console and exits
+through port 0xF4 with 0 on success or the number of the failed check.  Every program
+runs in emu under our BIOS and under SeaBIOS, and in QEMU for comparison: the exit
+code and the program's lines must match, and the disk must hold what the guest wrote.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI
+
+from emu.pytest_plugin import DiskImage, GuestRun, firmware_file
+
+PROGRAMS = sorted(p for p in (Path(__file__).resolve().parent.parent / "firmware" / "tests")
+                  .glob("*.asm") if not p.name.startswith("_"))
+SECTOR = 512
+DISK_SIZE = 16 << 20
+PARAMETER_LBA = 199
+PATTERN_LBA, PATTERN_SECTORS = 200, 64
+# What each program leaves on the disk: (first LBA, sectors) holding the pattern XOR 0xFF.
+GUEST_WRITES = {
+    "int13": [(300, 3), (310, 1)],
+    "ata": [(400, 4), (410, 2), (420, 8)],
+}
+
+
+def pattern(lba: int, count: int, xor: int = 0) -> bytes:
+    return b"".join(bytes(((sector * 31 + i) & 0xFF) ^ xor for i in range(SECTOR))
+                    for sector in range(lba, lba + count))
+
+
+def disk_content(program: bytes) -> dict[int, bytes]:
+    return {
+        0: program,
+        PARAMETER_LBA * SECTOR: struct.pack("<I", DISK_SIZE // SECTOR).ljust(SECTOR, b"\0"),
+        PATTERN_LBA * SECTOR: pattern(PATTERN_LBA, PATTERN_SECTORS),
+    }
+
+
+def guest_lines(run: GuestRun) -> list[str]:
+    return [line for line in run.debugcon.splitlines() if line.startswith("G: ")]
+
+
+def machine_available() -> bool:
+    try:
+        import emu.run  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def need(condition: bool, reason: str) -> None:
+    if not condition:
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def assert_passed(run: GuestRun, image: DiskImage, name: str) -> None:
+    assert run.exit_code == 0, str(run)
+    assert guest_lines(run)[-1] == "G: PASS", str(run)
+    disk = run.disks[0]
+    for lba, count in GUEST_WRITES.get(name, []):
+        assert disk.read(lba * SECTOR, count * SECTOR) == pattern(lba, count, 0xFF), \
+            f"LBA {lba}+{count} after the run"
+
+
+@pytest.fixture(params=[p.stem for p in PROGRAMS])
+def program(request, nasm) -> tuple[str, bytes]:
+    name = request.param
+    return name, nasm(PROGRAMS[[p.stem for p in PROGRAMS].index(name)])
+
+
+@pytest.mark.parametrize("bios", ["ours", "seabios"])
+def test_program_in_qemu(program, bios: str, disk_image, emu_machine) -> None:
+    """The programs themselves are right: they pass in QEMU."""
+    need(bios != "ours" or firmware_file("bios.bin").exists(), "firmware/bios.bin not built")
+    name, code = program
+    image = disk_image("raw", DISK_SIZE, content=disk_content(code))
+    run = emu_machine(image, engine="qemu", bios=bios, timeout=60)
+    assert_passed(run, image, name)
+
+
+@pytest.mark.parametrize("bios", ["ours", "seabios"])
+def test_program_in_emu(program, bios: str, disk_format: str, disk_image, emu_machine) -> None:
+    need(machine_available(), "emu run is not written yet")
+    need(bios != "ours" or firmware_file("bios.bin").exists(), "firmware/bios.bin not built")
+    name, code = program
+    image = disk_image(disk_format, DISK_SIZE, content=disk_content(code))
+    qemu = emu_machine(image, engine="qemu", bios=bios, timeout=60)
+    emu = emu_machine(image, bios=bios, timeout=120)
+    assert_passed(emu, image, name)
+    assert emu.exit_code == qemu.exit_code
+    assert guest_lines(emu) == guest_lines(qemu)
