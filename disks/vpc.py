@@ -541,22 +541,8 @@ class VpcImage(Image):
         if struct.pack("=I", 1) != struct.pack(">I", 1):
             bat.byteswap()
         self.bat = bat
-        metadata_end = max(end for _, end, _ in self.metadata)
-        block_span = self.bitmap_size + block_size
         data_limit = file_size - FOOTER_SIZE if self.footer_at_end else None
-        last_block_end = metadata_end
-        for index, entry in enumerate(bat):
-            if entry == UNUSED_ENTRY:
-                continue
-            start = entry * SECTOR
-            end = start + block_span
-            if start < metadata_end and any(s < end and start < e for s, e, _ in self.metadata):
-                self.bad_blocks[index] = f"block {index} at {start} overlaps the image metadata"
-            elif data_limit is not None and end > data_limit:
-                self.bad_blocks[index] = (f"block {index} at {start} runs past the footer at "
-                                          f"{data_limit}")
-            else:
-                last_block_end = max(last_block_end, end)
+        self.bad_blocks, last_block_end, _ = self._scan_blocks(data_limit)
         # Without a valid end footer, what follows the last referenced block is the debris
         # of an interrupted append: the next append (or a repair) cuts it off first, so a
         # new block never inherits stale bytes (readers that ignore bitmaps would see them).
@@ -889,23 +875,42 @@ class VpcImage(Image):
     def _check_blocks(self, report: CheckReport) -> None:
         for message in self.bad_blocks.values():
             report.corrupt(message)
+        _, _, leaked = self._scan_blocks(self.footer_offset)
+        if leaked:
+            report.leak(f"{leaked} bytes between blocks are not referenced by the BAT")
+
+    def _scan_blocks(self, data_limit: int | None) -> tuple[dict[int, str], int, int]:
+        """Blocks that cannot be trusted (why), the end of the last block, leaked bytes.
+
+        A block is bad when it overlaps the metadata or another block, or runs past
+        ``data_limit`` (the footer).  Leaks are gaps between and after blocks; what
+        precedes the first block is alignment padding, never a leak.
+        """
+        bad: dict[int, str] = {}
         span = self.bitmap_size + self.block_size
-        blocks = sorted((entry * SECTOR, index) for index, entry in enumerate(self.bat)
-                        if entry != UNUSED_ENTRY and index not in self.bad_blocks)
-        previous_end, previous_index = 0, -1
         metadata_end = max(end for _, end, _ in self.metadata)
-        if not blocks:
-            return  # what precedes the first block is alignment padding, never a leak
-        gaps = 0
+        blocks = sorted((entry * SECTOR, index) for index, entry in enumerate(self.bat)
+                        if entry != UNUSED_ENTRY)
+        last_end, previous_end, previous_index, leaked = metadata_end, 0, -1, 0
         for start, index in blocks:
+            end = start + span
+            if start < metadata_end and any(s < end and start < e for s, e, _ in self.metadata):
+                bad[index] = f"block {index} at {start} overlaps the image metadata"
+                continue
+            if data_limit is not None and end > data_limit:
+                bad[index] = f"block {index} at {start} runs past the footer at {data_limit}"
+                continue
             if start < previous_end:
-                report.corrupt(f"block {index} at {start} overlaps block {previous_index}")
+                bad[index] = f"block {index} at {start} overlaps block {previous_index}"
+                bad.setdefault(previous_index, f"block {previous_index} is overlapped by "
+                               f"block {index}")
             elif previous_index >= 0:
-                gaps += start - previous_end
-            previous_end, previous_index = max(previous_end, start + span), index
-        gaps += max(0, self.footer_offset - max(previous_end, metadata_end))
-        if gaps:
-            report.leak(f"{gaps} bytes between blocks are not referenced by the BAT")
+                leaked += start - previous_end
+            last_end = max(last_end, end)
+            previous_end, previous_index = max(previous_end, end), index
+        if blocks and data_limit is not None:
+            leaked += max(0, data_limit - last_end)
+        return bad, last_end, leaked
 
     def _info(self) -> dict[str, Any]:
         footer = self.footer
