@@ -22,6 +22,12 @@
 ;   * calls INT 19h, which loads LBA 0 of each disk in turn to 0000:7C00 and
 ;     jumps to the first one that ends in 55AAh, with DL = its drive number.
 ;
+; Boot loaders "reboot" by jumping to F000:FFF0 (GRUB, SYSLINUX's reboot.c32),
+; which is not a machine reset.  POST leaves POST_MARKER in the EBDA; finding it
+; on entry means such a jump, and POST then clears it and resets the machine
+; for real (PIIX3 port CF9h, then port 92h, the 8042, a triple fault), as
+; SeaBIOS does.  After that reset POST finds no marker and runs normally.
+;
 ; Services: INT 10h text video (80x25 at B800h, every character written is also
 ; sent to COM1), 11h, 12h, 13h (hard disks over ATA PIO, with the EDD 3.0
 ; extensions), 14h, 15h (E820/E801/88h memory, A20, 86h wait, C0h, APM "not
@@ -50,6 +56,13 @@ rom_start:
 post:
     cli
     cld
+    mov ax, EBDA_SEG
+    mov es, ax
+    cmp dword [es:EBDA.post_marker], POST_MARKER
+    jne .cold
+    mov dword [es:EBDA.post_marker], 0
+    jmp hard_reset
+.cold:
     xor ax, ax
     mov ss, ax
     mov sp, POST_STACK
@@ -89,8 +102,32 @@ post:
 
     mov si, msg_banner
     call print_screen
+    mov dword [gs:EBDA.post_marker], POST_MARKER
     int 0x19
     int 0x18
+
+; reset the machine, by every means a PC has
+hard_reset:
+    mov dx, PORT_RESET_CONTROL
+    mov al, 0x02
+    out dx, al
+    mov al, 0x06
+    out dx, al
+    in al, PORT_SYSTEM_A
+    and al, 0xFE
+    out PORT_SYSTEM_A, al
+    or al, 1
+    out PORT_SYSTEM_A, al
+    mov al, KBC_PULSE_RESET
+    out PORT_KBC_COMMAND, al
+    lidt [cs:null_idt]
+    int3
+    hlt
+    jmp hard_reset
+
+null_idt:
+    dw 0
+    dd 0
 
 ; ---- interrupt vectors --------------------------------------------------------------------
 setup_ivt:
