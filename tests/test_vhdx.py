@@ -377,6 +377,7 @@ def test_map_reports_block_states(tmp_path: Path) -> None:
                        (5 * MiB, MiB, disks.RunKind.ZERO),
                        (6 * MiB, 2 * MiB, disks.RunKind.UNALLOCATED)]
     with disks.open(path, readonly=True) as image:
+        assert isinstance(image, vhdx.VhdxImage)
         assert image.bat[5] & 7 == vhdx.PAYLOAD_BLOCK_UNMAPPED
         assert image.read(5 * MiB, MiB) == bytes(MiB)
     qemu_img("check", path)
@@ -390,6 +391,7 @@ def test_discard_in_differencing_hides_the_parent(tmp_path: Path) -> None:
     with disks.create(child, "vhdx", backing=parent, block_size="1M") as image:
         image.discard(MiB - 512, 2 * MiB + 1024)
     with disks.open(child, readonly=True) as image:
+        assert isinstance(image, vhdx.VhdxImage)
         assert image.bat[1] & 7 == vhdx.PAYLOAD_BLOCK_ZERO
         data = image.read(0, 4 * MiB)
     assert data == b"\x77" * (MiB - 512) + bytes(2 * MiB + 1024) + b"\x77" * (MiB - 512)
