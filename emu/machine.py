@@ -710,6 +710,7 @@ class Machine:
                 return self.hlt_fired == site
             self.hlt_sites.add(site)
             uc.hook_add(UC_HOOK_CODE, self._on_hlt_site, None, site, site)
+            uc.ctl_remove_cache(site, site + 1)  # blocks translated before the hook skip it
             if uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
                 return True
             return pc >= 2 and uc.mem_read(pc - 2, 1)[0] == CLI
