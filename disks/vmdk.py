@@ -147,6 +147,17 @@ def _table_bytes(table: array[int]) -> bytes:
     return copy.tobytes()
 
 
+IOV_BATCH = 512  # buffers per pwritev (well under the kernel's IOV_MAX of 1024)
+
+
+def _pwritev(file: HostFile, buffers: list[Any], offset: int) -> None:
+    """``file.pwritev`` for any number of buffers."""
+    for first in range(0, len(buffers), IOV_BATCH):
+        batch = buffers[first:first + IOV_BATCH]
+        file.pwritev(batch, offset)
+        offset += sum(len(b) for b in batch)
+
+
 def _round_up(value: int, unit: int) -> int:
     return -(-value // unit) * unit
 
@@ -438,6 +449,7 @@ class CowdHeader:
 # ---------------------------------------------------------------------------
 
 ReadBelow = Callable[[int, memoryview], None]   # (extent-relative offset, out)
+Piece = tuple[int, int, RunKind, int | None, bool]   # (rel offset, length, kind, host, special)
 
 
 class Extent:
@@ -457,7 +469,7 @@ class Extent:
     def writable(self) -> bool:
         return self.line.access == "RW"
 
-    def map(self, rel: int, length: int) -> Iterator[tuple[int, int, RunKind, int | None, bool]]:
+    def map(self, rel: int, length: int) -> Iterator[Piece]:
         """(rel offset, length, kind, host offset, special) pieces covering the range."""
         raise NotImplementedError
 
@@ -488,7 +500,7 @@ class Extent:
 class ZeroExtent(Extent):
     type_name = "ZERO"
 
-    def map(self, rel: int, length: int) -> Iterator[tuple[int, int, RunKind, int | None, bool]]:
+    def map(self, rel: int, length: int) -> Iterator[Piece]:
         yield rel, length, RunKind.ZERO, None, False
 
     def write_allocating(self, rel: int, data: memoryview, below: ReadBelow) -> None:
@@ -500,8 +512,24 @@ class ZeroExtent(Extent):
 class FlatExtent(Extent):
     """FLAT and VMFS extents: the bytes lie in one file from a sector offset on."""
 
-    def map(self, rel: int, length: int) -> Iterator[tuple[int, int, RunKind, int | None, bool]]:
+    def map(self, rel: int, length: int) -> Iterator[Piece]:
         yield rel, length, RunKind.DATA, self.line.offset * SECTOR + rel, False
+
+    def block_status(self, rel: int, length: int) -> Iterator[Piece]:
+        """Like map, but holes of the host file show as zeros (as qemu-img map does)."""
+        assert self.file is not None
+        base = self.line.offset * SECTOR
+        pos, end = base + rel, base + rel + length
+        while pos < end:
+            data = self.file.seek_data(pos)
+            if data is None or data >= end:
+                yield pos - base, end - pos, RunKind.ZERO, None, False
+                return
+            if data > pos:
+                yield pos - base, data - pos, RunKind.ZERO, None, False
+            hole = min(self.file.seek_hole(data), end)
+            yield data - base, hole - data, RunKind.DATA, data, False
+            pos = hole
 
     def write_allocating(self, rel: int, data: memoryview, below: ReadBelow) -> None:
         assert self.file is not None
@@ -564,6 +592,49 @@ class GrainTables:
         return 0 if table is None else table[grain % self.entries_per_gt]
 
 
+def _walk_tables(tables: GrainTables, grain_bytes: int, rel: int, length: int, *,
+                 compressed: bool) -> Iterator[Piece]:
+    """Pieces of a sparse extent's range; neighbours of one kind (and contiguous data on the
+    host) are merged so the core reads and writes them in one call."""
+    gtes = tables.entries_per_gt
+    end = rel + length
+    pos = rel
+    p_start = p_len = 0
+    p_kind: RunKind | None = None
+    p_host: int | None = None
+    p_special = False
+    while pos < end:
+        grain = pos // grain_bytes
+        table = tables.table(grain // gtes)
+        if table is None:
+            span_end = min(end, (grain // gtes + 1) * gtes * grain_bytes)
+            kind, host, special = RunKind.UNALLOCATED, None, False
+        else:
+            span_end = min(end, (grain + 1) * grain_bytes)
+            entry = table[grain % gtes]
+            if entry == 0:
+                kind, host, special = RunKind.UNALLOCATED, None, False
+            elif entry == GTE_ZEROED:
+                kind, host, special = RunKind.ZERO, None, False
+            elif compressed:
+                kind, host, special = RunKind.DATA, entry * SECTOR, True
+            else:
+                kind, host, special = RunKind.DATA, entry * SECTOR + pos - grain * grain_bytes, \
+                    False
+        step = span_end - pos
+        if p_kind is kind and not special and not p_special and (
+                host is None and p_host is None
+                or host is not None and p_host is not None and p_host + p_len == host):
+            p_len += step
+        else:
+            if p_kind is not None:
+                yield p_start, p_len, p_kind, p_host, p_special
+            p_start, p_len, p_kind, p_host, p_special = pos, step, kind, host, special
+        pos = span_end
+    if p_kind is not None:
+        yield p_start, p_len, p_kind, p_host, p_special
+
+
 class SparseExtent(Extent):
     """A hosted sparse (KDMV) extent, stream-optimized or not."""
 
@@ -614,45 +685,9 @@ class SparseExtent(Extent):
         return GrainTables(self.file, path, gd, rgd, self.gtes)
 
     # -- reading ----------------------------------------------------------
-    def map(self, rel: int, length: int) -> Iterator[tuple[int, int, RunKind, int | None, bool]]:
-        grain_bytes, gtes, tables = self.grain_bytes, self.gtes, self.tables
-        end = rel + length
-        pos = rel
-        # pending piece: (start, length, kind, host, special)
-        p_start = p_len = 0
-        p_kind: RunKind | None = None
-        p_host: int | None = None
-        p_special = False
-        while pos < end:
-            grain = pos // grain_bytes
-            within = pos - grain * grain_bytes
-            table = tables.table(grain // gtes)
-            if table is None:
-                span_end = min(end, (grain // gtes + 1) * gtes * grain_bytes)
-                kind, host, special = RunKind.UNALLOCATED, None, False
-            else:
-                span_end = min(end, (grain + 1) * grain_bytes)
-                entry = table[grain % gtes]
-                if entry == 0:
-                    kind, host, special = RunKind.UNALLOCATED, None, False
-                elif entry == GTE_ZEROED:
-                    kind, host, special = RunKind.ZERO, None, False
-                elif self.compressed:
-                    kind, host, special = RunKind.DATA, entry * SECTOR, True
-                else:
-                    kind, host, special = RunKind.DATA, entry * SECTOR + within, False
-            step = span_end - pos
-            if p_kind is kind and not special and not p_special and (
-                    host is None and p_host is None
-                    or host is not None and p_host is not None and p_host + p_len == host):
-                p_len += step
-            else:
-                if p_kind is not None:
-                    yield p_start, p_len, p_kind, p_host, p_special
-                p_start, p_len, p_kind, p_host, p_special = pos, step, kind, host, special
-            pos = span_end
-        if p_kind is not None:
-            yield p_start, p_len, p_kind, p_host, p_special
+    def map(self, rel: int, length: int) -> Iterator[Piece]:
+        return _walk_tables(self.tables, self.grain_bytes, rel, length,
+                            compressed=self.compressed)
 
     def read_special(self, rel: int, host: int | None, out: memoryview) -> None:
         """Serve a piece of one compressed grain (``host`` is its marker's offset)."""
@@ -740,7 +775,7 @@ class SparseExtent(Extent):
         payload = [c for _, c in grains if len(c)]
         host = self.end
         if payload:
-            self.file.pwritev(payload, host)
+            _pwritev(self.file, payload, host)
         updates: dict[int, int] = {}
         for grain, content in grains:
             if len(content):
@@ -784,7 +819,7 @@ class SparseExtent(Extent):
         copies = [content]
         if tables.rgd is not None:
             copies.append(content)
-        self.file.pwritev(copies, self.end)
+        _pwritev(self.file, copies, self.end)
         self.end += gt_span * len(copies)
         tables.gd[index] = gt_sector
         self.file.pwrite(struct.pack("<I", gt_sector), header.gd_offset * SECTOR + index * 4)
@@ -862,7 +897,7 @@ class SparseExtent(Extent):
             buffers += [marker, blob, bytes(pad)] if pad else [marker, blob]
             updates[grain] = host // SECTOR
             host += total + pad
-        self.file.pwritev(buffers, self.end)
+        _pwritev(self.file, buffers, self.end)
         self.end = host
         for grain, sector in updates.items():
             index = grain // self.gtes
@@ -904,7 +939,7 @@ class SparseExtent(Extent):
         buffers.append(MARKER.pack(1, 0, MARKER_FOOTER).ljust(SECTOR, b"\0"))
         buffers.append(footer.pack())
         buffers.append(MARKER.pack(0, 0, MARKER_EOS).ljust(SECTOR, b"\0"))
-        self.file.pwritev(buffers, self.end)
+        _pwritev(self.file, buffers, self.end)
         self.file.truncate(pos + 3 * SECTOR)
         if header.gd_offset != GD_AT_END:
             header.gd_offset = GD_AT_END
@@ -1004,56 +1039,61 @@ class CowdExtent(Extent):
         self.tables = GrainTables(file, filename, gd, None, COWD_GTES_PER_GT)
         self.end = max(_round_up(file.size(), SECTOR), header.free_sector * SECTOR)
 
-    def map(self, rel: int, length: int) -> Iterator[tuple[int, int, RunKind, int | None, bool]]:
-        grain_bytes = self.grain_bytes
-        pos, end = rel, rel + length
-        while pos < end:
-            grain = pos // grain_bytes
-            step = min(end, (grain + 1) * grain_bytes) - pos
-            entry = self.tables.entry(grain)
-            if entry == 0:
-                yield pos, step, RunKind.UNALLOCATED, None, False
-            else:
-                yield pos, step, RunKind.DATA, entry * SECTOR + pos - grain * grain_bytes, False
-            pos += step
+    def map(self, rel: int, length: int) -> Iterator[Piece]:
+        return _walk_tables(self.tables, self.grain_bytes, rel, length, compressed=False)
 
     def write_allocating(self, rel: int, data: memoryview, below: ReadBelow) -> None:
+        """Grains at the free sector, then GT entries (new GTs), free sector, GD entries."""
         grain_bytes, tables = self.grain_bytes, self.tables
         end = rel + len(data)
+        grains: list[tuple[int, memoryview | bytearray]] = []
         for grain in range(rel // grain_bytes, (end - 1) // grain_bytes + 1):
             g_start = grain * grain_bytes
             g_end = min(g_start + grain_bytes, self.length)
             lo, hi = max(rel, g_start), min(end, g_end)
+            piece = data[lo - rel:hi - rel]
             entry = tables.entry(grain)
             if entry:
-                self.file.pwrite(data[lo - rel:hi - rel], entry * SECTOR + lo - g_start)
+                self.file.pwrite(piece, entry * SECTOR + lo - g_start)
+                continue
+            if lo == g_start and hi - lo == grain_bytes:
+                grains.append((grain, piece))
                 continue
             buffer = bytearray(grain_bytes)
             view = memoryview(buffer)
-            if lo != g_start or hi != g_start + grain_bytes:
-                below(g_start, view[:g_end - g_start])
-            view[lo - g_start:hi - g_start] = data[lo - rel:hi - rel]
-            index = grain // COWD_GTES_PER_GT
+            below(g_start, view[:g_end - g_start])
+            view[lo - g_start:hi - g_start] = piece
+            grains.append((grain, buffer))
+        if not grains:
+            return
+        first_sector = self.end // SECTOR
+        _pwritev(self.file, [content for _, content in grains], self.end)
+        self.end += len(grains) * grain_bytes
+        by_table: dict[int, list[tuple[int, int]]] = {}
+        for number, (grain, _) in enumerate(grains):
+            by_table.setdefault(grain // COWD_GTES_PER_GT, []).append(
+                (grain % COWD_GTES_PER_GT, first_sector + number * self.header.grain_sectors))
+        new_tables: list[int] = []
+        for index, slots in by_table.items():
             table = tables.table(index)
-            grain_sector = self.end // SECTOR
-            self.file.pwrite(buffer, self.end)
-            self.end += grain_bytes
             if table is None:
                 table = array("I", bytes(COWD_GTES_PER_GT * 4))
-                table[grain % COWD_GTES_PER_GT] = grain_sector
-                gt_sector = self.end // SECTOR
+                for slot, sector in slots:
+                    table[slot] = sector
+                tables.gd[index] = self.end // SECTOR
                 self.file.pwrite(_table_bytes(table), self.end)
                 self.end += COWD_GTES_PER_GT * 4
-                tables.gd[index] = gt_sector
                 tables.adopt(index, table)
-                self._save_free()
-                self.file.pwrite(struct.pack("<I", gt_sector),
-                                 self.header.gd_offset * SECTOR + index * 4)
-            else:
-                table[grain % COWD_GTES_PER_GT] = grain_sector
-                self._save_free()
-                self.file.pwrite(struct.pack("<I", grain_sector),
-                                 tables.gd[index] * SECTOR + (grain % COWD_GTES_PER_GT) * 4)
+                new_tables.append(index)
+                continue
+            for slot, sector in slots:
+                table[slot] = sector
+            lo, hi = slots[0][0], slots[-1][0] + 1
+            self.file.pwrite(_table_bytes(table[lo:hi]), tables.gd[index] * SECTOR + lo * 4)
+        self._save_free()
+        for index in new_tables:
+            self.file.pwrite(struct.pack("<I", tables.gd[index]),
+                             self.header.gd_offset * SECTOR + index * 4)
 
     def _save_free(self) -> None:
         self.header.free_sector = self.end // SECTOR
@@ -1232,7 +1272,7 @@ class _StreamCloser:
         gd_span = _round_up(header.gd_entries * 4, SECTOR)
         footer = SparseHeader(**{**header.__dict__})
         footer.gd_offset = pos // SECTOR + 1
-        self.file.pwritev([MARKER.pack(gd_span // SECTOR, 0, MARKER_GD).ljust(SECTOR, b"\0"),
+        _pwritev(self.file, [MARKER.pack(gd_span // SECTOR, 0, MARKER_GD).ljust(SECTOR, b"\0"),
                            bytes(gd_span),
                            MARKER.pack(1, 0, MARKER_FOOTER).ljust(SECTOR, b"\0"),
                            footer.pack(),
@@ -1438,7 +1478,7 @@ class VmdkImage(Image):
     def _extent_at(self, offset: int) -> Extent:
         return self.extents[bisect_right(self._starts, offset) - 1]
 
-    def _map(self, offset: int, length: int) -> Iterator[Run]:
+    def _map(self, offset: int, length: int, *, precise: bool = False) -> Iterator[Run]:
         end = offset + length
         index = bisect_right(self._starts, offset) - 1
         while offset < end:
@@ -1450,7 +1490,9 @@ class VmdkImage(Image):
                 continue
             foreign = extent.file is not self.file
             noaccess = extent.line.access == "NOACCESS"
-            for piece_rel, piece_len, kind, host, special in extent.map(rel, step):
+            pieces = extent.block_status(rel, step) if precise and isinstance(
+                extent, FlatExtent) else extent.map(rel, step)
+            for piece_rel, piece_len, kind, host, special in pieces:
                 guest = extent.start + piece_rel
                 if noaccess:
                     yield Run(guest, piece_len, RunKind.DATA, host, True)
@@ -1461,6 +1503,9 @@ class VmdkImage(Image):
             offset += step
             index += 1
 
+    def _block_status(self, offset: int, length: int) -> Iterator[Run]:
+        return self._map(offset, length, precise=True)
+
     def _read_special(self, run: Run, out: memoryview) -> None:
         extent = self._extent_at(run.offset)
         if extent.line.access == "NOACCESS":
@@ -1468,11 +1513,11 @@ class VmdkImage(Image):
         extent.read_special(run.offset - extent.start, run.host_offset, out)
 
     def _write_from(self, offset: int, view: memoryview) -> None:
-        self._bump_cid()
         for extent in self._extents_in(offset, len(view)):
             if not extent.writable:
                 raise ReadOnlyImageError(self.path, f"extent {extent.filename or 'ZERO'} is "
                                          f"{extent.line.access}", field="extent")
+        self._bump_cid()
         super()._write_from(offset, view)
 
     def _extents_in(self, offset: int, length: int) -> Iterator[Extent]:
