@@ -267,7 +267,7 @@ def test_bad_checksums_are_errors(tmp_path: Path) -> None:
 # --- bitmaps ------------------------------------------------------------------------
 
 def make_parent(path: Path, size: int = 6 * MiB) -> bytes:
-    pattern = bytes((i * 7 + 3) & 0xFF for i in range(4096)) * (size // 4096)
+    pattern = bytes(range(3, 259, 7)) * (size // 37) + bytes(size % 37)
     with disks.create(path, "vpc", size, block_size=str(MiB)) as parent:
         parent.write(0, pattern)
     return pattern
@@ -481,6 +481,7 @@ def test_crash_during_allocation_leaves_a_usable_image(tmp_path: Path,
 # --- property tests against a bytearray model -----------------------------------------
 
 SMALL = 3 * MiB + 512 * 3
+PARENT_PATTERN = (bytes(range(1, 256)) * (SMALL // 255 + 1))[:SMALL]
 
 
 @settings(max_examples=40, deadline=None)
@@ -503,7 +504,7 @@ def test_model_fixed_and_dynamic(sequence: list[tuple[str, int, int, int]],
 def test_model_differencing(sequence: list[tuple[str, int, int, int]]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         parent, child = Path(folder) / "p.vhd", Path(folder) / "c.vhd"
-        pattern = bytes((i * 13 + 1) & 0xFF for i in range(SMALL))
+        pattern = PARENT_PATTERN
         with disks.create(parent, "vpc", SMALL, block_size="512K") as image:
             image.write(512 * KiB, pattern[512 * KiB:2 * MiB])
         model = bytearray(SMALL)
