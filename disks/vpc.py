@@ -51,7 +51,7 @@ import warnings
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from .errors import (
@@ -403,8 +403,6 @@ class VpcImage(Image):
                                  "it up to the CHS geometry like Virtual PC and qemu", True),
     }
 
-    disk_type_names: ClassVar[dict[int, str]] = DISK_TYPE_NAMES
-
     footer: Footer
     header: DynamicHeader | None
     bat: array[int]
@@ -579,11 +577,10 @@ class VpcImage(Image):
             path = locator_to_host_path(text, relative, child_dir)
             if path and path not in candidates:
                 candidates.append(path)
-        if header.parent_name:
-            beside = os.path.join(child_dir, locator_to_host_path(
-                header.parent_name, True, child_dir) or os.path.basename(
-                header.parent_name.replace("\\", "/")))
-            if beside not in candidates:
+        if header.parent_name:  # last resort: the parent's file name, beside the child
+            name = os.path.basename(header.parent_name.replace("\\", "/"))
+            beside = os.path.join(child_dir, name)
+            if name and beside not in candidates:
                 candidates.append(beside)
         return BackingSpec(candidates[0] if candidates else None, "vpc", tuple(candidates[1:]),
                            self._validate_parent, shown)
