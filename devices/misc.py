@@ -200,6 +200,7 @@ class Kbc8042:
         self.pending_command: int | None = None  # controller command awaiting data
         self.kbd_argument_for: int | None = None
         self.last_was_command = False
+        self.last_output = 0
         self._update_irqs()
 
     # --- PortDevice --------------------------------------------------------
@@ -210,8 +211,9 @@ class Kbc8042:
         if port == KBC_COMMAND_PORT:
             return self.status()
         if not self.output:
-            return 0
+            return self.last_output  # the output register keeps its last byte
         value, _ = self.output.popleft()
+        self.last_output = value
         self._update_irqs()
         return value
 

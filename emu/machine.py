@@ -65,6 +65,7 @@ from unicorn import (
     UC_ARCH_X86,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
@@ -121,6 +122,7 @@ EXCEPTION_STORM = 10_000       # back-to-back exceptions at one address = a hung
 IDE_CHANNELS = ((0x1F0, 0x3F6, 14), (0x170, 0x376, 15))
 CLI = 0xFA
 HLT = 0xF4
+UD_VECTOR = 6
 
 
 class StopReason(enum.Enum):
@@ -298,6 +300,7 @@ class Machine:
         self.exception_streak: tuple[tuple[int, int] | None, int] = (None, 0)
         self.reboot_requested: str | None = None
         self.string_device_types: dict[type, bool] = {}
+        self.fast_string_io = True  # tests turn it off to compare with the slow path
         self.pending_serial_input = bytearray(serial_input)
         self.trace_path = Path(trace) if trace is not None else None
         self.trace_file: Any = None
@@ -410,6 +413,7 @@ class Machine:
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid_instruction)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED,
                     self._on_unmapped)
         uc.hook_add(UC_HOOK_MEM_FETCH_UNMAPPED, self._on_fetch_unmapped)
@@ -500,6 +504,8 @@ class Machine:
         self._after_io()
 
     def _is_string_device(self, device: object) -> bool:
+        if not self.fast_string_io:
+            return False
         kind = type(device)
         known = self.string_device_types.get(kind)
         if known is None:
@@ -545,6 +551,11 @@ class Machine:
             self._cpu_fault(f"triple fault: {error}")
         except UcError as error:
             self._cpu_fault(f"triple fault: interrupt {vector:#x} delivery failed ({error})")
+
+    def _on_invalid_instruction(self, uc: Uc, _: Any) -> bool:
+        """Unicorn reports #UD here rather than as an interrupt: vector it (INT 6)."""
+        self._on_interrupt(uc, UD_VECTOR, None)
+        return True
 
     def _interrupt(self, vector: int) -> None:
         uc = self.uc

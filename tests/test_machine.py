@@ -1,0 +1,403 @@
+"""The machine end to end with tiny NASM ROMs: modes, interrupts, HLT, exits, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from test_machine_roms import PIC_INIT, PIT_10MS, PRINT16, build_rom
+
+from emu.machine import (
+    EXIT_CPU_FAULT,
+    EXIT_HALTED,
+    EXIT_INSTRUCTION_BUDGET,
+    Machine,
+    StopReason,
+    run_machine,
+)
+from emu.run import main as run_main
+
+STACK_SETUP = """
+    cli
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7000
+"""
+
+IRQ_AND_HLT = STACK_SETUP + """
+    mov word [0x21*4], handler21
+    mov word [0x21*4+2], 0xF000
+    mov word [0x08*4], tick
+    mov word [0x08*4+2], 0xF000
+    mov si, hello
+    call print
+    int 0x21
+""" + PIC_INIT.format(master_base=0x08, slave_base=0x70) + PIT_10MS + """
+    sti
+.wait:
+    hlt
+    cmp word [0x500], 3
+    jb .wait
+    mov si, ticked
+    call print
+    mov al, 0x2A
+    out 0xF4, al
+    cli
+    hlt
+handler21:
+    push si
+    mov si, int21
+    call print
+    pop si
+    iret
+tick:
+    push ax
+    inc word [0x500]
+    mov al, 0x20
+    out 0x20, al
+    pop ax
+    iret
+hello: db "hello", 10, 0
+int21: db "int21", 10, 0
+ticked: db "3 ticks", 10, 0
+""" + PRINT16
+
+
+def test_debug_exit_irq_hlt_and_software_int(tmp_path: Path) -> None:
+    result = run_machine(bios=build_rom(tmp_path, IRQ_AND_HLT), timeout=60)
+    assert result.reason is StopReason.DEBUG_EXIT
+    assert result.exit_code == 0x2A
+    assert result.debugcon_text == "hello\nint21\n3 ticks\n"
+    # three 10 ms PIT periods passed in virtual time, and HLT skipped most of it
+    assert 30_000_000 <= result.virtual_ns < 40_000_000
+
+
+def test_cli_exit_status_and_debugcon_file(tmp_path: Path) -> None:
+    rom = build_rom(tmp_path, IRQ_AND_HLT)
+    log = tmp_path / "debugcon.txt"
+    status = run_main(["--bios", str(rom), "--serial", "null", "--debugcon", f"file:{log}",
+                       "--timeout", "60"])
+    assert status == 0x2A
+    assert log.read_text() == "hello\nint21\n3 ticks\n"
+
+
+def test_bad_disk_is_one_line_and_nonzero(tmp_path: Path, capsys) -> None:
+    rom = build_rom(tmp_path, STACK_SETUP + "    hlt\n")
+    status = run_main(["--bios", str(rom), "--serial", "null",
+                       "--disk", str(tmp_path / "missing.vdi")])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1 and "missing.vdi" in err
+
+
+def test_halt_with_interrupts_off_stops_with_report(tmp_path: Path) -> None:
+    body = STACK_SETUP + "    mov eax, 0x12345678\n    cli\n    hlt\n"
+    result = run_machine(bios=build_rom(tmp_path, body), timeout=60)
+    assert result.reason is StopReason.HALTED
+    assert result.exit_code == EXIT_HALTED
+    assert "eax=12345678" in result.report
+    assert "mode=real" in result.report
+
+
+def test_instruction_budget(tmp_path: Path) -> None:
+    result = run_machine(bios=build_rom(tmp_path, ".spin: jmp .spin\n"), max_instructions=50_000)
+    assert result.exit_code == EXIT_INSTRUCTION_BUDGET
+    assert result.instructions >= 50_000
+
+
+def test_reset_via_port_92_exits_zero(tmp_path: Path) -> None:
+    body = STACK_SETUP + "    mov al, 1\n    out 0x92, al\n    jmp $\n"
+    result = run_machine(bios=build_rom(tmp_path, body), timeout=60)
+    assert result.reason is StopReason.RESET
+    assert result.exit_code == 0
+
+
+def test_reboot_restarts_at_reset_vector(tmp_path: Path) -> None:
+    # First boot counts in CMOS scratch RAM (which survives reset), resets via 0xCF9;
+    # the second boot sees the count and exits with it.
+    body = STACK_SETUP + """
+    mov al, 0x50
+    out 0x70, al
+    in al, 0x71
+    inc al
+    mov bl, al
+    mov al, 0x50
+    out 0x70, al
+    mov al, bl
+    out 0x71, al
+    cmp bl, 2
+    je .done
+    mov al, 0x06
+    mov dx, 0xCF9
+    out dx, al
+    jmp $
+.done:
+    mov al, bl
+    out 0xF4, al
+"""
+    result = run_machine(bios=build_rom(tmp_path, body), timeout=60, reboot=True)
+    assert result.reason is StopReason.DEBUG_EXIT
+    assert result.exit_code == 2
+
+
+GDT_AND_MODES = STACK_SETUP + """
+    mov word [0x21*4], real_int21
+    mov word [0x21*4+2], 0xF000
+    o32 lgdt [cs:gdtr]
+    mov eax, cr0
+    or al, 1
+    mov cr0, eax
+    jmp dword 0x08:LIN(pm32)
+bits 32
+pm32:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov esp, 0x9000
+    ; IDT at 0x1000: vector 0x30 (software) and 0x20 (IRQ 0)
+    mov eax, LIN(pm_int30)
+    mov ebx, 0x30
+    call set_gate
+    mov eax, LIN(pm_irq0)
+    mov ebx, 0x20
+    call set_gate
+    lidt [LIN(idtr)]
+    mov esi, LIN(msg_pm)
+    call print32
+    mov eax, 0xCAFE
+    int 0x30
+    cmp eax, 0xBEEF
+    jne fail32
+""" + PIC_INIT.format(master_base=0x20, slave_base=0x28) + PIT_10MS + """
+    sti
+.wait:
+    hlt
+    cmp dword [0x504], 2
+    jb .wait
+    cli
+    mov esi, LIN(msg_irq)
+    call print32
+    ; back to real mode through a 16-bit code segment
+    jmp 0x18:pm16
+fail32:
+    mov al, 0x77
+    out 0xF4, al
+    hlt
+set_gate:
+    mov [0x1000 + ebx*8], ax
+    mov word [0x1000 + ebx*8 + 2], 0x08
+    mov word [0x1000 + ebx*8 + 4], 0x8E00
+    shr eax, 16
+    mov [0x1000 + ebx*8 + 6], ax
+    ret
+print32:
+    lodsb
+    test al, al
+    jz .done
+    out 0xE9, al
+    jmp print32
+.done:
+    ret
+pm_int30:
+    mov eax, 0xBEEF
+    iretd
+pm_irq0:
+    push eax
+    inc dword [0x504]
+    mov al, 0x20
+    out 0x20, al
+    pop eax
+    iretd
+bits 16
+pm16:
+    mov ax, 0x20
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov eax, cr0
+    and al, 0xFE
+    mov cr0, eax
+    jmp 0xF000:real_again
+real_again:
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov sp, 0x7000
+    o32 lidt [cs:ivt]
+    int 0x21
+    mov si, msg_real
+    call print
+    mov al, 0
+    out 0xF4, al
+    hlt
+real_int21:
+    push si
+    mov si, msg_int21
+    call print
+    pop si
+    iret
+align 8
+gdt:
+    dq 0
+    dq 0x00CF9A000000FFFF   ; 0x08 flat 32-bit code
+    dq 0x00CF92000000FFFF   ; 0x10 flat 32-bit data
+    dq 0x00009A0F0000FFFF   ; 0x18 16-bit code, base 0xF0000
+    dq 0x000092000000FFFF   ; 0x20 16-bit data, base 0
+gdtr:
+    dw gdtr - gdt - 1
+    dd LIN(gdt)
+idtr:
+    dw 0x7FF
+    dd 0x1000
+ivt:
+    dw 0x3FF
+    dd 0
+msg_pm: db "protected", 10, 0
+msg_irq: db "pm irq", 10, 0
+msg_int21: db "real int21", 10, 0
+msg_real: db "real again", 10, 0
+""" + PRINT16
+
+
+def test_real_protected_real_with_interrupts_in_both_modes(tmp_path: Path) -> None:
+    result = run_machine(bios=build_rom(tmp_path, GDT_AND_MODES), timeout=60)
+    assert result.debugcon_text == "protected\npm irq\nreal int21\nreal again\n", result.report
+    assert result.exit_code == 0
+
+
+def test_triple_fault_report(tmp_path: Path) -> None:
+    body = STACK_SETUP + """
+    o32 lgdt [cs:gdtr]
+    o32 lidt [cs:idtr]
+    mov eax, cr0
+    or al, 1
+    mov cr0, eax
+    jmp dword 0x08:LIN(pm32)
+bits 32
+pm32:
+    ud2
+bits 16
+align 8
+gdt:
+    dq 0
+    dq 0x00CF9A000000FFFF
+gdtr:
+    dw gdtr - gdt - 1
+    dd LIN(gdt)
+idtr:
+    dw 0
+    dd 0
+"""
+    result = run_machine(bios=build_rom(tmp_path, body), timeout=60)
+    assert result.reason is StopReason.CPU_FAULT
+    assert result.exit_code == EXIT_CPU_FAULT
+    assert "triple fault" in result.report
+    assert "#UD" in result.report
+    assert "ud2" in result.report  # the faulting instruction, disassembled
+    assert "mode=protected" in result.report
+
+
+def test_unicorn_exceptions_in_real_mode_go_through_the_ivt(tmp_path: Path) -> None:
+    body = STACK_SETUP + """
+    mov word [6*4], ud_handler
+    mov word [6*4+2], 0xF000
+    ud2
+    mov al, 0x55
+    out 0xF4, al
+ud_handler:
+    mov al, 0x06
+    out 0xF4, al
+"""
+    result = run_machine(bios=build_rom(tmp_path, body), timeout=60)
+    assert result.exit_code == 6
+
+
+def test_cpuid_hides_tsc_and_is_fixed(tmp_path: Path) -> None:
+    body = STACK_SETUP + """
+    mov eax, 1
+    cpuid
+    test edx, 0x10        ; TSC
+    jnz .bad
+    test edx, 0x200       ; APIC
+    jnz .bad
+    test edx, 0x1         ; FPU
+    jz .bad
+    xor eax, eax
+    cpuid
+    cmp ebx, 0x756E6547   ; "Genu"
+    jne .bad
+    mov al, 0
+    out 0xF4, al
+.bad:
+    mov al, 1
+    out 0xF4, al
+"""
+    assert run_machine(bios=build_rom(tmp_path, body), timeout=60).exit_code == 0
+
+
+def test_same_inputs_same_trace(tmp_path: Path) -> None:
+    rom = build_rom(tmp_path, IRQ_AND_HLT)
+    digests = []
+    for run in range(2):
+        trace = tmp_path / f"trace{run}.txt"
+        result = run_machine(bios=rom, timeout=60, trace=trace)
+        assert result.exit_code == 0x2A
+        text = trace.read_bytes()
+        assert b"out 0xe9" in text.lower() or b"io out 0x00e9" in text
+        digests.append((hashlib.sha256(text).hexdigest(), result.virtual_ns))
+    assert digests[0] == digests[1]
+
+
+def test_unmapped_reads_see_a_floating_bus(tmp_path: Path) -> None:
+    body = STACK_SETUP + """
+    o32 lgdt [cs:gdtr]
+    mov eax, cr0
+    or al, 1
+    mov cr0, eax
+    jmp dword 0x08:LIN(pm32)
+bits 32
+pm32:
+    mov ax, 0x10
+    mov ds, ax
+    mov eax, [0xFED00000]     ; an HPET probe on a machine without one
+    cmp eax, 0xFFFFFFFF
+    jne .bad
+    mov al, 0
+    out 0xF4, al
+.bad:
+    mov al, 1
+    out 0xF4, al
+bits 16
+align 8
+gdt:
+    dq 0
+    dq 0x00CF9A000000FFFF
+    dq 0x00CF92000000FFFF
+gdtr:
+    dw gdtr - gdt - 1
+    dd LIN(gdt)
+"""
+    assert run_machine(bios=build_rom(tmp_path, body), timeout=60).exit_code == 0
+
+
+def test_serial_output_and_input(tmp_path: Path) -> None:
+    body = STACK_SETUP + """
+    mov dx, 0x3F8
+    mov al, 'A'
+    out dx, al
+.poll:
+    mov dx, 0x3FD
+    in al, dx
+    test al, 1
+    jz .poll
+    mov dx, 0x3F8
+    in al, dx
+    out 0xF4, al
+"""
+    with Machine(bios=build_rom(tmp_path, body), timeout=60, serial_input=b"z") as machine:
+        result = machine.run()
+    assert result.serial == b"A"
+    assert result.exit_code == ord("z")
