@@ -518,10 +518,16 @@ class VpcImage(Image):
                                     f"{self.size}-byte disk of {block_size}-byte blocks",
                                     field="max_table_entries")
         bat_bytes = entries * 4
+        bat_limit = file_size - FOOTER_SIZE if self.footer_at_end else file_size
         if header.table_offset % SECTOR or header.table_offset < FOOTER_SIZE \
-                or header.table_offset + bat_bytes > file_size:
+                or header.table_offset + bat_bytes > bat_limit:
             raise CorruptImageError(self.path, f"BAT of {bat_bytes} bytes at "
-                                    f"{header.table_offset} is outside the {file_size}-byte file",
+                                    f"{header.table_offset} is outside the {bat_limit} bytes "
+                                    "before the footer", field="table_offset")
+        if header.table_offset < footer.data_offset + HEADER_SIZE \
+                and footer.data_offset < header.table_offset + bat_bytes:
+            raise CorruptImageError(self.path, f"BAT at {header.table_offset} overlaps the "
+                                    f"dynamic header at {footer.data_offset}",
                                     field="table_offset")
         self.header = header
         self.block_size = block_size

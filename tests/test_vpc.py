@@ -208,6 +208,22 @@ def test_absurd_max_table_entries_refused_before_allocation(tmp_path: Path) -> N
     assert peak < 8 * MiB
 
 
+@pytest.mark.parametrize("field, change", [
+    ("table_offset", {"table_offset": 512}),              # BAT over the dynamic header
+    ("table_offset", {"table_offset": 1 << 40}),          # BAT far past the end of file
+    ("block_size", {"block_size": 3 * MiB}),              # not a power of two
+    ("max_table_entries", {"max_table_entries": 1}),      # too few blocks for the size
+])
+def test_crafted_dynamic_headers_refused(tmp_path: Path, field: str,
+                                         change: dict[str, int]) -> None:
+    path = tmp_path / "e.vhd"
+    disks.create(path, "vpc", 4 * MiB).close()
+    poke(path, 512, replace(dynamic_header(path), **change).pack())  # type: ignore[arg-type]
+    with pytest.raises(disks.CorruptImageError) as info:
+        disks.open(path, readonly=True)
+    assert info.value.field == field
+
+
 def test_oversized_disk_refused(tmp_path: Path) -> None:
     with pytest.raises(disks.InvalidOptionError):
         disks.create(tmp_path / "big.vhd", "vpc", (2040 << 30) + 512)
