@@ -74,14 +74,14 @@ def check_transcript(run: GuestRun, before: bytes) -> bytearray:
 
 @pytest.fixture
 def prepared(disk_image, disk_format: str):
-    size = 40 << 20
-    image = disk_image(disk_format, DISK_SIZE, content=seed_content(size))
+    image = disk_image(disk_format, DISK_SIZE, content=seed_content(40 << 20))
     return image, image.contents()
 
 
-def test_qemu_runs_the_rom_and_matches_the_model(prepared, emu_machine) -> None:
+def test_qemu_runs_the_rom_and_matches_the_model(disk_image, emu_machine) -> None:
     """The ROM itself is right: under QEMU its transcript agrees with the disk model."""
-    image, before = prepared
+    image = disk_image("raw", DISK_SIZE, content=seed_content(40 << 20))
+    before = image.contents()
     qemu = emu_machine(image, engine="qemu", bios=ATATEST, timeout=120)
     model = check_transcript(qemu, before)
     assert qemu.disk == bytes(model)
@@ -98,7 +98,7 @@ def test_emu_matches_qemu(prepared, emu_machine, tmp_path: Path) -> None:
     after = emu_img_raw(image, tmp_path / "emu-after.raw")
     assert after == qemu.disk
     assert after == bytes(model)
-    if image.format != "raw":
+    if image.format not in ("raw", "vpc"):  # qemu-img cannot check these two
         check = qemu_img("check", "-f", image.format, image.path, check=False)
         assert check.returncode == 0, check.stdout + check.stderr
     compare = qemu_img("compare", "-f", image.format, "-F", "raw", image.path,
