@@ -1,0 +1,317 @@
+"""The ATA controller wired into the machine: PIO and DMA from a NASM guest, SeaBIOS boot."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI
+from test_machine_roms import build_boot_sector, build_rom
+
+import disks
+from emu.machine import Machine, StopReason
+
+SEABIOS = Path("/usr/share/seabios/bios.bin")
+DISK_SIZE = 8 << 20
+
+ATA_GUEST = """
+    cli
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7000
+    ; --- IDENTIFY DEVICE (PIO in) to 1000:0000
+    mov dx, 0x1F6
+    mov al, 0xA0
+    out dx, al
+    call wait_ready
+    mov dx, 0x1F7
+    mov al, 0xEC
+    out dx, al
+    call wait_drq
+    mov ax, 0x1000
+    mov es, ax
+    xor di, di
+    mov cx, 256
+    mov dx, 0x1F0
+    rep insw
+    ; --- READ SECTORS LBA28: 4 sectors from LBA 0 to 2000:0000
+    call wait_ready
+    mov dx, 0x1F2
+    mov al, 4
+    out dx, al
+    inc dx
+    xor al, al
+    out dx, al          ; LBA 7:0
+    inc dx
+    out dx, al          ; LBA 15:8
+    inc dx
+    out dx, al          ; LBA 23:16
+    inc dx
+    mov al, 0xE0
+    out dx, al
+    inc dx
+    mov al, 0x20
+    out dx, al
+    mov ax, 0x2000
+    mov es, ax
+    xor di, di
+    mov bx, 4
+.sector:
+    call wait_drq
+    mov cx, 256
+    mov dx, 0x1F0
+    rep insw
+    dec bx
+    jnz .sector
+    ; --- WRITE SECTORS: LBA 10 from 2000:0000 (the first sector read above, inverted)
+    mov ax, 0x2000
+    mov ds, ax
+    xor si, si
+    mov cx, 256
+.invert:
+    not word [si]
+    add si, 2
+    loop .invert
+    xor ax, ax
+    mov ds, ax
+    call wait_ready
+    mov dx, 0x1F2
+    mov al, 1
+    out dx, al
+    inc dx
+    mov al, 10
+    out dx, al
+    inc dx
+    xor al, al
+    out dx, al
+    inc dx
+    out dx, al
+    inc dx
+    mov al, 0xE0
+    out dx, al
+    inc dx
+    mov al, 0x30
+    out dx, al
+    call wait_drq
+    mov ax, 0x2000
+    mov ds, ax
+    xor si, si
+    mov cx, 256
+    mov dx, 0x1F0
+    rep outsw
+    xor ax, ax
+    mov ds, ax
+    call wait_ready
+    ; --- READ DMA: 4 sectors from LBA 4 through a two-entry PRD table
+    mov eax, 0x80000920     ; 00:01.1 BAR4
+    mov dx, 0xCF8
+    out dx, eax
+    mov eax, 0xC001
+    mov dx, 0xCFC
+    out dx, eax
+    mov eax, 0x80000904     ; 00:01.1 command register
+    mov dx, 0xCF8
+    out dx, eax
+    mov ax, 0x0005          ; I/O space + bus master
+    mov dx, 0xCFC
+    out dx, ax
+    mov dword [0x5000], 0x30000
+    mov dword [0x5004], 1024
+    mov dword [0x5008], 0x40000
+    mov dword [0x500C], 0x80000000 | 1024
+    mov dx, 0xC004
+    mov eax, 0x5000
+    out dx, eax
+    mov dx, 0xC000
+    mov al, 0x08            ; direction: device to memory
+    out dx, al
+    call wait_ready
+    mov dx, 0x1F2
+    mov al, 4
+    out dx, al
+    inc dx
+    mov al, 4
+    out dx, al
+    inc dx
+    xor al, al
+    out dx, al
+    inc dx
+    out dx, al
+    inc dx
+    mov al, 0xE0
+    out dx, al
+    inc dx
+    mov al, 0xC8
+    out dx, al
+    mov dx, 0xC000
+    mov al, 0x09            ; start
+    out dx, al
+    mov dx, 0xC002
+.dma_wait:
+    in al, dx
+    test al, 0x04           ; interrupt
+    jz .dma_wait
+    mov [0x5100], al        ; bus-master status at the end
+    mov dx, 0xC000
+    mov al, 0x08
+    out dx, al
+    mov dx, 0x1F7
+    in al, dx
+    mov [0x5101], al        ; ATA status
+    ; --- read back LBA 10 by PIO to 4800:0000
+    call wait_ready
+    mov dx, 0x1F2
+    mov al, 1
+    out dx, al
+    inc dx
+    mov al, 10
+    out dx, al
+    inc dx
+    xor al, al
+    out dx, al
+    inc dx
+    out dx, al
+    inc dx
+    mov al, 0xE0
+    out dx, al
+    inc dx
+    mov al, 0x20
+    out dx, al
+    call wait_drq
+    mov ax, 0x4800
+    mov es, ax
+    xor di, di
+    mov cx, 256
+    mov dx, 0x1F0
+    rep insw
+    mov al, 0
+    out 0xF4, al
+    hlt
+wait_ready:
+    mov dx, 0x1F7
+.busy:
+    in al, dx
+    test al, 0x80
+    jnz .busy
+    ret
+wait_drq:
+    mov dx, 0x1F7
+.loop:
+    in al, dx
+    test al, 0x80
+    jnz .loop
+    test al, 0x01
+    jnz .error
+    test al, 0x08
+    jz .loop
+    ret
+.error:
+    mov al, 0xEE
+    out 0xF4, al
+    hlt
+"""
+
+
+def make_disk(path: Path, fmt: str) -> bytes:
+    content = random.Random(6).randbytes(64 * 1024)
+    with disks.create(path, fmt, DISK_SIZE) as image:
+        image.write(0, content)
+    return content
+
+
+@pytest.mark.parametrize("fmt", ["raw", "vpc", "vdi"])
+def test_pio_identify_read_write_and_dma(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"disk.{fmt}"
+    content = make_disk(path, fmt)
+    rom = build_rom(tmp_path, ATA_GUEST)
+    with Machine(bios=rom, disks=[f"{path},format={fmt}"], timeout=60) as machine:
+        result = machine.run()
+        assert result.exit_code == 0, result.report
+        memory = bytes(machine.uc.mem_read(0, 0x50000))
+    identify = memory[0x10000:0x10200]
+    model = bytes(identify[54 + i ^ 1] for i in range(40)).decode().strip()
+    assert model == "EMU HARDDISK"
+    assert int.from_bytes(identify[120:124], "little") == DISK_SIZE // 512
+    assert memory[0x20000:0x20800][512:] == content[512:2048]
+    assert memory[0x30000:0x30400] == content[2048:3072]
+    assert memory[0x40000:0x40400] == content[3072:4096]
+    assert memory[0x5100] & 0x05 == 0x04  # bus master: interrupt, no longer active
+    assert memory[0x5101] & 0x89 == 0     # ATA: not busy, no DRQ, no error
+    inverted = bytes(b ^ 0xFF for b in content[:512])
+    assert memory[0x48000:0x48200] == inverted
+    with disks.open(path, format=fmt, readonly=True) as image:
+        assert image.read(10 * 512, 512) == inverted
+
+
+def test_snapshot_leaves_the_image_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "disk.vpc"
+    content = make_disk(path, "vpc")
+    before = path.read_bytes()
+    rom = build_rom(tmp_path, ATA_GUEST)
+    with Machine(bios=rom, disks=[f"{path},format=vpc"], snapshot=True, timeout=60) as machine:
+        result = machine.run()
+        assert result.exit_code == 0, result.report
+        read_back = bytes(machine.uc.mem_read(0x48000, 512))
+    assert read_back == bytes(b ^ 0xFF for b in content[:512])  # the guest saw its write
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("emu-snapshot-*"))
+
+
+def test_readonly_disk_option_parses(tmp_path: Path) -> None:
+    path = tmp_path / "disk.raw"
+    make_disk(path, "raw")
+    rom = build_rom(tmp_path, "    mov al, 0\n    out 0xF4, al\n")
+    with Machine(bios=rom, disks=[f"{path},format=raw,bus=1,unit=1,readonly=on"]) as machine:
+        assert machine.images[0][:2] == (1, 1)
+        assert machine.images[0][2].readonly
+        assert machine.run().exit_code == 0
+
+
+BOOT_SECTOR = """
+    xor ax, ax
+    mov ds, ax
+    mov si, message
+.print:
+    lodsb
+    test al, al
+    jz .done
+    out 0xE9, al
+    jmp .print
+.done:
+    mov al, 0x00
+    out 0xF4, al
+    cli
+    hlt
+message: db "BOOT SECTOR REACHED", 10, 0
+"""
+
+
+def need_seabios() -> Path:
+    if not SEABIOS.exists():
+        if IN_CI:
+            pytest.fail(f"{SEABIOS} is missing (Debian package seabios)")
+        pytest.skip("SeaBIOS is not installed")
+    return SEABIOS
+
+
+@pytest.mark.parametrize("fmt", ["raw", "vpc"])
+def test_seabios_boots_a_boot_sector(tmp_path: Path, fmt: str) -> None:
+    bios = need_seabios()
+    path = tmp_path / f"disk.{fmt}"
+    with disks.create(path, fmt, DISK_SIZE) as image:
+        image.write(0, build_boot_sector(tmp_path, BOOT_SECTOR))
+    debugcon = tmp_path / "debugcon.txt"
+    with Machine(bios=bios, disks=[f"{path},format={fmt}"], debugcon=f"file:{debugcon}",
+                 timeout=float(os.environ.get("EMU_SEABIOS_TIMEOUT", "120"))) as machine:
+        result = machine.run()
+    log = result.debugcon_text
+    assert result.reason is StopReason.DEBUG_EXIT, result.report + log[-2000:]
+    assert result.exit_code == 0
+    assert "SeaBIOS" in log
+    assert "ata0-0: EMU HARDDISK" in log
+    assert "Booting from Hard Disk" in log
+    assert log.endswith("BOOT SECTOR REACHED\n")
+    assert debugcon.read_text(errors="replace") == log
