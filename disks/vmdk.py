@@ -610,10 +610,14 @@ def _walk_tables(tables: GrainTables, grain_bytes: int, rel: int, length: int, *
             span_end = min(end, (grain // gtes + 1) * gtes * grain_bytes)
             kind, host, special = RunKind.UNALLOCATED, None, False
         else:
+            slot = grain % gtes
+            entry = table[slot]
             span_end = min(end, (grain + 1) * grain_bytes)
-            entry = table[grain % gtes]
             if entry == 0:
                 kind, host, special = RunKind.UNALLOCATED, None, False
+                if (slot == 0 or pos == rel) and not any(table[slot:]):
+                    # the rest of this table is empty: one piece (preallocated tables)
+                    span_end = min(end, (grain // gtes + 1) * gtes * grain_bytes)
             elif entry == GTE_ZEROED:
                 kind, host, special = RunKind.ZERO, None, False
             elif compressed:
@@ -661,6 +665,8 @@ class SparseExtent(Extent):
     # -- opening ----------------------------------------------------------
     def _load_directory(self) -> GrainTables:
         header, path = self.header, self.filename
+        if header.gd_offset == GD_AT_END:
+            return self._scan_markers()
         size = self.file.size()
         count = header.gd_entries
         gd_bytes = count * 4
@@ -683,6 +689,40 @@ class SparseExtent(Extent):
                 raise CorruptImageError(path, f"grain table {index} at sector {sector} lies "
                                         "beyond the end of the file", field="gdEntry")
         return GrainTables(self.file, path, gd, rgd, self.gtes)
+
+    def _scan_markers(self) -> GrainTables:
+        """Rebuild the tables of a stream without footer from its grain markers (spec 4)."""
+        header, path, file = self.header, self.filename, self.file
+        size = file.size()
+        count = header.gd_entries
+        if count * 4 > size + (1 << 20):
+            raise CorruptImageError(path, f"capacity {header.capacity} sectors is implausible "
+                                    "for a stream this small", field="capacity")
+        tables = GrainTables(file, path, array("I", bytes(count * 4)), None, self.gtes,
+                             keep_all=True)
+        pos = max(header.overhead, 1) * SECTOR
+        while pos + MARKER.size <= size:
+            value, data_size, marker_type = MARKER.unpack(file.pread(MARKER.size, pos))
+            if data_size:   # a grain marker: lba, size, deflated grain
+                grain, misaligned = divmod(value, header.grain_sectors)
+                if misaligned or value >= header.capacity or data_size > 2 * self.grain_bytes:
+                    raise CorruptImageError(path, f"grain marker at {pos} is damaged",
+                                            field="grainMarker")
+                index = grain // self.gtes
+                table = tables.cache.get(index)
+                if table is None:
+                    table = array("I", bytes(self.gtes * 4))
+                    tables.adopt(index, table)
+                table[grain % self.gtes] = pos // SECTOR
+                pos += _round_up(GRAIN_MARKER.size + data_size, SECTOR)
+            elif marker_type == MARKER_EOS:
+                break
+            elif marker_type in (MARKER_GT, MARKER_GD, MARKER_FOOTER):
+                pos += SECTOR + value * SECTOR
+            else:
+                raise CorruptImageError(path, f"unknown marker type {marker_type} at {pos}",
+                                        field="marker")
+        return tables
 
     # -- reading ----------------------------------------------------------
     def map(self, rel: int, length: int) -> Iterator[Piece]:
@@ -985,6 +1025,10 @@ class SparseExtent(Extent):
                 elif _u32_table(raw, self.gtes) != table:
                     report.corrupt(f"{path}: grain table {index} and its redundant copy differ")
             if self.compressed:
+                for slot, entry in enumerate(table):
+                    if entry > GTE_ZEROED and entry * SECTOR + GRAIN_MARKER.size > size:
+                        report.corrupt(f"{path}: compressed grain {index * self.gtes + slot} "
+                                       f"at sector {entry} lies beyond the end of the file")
                 continue
             for slot, entry in enumerate(table):
                 if entry in (0, GTE_ZEROED):
@@ -1150,7 +1194,12 @@ def _open_sparse_file(file: HostFile, line: ExtentLine, path: str, *,
         header = SparseHeader.unpack(head, path)
         header.validate(path, size)
         if header.gd_offset == GD_AT_END:
-            header = _read_footer(file, header, path)
+            try:
+                header = _read_footer(file, header, path)
+            except CorruptImageError:
+                if not header.flags & FLAG_MARKERS:
+                    raise
+                # no usable footer (an unfinished stream): the markers are walked instead
         if header.capacity < line.sectors:
             raise CorruptImageError(path, f"sparse extent holds {header.capacity} sectors, "
                                     f"the descriptor says {line.sectors}", field="capacity")

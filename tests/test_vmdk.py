@@ -521,3 +521,21 @@ def test_model_with_parent(tmp_path: Path) -> None:
             apply(image, mine, sequence)
 
     run_sequence()
+
+
+def test_stream_without_footer_is_read_by_its_markers(tmp_path: Path) -> None:
+    path = tmp_path / "unfinished.vmdk"
+    with disks.create(path, "vmdk", 64 * MiB, subformat="streamOptimized") as image:
+        for offset, length, fill in SCATTERED:
+            image.write(offset, bytes([fill]) * length)
+    with open(path, "r+b") as stream:       # cut off footer marker, footer and EOS
+        stream.truncate(path.stat().st_size - 3 * 512)
+    with disks.open(path, readonly=True) as image:
+        for offset, length, fill in SCATTERED:
+            assert image.read(offset, length) == bytes([fill]) * length
+        expected = make_raw(tmp_path / "expected.raw", 64 * MiB, SCATTERED)
+        assert export_raw(image, tmp_path / "ours.raw").read_bytes() == expected.read_bytes()
+    with disks.open(path) as image:          # writing finishes the stream again
+        image.write(0, b"\x01" * 512)
+    assert _markers(path)[-1][2] == 0
+    qemu_check_clean(path)
