@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from .errors import ImageIOError, ImageLockedError
 
@@ -58,6 +60,7 @@ class HostFile:
         except OSError as exc:
             raise ImageIOError(self.path, f"cannot open: {exc.strerror}") from exc
         self.closed = False
+        self._mapped_size = 0  # file size last seen by mapped()
 
     # -- locking -----------------------------------------------------------
     def lock(self) -> None:
@@ -121,7 +124,55 @@ class HostFile:
         except OSError as exc:
             raise ImageIOError(self.path, f"write at {offset}: {exc.strerror}") from exc
 
+    def copy_range(self, source: HostFile, source_offset: int, length: int,
+                   offset: int) -> None:
+        """Copy ``length`` bytes at ``source_offset`` in ``source`` to ``offset`` here.
+
+        In the kernel (``copy_file_range``) where it can, through a buffer where not.
+        """
+        done = 0
+        try:
+            while done < length:
+                got = os.copy_file_range(source.fd, self.fd, length - done,
+                                         source_offset + done, offset + done)
+                if got == 0:
+                    break  # the source ends early: the rest reads as zeros below
+                done += got
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                                 errno.EBADF):
+                raise ImageIOError(self.path, f"copy to {offset + done}: {exc.strerror}") from exc
+        if done < length:
+            rest = bytearray(length - done)
+            source.preadinto(memoryview(rest), source_offset + done)
+            self.pwrite(rest, offset + done)
+
+    @contextmanager
+    def mapped(self, offset: int, length: int) -> Iterator[tuple[mmap.mmap, int] | None]:
+        """A read-only memory map covering ``[offset, offset+length)``.
+
+        Yields ``(map, index of offset in map)``, or None when the range is not wholly
+        inside the file (mapping past the end would fault) or cannot be mapped.
+        """
+        if offset + length > self._mapped_size:  # fstat only when the range is not known
+            self._mapped_size = self.size()          # to be inside the file
+        if length <= 0 or offset < 0 or offset + length > self._mapped_size:
+            yield None
+            return
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            view = mmap.mmap(self.fd, offset + length - base, flags=mmap.MAP_SHARED,
+                             prot=mmap.PROT_READ, offset=base)
+        except (OSError, ValueError):
+            yield None
+            return
+        try:
+            yield view, offset - base
+        finally:
+            view.close()
+
     def truncate(self, size: int) -> None:
+        self._mapped_size = min(self._mapped_size, size)
         try:
             os.ftruncate(self.fd, size)
         except OSError as exc:

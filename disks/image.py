@@ -358,6 +358,52 @@ class Image:
         if pending:
             self.file.pwritev(pending, pending_host)
 
+    def host_range(self, offset: int, length: int) -> int | None:
+        """Host offset of ``[offset, offset+length)`` when this image's own file holds it
+        as one contiguous stretch of plain data; None otherwise."""
+        self._check_range(offset, length)
+        start: int | None = None
+        expected = 0
+        for run in self._map(offset, length):
+            if run.kind is not RunKind.DATA or run.special or run.host_offset is None:
+                return None
+            if start is None:
+                start, expected = run.host_offset, run.host_offset
+            if run.host_offset != expected:
+                return None
+            expected += run.length
+        return start
+
+    def copy_from_host(self, offset: int, length: int, source: HostFile,
+                       source_offset: int) -> None:
+        """Write the ``length`` bytes at ``source_offset`` of ``source`` to ``offset``.
+
+        Same result as ``write(offset, source.pread(...))``, but ranges this image
+        already holds as plain data (and, where the driver can, fresh allocations) are
+        copied in the kernel without passing through Python.  Used by convert.
+        """
+        self._check_writable()
+        self._check_range(offset, length)
+        if type(self)._write_from is not Image._write_from:
+            # the driver has its own write path (a log, a stream): feed it a buffer
+            data = bytearray(length)
+            source.preadinto(memoryview(data), source_offset)
+            self._write_from(offset, memoryview(data))
+            return
+        for run in list(self._map(offset, length)):
+            rel = run.offset - offset
+            if run.kind is RunKind.DATA and not run.special:
+                assert run.host_offset is not None
+                self.file.copy_range(source, source_offset + rel, run.length, run.host_offset)
+            else:
+                self._copy_unallocated(run, source, source_offset + rel)
+
+    def _copy_unallocated(self, run: Run, source: HostFile, source_offset: int) -> None:
+        """Store host bytes over a zero or unallocated run (default: through a buffer)."""
+        data = bytearray(run.length)
+        source.preadinto(memoryview(data), source_offset)
+        self._write_unallocated(run, memoryview(data))
+
     def write_zeroes(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read as zeros."""
         self._check_writable()
