@@ -114,7 +114,7 @@ FILL_CHUNK = 4 << 20          # bound on buffers used to fill partial blocks
 _HOST_IS_LITTLE = sys.byteorder == "little"
 
 
-@dataclass(frozen=True)
+@dataclass
 class VdiHeader:
     """Pre-header and 1.1 header as stored (one layout, one pack/unpack pair)."""
 
@@ -280,6 +280,7 @@ class VdiImage(Image):
     block_map: array           # u32 per block, host byte order
     slot_owner: array          # block index per slot (BLOCK_FREE when unreferenced)
     next_slot: int             # the slot the next allocation takes
+    file_end: int              # size of the host file (only this writer changes it)
 
     # --- probing and creation --------------------------------------------
     @classmethod
@@ -356,7 +357,7 @@ class VdiImage(Image):
         block_map.frombytes(raw)
         if not _HOST_IS_LITTLE:
             block_map.byteswap()
-        file_size = self.file.size()
+        file_size = self.file_end = self.file.size()
         highest = -1
         for block, entry in enumerate(block_map):
             if entry >= BLOCK_ZERO:
@@ -456,25 +457,53 @@ class VdiImage(Image):
 
     def _allocate(self, block: int, within: int, piece: memoryview, reads_zero: bool) -> None:
         header = self.header
-        slot = self.next_slot
-        slot_start = header.offset_data + slot * header.slot_size
-        data_host = slot_start + header.block_extra
+        slot, fresh = self._claim_slot()
+        data_host = self._slot_host(slot)
         block_guest = block * header.block_size
         # how much of the block the disk actually has (the last block may be short)
         block_len = min(header.block_size, self.size - block_guest)
-        fresh = slot_start >= self.file.size()  # past EOF: the hole already reads as zeros
         # 1. the data block: what lies below around the new bytes, then the new bytes
-        if not fresh and header.block_extra:
-            self._fill(slot_start, header.block_extra, None)
         self._fill(data_host, within, None if reads_zero else block_guest, fresh)
         self.file.pwrite(piece, data_host + within)
         tail = within + len(piece)
         self._fill(data_host + tail, block_len - tail,
                    None if reads_zero else block_guest + tail, fresh)
-        slot_end = slot_start + header.slot_size
-        if self.file.size() < slot_end:
+        self._publish(block, slot)
+
+    def _copy_unallocated(self, run: Run, source: HostFile, source_offset: int) -> None:
+        """Whole blocks are allocated by an in-kernel copy; partial ones through a buffer."""
+        block_size = self.header.block_size
+        pos, end = run.offset, run.offset + run.length
+        while pos < end:
+            block, within = divmod(pos, block_size)
+            step = min(block_size - within, end - pos)
+            at = source_offset + pos - run.offset
+            if within == 0 and step == min(block_size, self.size - pos):
+                slot, _fresh = self._claim_slot()
+                self.file.copy_range(source, at, step, self._slot_host(slot))
+                self._publish(block, slot)
+            else:
+                data = bytearray(step)
+                source.preadinto(memoryview(data), at)
+                self._store_in_block(block, within, memoryview(data), run.kind)
+            pos += step
+
+    def _claim_slot(self) -> tuple[int, bool]:
+        """The slot a new block takes, and whether it lies past the end of the file (so
+        it reads as zeros without being written).  Zeros the block_extra area if not."""
+        slot = self.next_slot
+        slot_start = self.header.offset_data + slot * self.header.slot_size
+        fresh = slot_start >= self.file_end
+        if not fresh and self.header.block_extra:
+            self._fill(slot_start, self.header.block_extra, None)
+        return slot, fresh
+
+    def _publish(self, block: int, slot: int) -> None:
+        """After the data: make the file cover the slot, then the map entry, then the count."""
+        slot_end = self.header.offset_data + (slot + 1) * self.header.slot_size
+        if self.file_end < slot_end:
             self.file.truncate(slot_end)
-        # 2. the map entry, 3. the header's count
+            self.file_end = slot_end
         self.next_slot = slot + 1
         if len(self.slot_owner) <= slot:
             self.slot_owner.extend([BLOCK_FREE] * (slot + 1 - len(self.slot_owner)))
@@ -503,7 +532,7 @@ class VdiImage(Image):
         self.file.pwrite(struct.pack("<I", entry), self.header.offset_bmap + 4 * block)
 
     def _set_blocks_allocated(self, count: int) -> None:
-        self.header = replace(self.header, blocks_allocated=count)
+        self.header.blocks_allocated = count
         self.file.pwrite(struct.pack("<I", count), VdiHeader.OFFSET_BLOCKS_ALLOCATED)
 
     # --- discard ------------------------------------------------------------------
@@ -551,7 +580,8 @@ class VdiImage(Image):
         self.next_slot = last
         del self.slot_owner[last:]
         self._set_blocks_allocated(last)
-        self.file.truncate(header.offset_data + last * header.slot_size)
+        self.file_end = header.offset_data + last * header.slot_size
+        self.file.truncate(self.file_end)
 
     def _copy_slot(self, source: int, target: int) -> None:
         slot_size = self.header.slot_size
@@ -580,7 +610,8 @@ class VdiImage(Image):
         self.slot_owner = array("I", [BLOCK_FREE]) * used_end
         for slot, block in first_user.items():
             self.slot_owner[slot] = block
-        self.file.truncate(header.offset_data + used_end * header.slot_size)
+        self.file_end = header.offset_data + used_end * header.slot_size
+        self.file.truncate(self.file_end)
         report.repaired.append(f"blocks_allocated set to {used_end} and the file trimmed "
                                "after the last used slot")
         report.corruptions.clear()
