@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import disks
-from disks.hostfile import is_zero
+from disks.hostfile import HostFile, is_zero
 from disks.image import Extent, RunKind
 
 CONVERT_CHUNK = 4 << 20
+READ_AHEAD = 2  # source pieces read ahead of the writer during convert
+FIND_BELOW_UNIT = 64 << 10  # zero units smaller than this are searched for with find()
+# qemu-img's cache modes; convert defaults to "unsafe" (no fsync at the end), as qemu-img does
+CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -143,44 +150,187 @@ def data_extents(image: disks.Image) -> Iterator[Extent]:
             yield extent
 
 
-def copy_image(src: disks.Image, dst: disks.Image,
-               progress: Callable[[int, int], None] | None = None) -> None:
-    """Copy every non-zero allocation unit of ``src`` into a fresh, zero ``dst``."""
-    unit = max(512, dst.allocation_unit())
-    chunk = max(CONVERT_CHUNK, unit) // unit * unit
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    total = src.size
+def _copy_pieces(src: disks.Image, unit: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) pieces of ``src``'s data, each within one chunk-sized,
+    unit-aligned window of the destination."""
     for extent in data_extents(src):
         pos, end = extent.offset, extent.offset + extent.length
         while pos < end:
-            # stay aligned to the destination's allocation unit
             step = min(end - pos, chunk - (pos % unit))
-            piece = view[:step]
-            src.readinto(pos, piece)
-            _write_nonzero(dst, pos, piece, unit)
+            yield pos, step
             pos += step
+
+
+def copy_image(src: disks.Image, dst: disks.Image,
+               progress: Callable[[int, int], None] | None = None) -> None:
+    """Copy every non-zero allocation unit of ``src`` into a fresh, zero ``dst``.
+
+    Pieces the source holds as one plain stretch of its own file are memory-mapped
+    for the zero scan and copied in the kernel (``Image.copy_from_host``).  When some
+    pieces must be read through the driver instead, a thread keeps ``READ_AHEAD`` of
+    them in flight while this one writes (the system calls release the GIL); ``src``
+    is used only by that thread once the pieces are listed.
+    """
+    unit = max(512, dst.allocation_unit())
+    chunk = max(CONVERT_CHUNK, unit) // unit * unit
+    pieces = list(_copy_pieces(src, unit, chunk))
+    hosts = [src.host_range(pos, step) for pos, step in pieces]
+    buffers = [bytearray(chunk) for _ in range(READ_AHEAD + 1)]
+    zero_unit = bytes(unit)
+    total = src.size
+
+    def fetch(index: int) -> bytearray | None:
+        if hosts[index] is not None:
+            return None  # copied from the mapped file instead
+        pos, step = pieces[index]
+        buffer = buffers[index % len(buffers)]
+        src.readinto(pos, memoryview(buffer)[:step])
+        return buffer
+
+    def store(pos: int, step: int, host: int | None, buffer: bytearray | None) -> None:
+        if host is not None and _copy_mapped(src, dst, pos, step, host, unit, zero_unit):
+            return
+        if buffer is None:  # the mapping failed: read it here
+            buffer = bytearray(step)
+            src.readinto(pos, memoryview(buffer))
+        view = memoryview(buffer)
+        for start, end in _nonzero_stretches(buffer, 0, step, pos, unit, zero_unit):
+            dst.write(pos + start, view[start:end])
+
+    if all(host is not None for host in hosts):
+        # nothing to read ahead: a thread would only add GIL hand-offs
+        for (pos, step), host in zip(pieces, hosts, strict=True):
+            store(pos, step, host, None)
             if progress:
-                progress(pos, total)
+                progress(pos + step, total)
+    else:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emu-img-read") as reader:
+            in_flight = deque(reader.submit(fetch, i)
+                              for i in range(min(READ_AHEAD, len(pieces))))
+            try:
+                for index, (pos, step) in enumerate(pieces):
+                    buffer = in_flight.popleft().result()
+                    if index + READ_AHEAD < len(pieces):
+                        in_flight.append(reader.submit(fetch, index + READ_AHEAD))
+                    store(pos, step, hosts[index], buffer)
+                    if progress:
+                        progress(pos + step, total)
+            finally:
+                for future in in_flight:
+                    future.cancel()
     if progress:
         progress(total, total)
 
 
-def _write_nonzero(dst: disks.Image, offset: int, data: memoryview, unit: int) -> None:
-    """Write ``data`` skipping whole zero allocation units, coalescing the rest."""
-    start: int | None = None
-    rel = 0
-    while rel < len(data):
-        step = min(unit - (offset + rel) % unit, len(data) - rel)
-        if is_zero(data[rel:rel + step]):
-            if start is not None:
-                dst.write(offset + start, data[start:rel])
-                start = None
-        elif start is None:
-            start = rel
-        rel += step
-    if start is not None:
-        dst.write(offset + start, data[start:])
+def _copy_mapped(src: disks.Image, dst: disks.Image, pos: int, step: int, host: int,
+                 unit: int, zero_unit: bytes) -> bool:
+    """Copy a piece ``src`` holds at ``host`` in its file; False when it cannot be mapped.
+
+    Holes of the host file read as zeros without being scanned (qemu-img asks the
+    protocol layer the same question)."""
+    segments = _host_data_segments(src.file, host, step)
+    if not segments:
+        return True  # all hole: nothing to write into a fresh destination
+    with src.file.mapped(host, step) as mapping:
+        if mapping is None:
+            return False
+        region, base = mapping
+        for start, end in _nonzero_stretches(region, base, step, pos, unit, zero_unit,
+                                             segments):
+            dst.copy_from_host(pos + start, end - start, src.file, host + start)
+    return True
+
+
+def _host_data_segments(file: HostFile, host: int, length: int) -> list[tuple[int, int]]:
+    """Ranges (relative to ``host``) of ``[host, host+length)`` the host file holds as data;
+    everything else is a hole."""
+    segments: list[tuple[int, int]] = []
+    end = host + length
+    at = host
+    while at < end:
+        data = file.seek_data(at)
+        if data is None or data >= end:
+            break
+        hole = min(file.seek_hole(data), end)
+        if hole <= data:  # the file system gave no answer: treat the rest as data
+            hole = end
+        segments.append((data - host, hole - host))
+        at = hole
+    return segments
+
+
+def _nonzero_stretches(buffer: bytearray | mmap.mmap, base: int, length: int, offset: int,
+                       unit: int, zero_unit: bytes,
+                       segments: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """Ranges (relative to ``base``) of ``buffer[base:base+length]`` that must be written:
+    everything but the destination allocation units (aligned to ``unit`` at disk
+    ``offset``) that are all zero.  ``segments`` limits the scan to where data may be
+    (the rest is known zero)."""
+    suspects: list[tuple[int, int]] = []
+    for start, end in segments if segments is not None else [(0, length)]:
+        start = max(0, start - (offset + start) % unit)        # widen to whole units
+        end = min(length, end + (unit - (offset + end) % unit) % unit)
+        if suspects and start <= suspects[-1][1]:
+            suspects[-1] = (suspects[-1][0], max(end, suspects[-1][1]))
+        else:
+            suspects.append((start, end))
+    stretches: list[tuple[int, int]] = []
+    with memoryview(buffer) as view:
+        for start, end in suspects:
+            for a, b in _scan_units(buffer, view, base + start, end - start, offset + start,
+                                    unit, zero_unit):
+                a, b = a - base, b - base
+                if stretches and stretches[-1][1] == a:
+                    stretches[-1] = (stretches[-1][0], b)
+                else:
+                    stretches.append((a, b))
+    return stretches
+
+
+def _scan_units(buffer: bytearray | mmap.mmap, view: memoryview, base: int, length: int,
+                offset: int, unit: int, zero_unit: bytes) -> list[tuple[int, int]]:
+    """Non-zero ranges (absolute indexes) of ``buffer[base:base+length]`` by whole units."""
+    zeros: list[tuple[int, int]] = []
+
+    def zero(start: int, end: int) -> None:
+        if zeros and zeros[-1][1] == start:
+            zeros[-1] = (zeros[-1][0], end)
+        else:
+            zeros.append((start, end))
+
+    head = min(length, (unit - offset % unit) % unit)
+    if head and view[base:base + head] == zero_unit[:head]:
+        zero(0, head)
+    tail = head + (length - head) // unit * unit
+    if unit >= FIND_BELOW_UNIT:
+        # few, large units: compare each (memcmp stops at the first non-zero byte)
+        for start in range(head, tail, unit):
+            if view[base + start:base + start + unit] == zero_unit:
+                zero(start, start + unit)
+    else:
+        pos = head
+        while pos < tail:
+            hit = buffer.find(zero_unit, base + pos, base + tail)
+            if hit < 0:
+                break
+            aligned = pos + -(-(hit - base - pos) // unit) * unit
+            # zero units tend to come in runs: walk them without searching again
+            while aligned + unit <= tail and \
+                    view[base + aligned:base + aligned + unit] == zero_unit:
+                zero(aligned, aligned + unit)
+                aligned += unit
+            pos = aligned + unit
+    if tail < length and view[base + tail:base + length] == zero_unit[:length - tail]:
+        zero(tail, length)
+    out: list[tuple[int, int]] = []
+    at = 0
+    for start, end in zeros:
+        if start > at:
+            out.append((base + at, base + start))
+        at = end
+    if at < length:
+        out.append((base + at, base + length))
+    return out
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -193,8 +343,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     with disks.open(args.source, format=args.f, readonly=True) as src:
         dst = disks.create(args.target, out_fmt, src.size, **options)
-        with dst:
+        try:
             copy_image(src, dst, show if args.p else None)
+        finally:
+            dst.close(sync=args.t != "unsafe")
     if args.p:
         print(f"    ({100.0:.2f}/100%)")
     return EXIT_OK
@@ -308,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-O")
     p.add_argument("-o")
     p.add_argument("-p", action="store_true", help="show progress")
+    p.add_argument("-t", choices=CACHE_MODES, default="unsafe",
+                   help="cache mode of the target: every mode but unsafe (the default, as in "
+                   "qemu-img) makes it durable (fsync) before exiting")
     p.add_argument("source")
     p.add_argument("target")
     p.set_defaults(run=cmd_convert)
