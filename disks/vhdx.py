@@ -407,6 +407,14 @@ def find_active_sequence(log: bytes, log_guid: bytes) -> list[LogEntry]:
 
 # --- the driver ---------------------------------------------------------------
 
+def bat_entry_count(payload_blocks: int, chunk_ratio: int, differencing: bool) -> int:
+    """BAT entries (2.5): payload entries with a sector bitmap entry after every
+    ``chunk_ratio`` of them; a differencing disk has every chunk's bitmap entry."""
+    if differencing:
+        return -(-payload_blocks // chunk_ratio) * (chunk_ratio + 1)
+    return payload_blocks + max(0, payload_blocks - 1) // chunk_ratio
+
+
 def _parse_block_size(value: Any) -> int:
     size = parse_size(value)
     if not _is_pow2(size) or not MIN_BLOCK_SIZE <= size <= MAX_BLOCK_SIZE:
@@ -490,12 +498,10 @@ class VhdxImage(Image):
         logical = options["logical_sector_size"]
         physical = options["physical_sector_size"]
         fixed = options["subformat"] == "fixed"
+        size = _align_up(size, logical)  # the spec wants whole sectors; qemu rounds up too
         if size > MAX_VIRTUAL_SIZE:
             raise InvalidOptionError(file.path, f"{size} bytes is over the 64 TiB limit",
                                      field="size")
-        if size % logical:
-            raise InvalidOptionError(file.path, f"size {size} is not a multiple of the "
-                                     f"{logical}-byte logical sector", field="size")
         parent_locator = None
         if backing is not None:
             if not isinstance(backing, VhdxImage):
@@ -512,10 +518,7 @@ class VhdxImage(Image):
             parent_locator = _pack_parent_locator(backing, file.path)
         chunk_ratio = (SECTORS_PER_BITMAP_BLOCK * logical) // block_size
         payload_blocks = -(-size // block_size)
-        if backing is not None:
-            bat_entries = -(-payload_blocks // chunk_ratio) * (chunk_ratio + 1)
-        else:
-            bat_entries = payload_blocks + max(0, payload_blocks - 1) // chunk_ratio
+        bat_entries = bat_entry_count(payload_blocks, chunk_ratio, backing is not None)
         log_offset = HEADER_SECTION_SIZE
         metadata_offset = log_offset + log_size
         metadata_length = MiB
@@ -798,13 +801,8 @@ class VhdxImage(Image):
         return BackingSpec(candidates[0] if candidates else None, "vhdx",
                            tuple(candidates[1:]), validate, display)
 
-    def _bat_entry_count(self) -> int:
-        if self.has_parent:
-            return -(-self.payload_blocks // self.chunk_ratio) * (self.chunk_ratio + 1)
-        return self.payload_blocks + max(0, self.payload_blocks - 1) // self.chunk_ratio
-
     def _load_bat(self, file_size: int) -> None:
-        entries = self._bat_entry_count()
+        entries = bat_entry_count(self.payload_blocks, self.chunk_ratio, self.has_parent)
         if entries * 8 > self.bat_length:
             # checked before reading: the BAT region lies inside the file, so a huge
             # virtual size with a small BAT is refused here (CVE-2014-0148 class)

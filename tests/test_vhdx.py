@@ -561,6 +561,8 @@ def test_probe_and_create_options(tmp_path: Path) -> None:
             disks.create(tmp_path / "bad.vhdx", "vhdx", "1G", **bad)
     with pytest.raises(disks.InvalidOptionError):
         disks.create(tmp_path / "huge.vhdx", "vhdx", (64 << 40) + 4096)
+    with disks.create(tmp_path / "odd.vhdx", "vhdx", 1_000_000) as image:
+        assert image.size == 1_000_448  # rounded up to whole sectors, as qemu-img does
 
 
 # --- model-based property tests ------------------------------------------------------
