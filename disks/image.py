@@ -259,6 +259,10 @@ class Image:
         """Bytes the driver allocates at once (cluster/block/grain size)."""
         return 1 << 20
 
+    def cluster_size(self) -> int | None:
+        """The format's cluster/block size as ``qemu-img info`` shows it (None: no such)."""
+        return None
+
     # --- public interface ---------------------------------------------------
     def __enter__(self) -> Image:
         return self
@@ -497,6 +501,9 @@ class Image:
             "actual-size": _allocated_bytes(self.path),
             "sector-size": self.sector_size,
         }
+        cluster = self.cluster_size()
+        if cluster is not None:
+            facts["cluster-size"] = cluster
         if self.geometry is not None:
             g = self.geometry
             facts["geometry"] = {"cylinders": g.cylinders, "heads": g.heads, "sectors": g.sectors}
