@@ -431,6 +431,9 @@ class VdiImage(Image):
     def allocation_unit(self) -> int:
         return self.header.block_size
 
+    def cluster_size(self) -> int:
+        return self.header.block_size
+
     # --- writing ----------------------------------------------------------------
     def _write_unallocated(self, run: Run, data: memoryview) -> None:
         block_size = self.header.block_size

@@ -356,23 +356,30 @@ def cmd_map(args: argparse.Namespace) -> int:
     with disks.open(args.filename, format=args.f, readonly=True) as image:
         extents = list(image.map())
     if args.output == "json":
+        # qemu-img's shape: one object per line; every byte is "present" because map()
+        # follows the chain to its bottom, where what no layer holds reads as zeros
         rows = []
         for e in extents:
             row: dict[str, Any] = {
-                "start": e.offset, "length": e.length, "depth": e.depth,
-                "present": e.kind is not RunKind.UNALLOCATED,
+                "start": e.offset, "length": e.length, "depth": e.depth, "present": True,
                 "zero": e.kind is not RunKind.DATA, "data": e.kind is RunKind.DATA,
             }
             if e.host_offset is not None:
                 row["offset"] = e.host_offset
-            rows.append(row)
-        print(json.dumps(rows, indent=0).replace("\n", " ").replace("[ ", "[").replace(" ]", "]"))
+            rows.append("{ " + json.dumps(row)[1:])
+        print("[" + ",\n".join(rows) + "]")
         return EXIT_OK
     print(f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File")
     for e in extents:
         if e.kind is RunKind.DATA and e.host_offset is not None:
-            print(f"{e.offset:<#16x}{e.length:<#16x}{e.host_offset:<#16x}{e.filename}")
+            print(f"{_hex(e.offset):<16}{_hex(e.length):<16}{_hex(e.host_offset):<16}"
+                  f"{e.filename}")
     return EXIT_OK
+
+
+def _hex(n: int) -> str:
+    """C's %#x: 0x-prefixed except for zero."""
+    return f"{n:#x}" if n else "0"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
