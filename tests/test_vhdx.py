@@ -773,3 +773,34 @@ def test_one_commit_larger_than_a_log_entry(tmp_path: Path) -> None:
             assert image.read(offset, 1536) == bytes(512) + bytes([i % 250 + 1]) * 512 \
                 + bytes(512)
         assert image.check().clean
+
+
+def test_qemu_replays_a_log_we_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut our write stream right after a log entry became durable and before its pages
+    went in place: QEMU, an independent implementation, must replay our entry."""
+    path = tmp_path / "ours-dirty.vhdx"
+    disks.create(path, "vhdx", 16 * MiB, block_size="1M").close()
+    base = path.read_bytes()
+    RecordingFile.journal = []
+    RecordingFile.target = os.path.abspath(path)
+    monkeypatch.setattr(disks.registry, "HostFile", RecordingFile)
+    with disks.open(path) as image:
+        assert isinstance(image, vhdx.VhdxImage)
+        log_offset, bat_offset = image.header.log_offset, image.bat_offset
+        image.write(3 * MiB + 5, pattern(70, 2 * MiB))
+        image.flush()
+    monkeypatch.undo()
+    journal = RecordingFile.journal
+    log_write = next(i for i, op in enumerate(journal) if op[0] == "write" and op[1] == log_offset)
+    assert journal[log_write + 1] == ("sync",)
+    replay_prefix(base, journal, log_write + 2, path)
+    with disks.open(path, readonly=True) as image:  # the BAT on disk is still empty ...
+        assert image.info()["format-specific"]["data"]["log-dirty"] is True
+    with open(path, "rb") as f:
+        f.seek(bat_offset)
+        assert not any(f.read(4096))
+    qemu_img("check", "-r", "all", path)  # ... and a read-write open in QEMU replays the log
+    expected = bytearray(16 * MiB)
+    expected[3 * MiB + 5:5 * MiB + 5] = pattern(70, 2 * MiB)
+    assert qemu_to_raw(path, "vhdx", tmp_path / "replayed.raw") == bytes(expected)
+    assert read_all(path) == bytes(expected)
