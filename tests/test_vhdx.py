@@ -138,10 +138,12 @@ def test_libvhdi_reads_dynamic_and_fixed(tmp_path: Path, options: dict) -> None:
     assert libvhdi_read(tmp_path, path) == read_all(path)
 
 
-def test_libvhdi_reads_differencing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sector", [512, 4096])
+def test_libvhdi_reads_differencing(tmp_path: Path, sector: int) -> None:
     parent = tmp_path / "parent.vhdx"
     child = tmp_path / "child.vhdx"
-    with disks.create(parent, "vhdx", 24 * MiB, block_size="1M") as image:
+    with disks.create(parent, "vhdx", 24 * MiB, block_size="1M",
+                      logical_sector_size=sector) as image:
         image.write(0, pattern(5, 24 * MiB))
     with disks.create(child, "vhdx", backing=parent, block_size="2M") as image:
         image.write(1000, pattern(6, 5000))             # partial sectors, parent fills the rest
