@@ -82,6 +82,7 @@ DEFAULT_BLOCK_SIZE = 2 << 20
 MIN_BLOCK_SIZE = SECTOR
 MAX_BLOCK_SIZE = 256 << 20
 MAX_LOCATOR_BYTES = 64 << 10
+BITMAP_CACHE_BLOCKS = 4096
 FIXED_ALLOCATION_UNIT = 4096  # a fixed VHD is raw: the host file system's block
 VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z as a Unix time
 UNUSED_ENTRY = 0xFFFFFFFF
@@ -442,6 +443,8 @@ class VpcImage(Image):
         self.bat = array("I")
         self.bitmap_cache: dict[int, int] = {}
         self.bad_blocks: dict[int, str] = {}
+        self.unpublished_entries: dict[int, int] = {}  # block -> BAT entry, see _write_from
+        self.unpublished_bits: dict[int, tuple[int, int]] = {}  # block -> sectors [first, last)
         if footer.disk_type == DiskType.FIXED:
             self._load_fixed()
         else:
@@ -702,8 +705,8 @@ class VpcImage(Image):
     def _bitmap(self, block: int) -> int:
         bits = self.bitmap_cache.get(block)
         if bits is None:
-            if len(self.bitmap_cache) >= 4096:
-                self.bitmap_cache.clear()
+            if len(self.bitmap_cache) >= BITMAP_CACHE_BLOCKS:  # keep only unpublished ones
+                self.bitmap_cache = {b: self.bitmap_cache[b] for b in self.unpublished_bits}
             raw = self.file.pread(self.bitmap_size, self.bat[block] * SECTOR)
             bits = bitmap_from_disk(raw.ljust(self.bitmap_size, b"\0"))
             self.bitmap_cache[block] = bits
@@ -754,6 +757,37 @@ class VpcImage(Image):
             yield Run(data, hole - data, RunKind.DATA, data)
             pos = hole
 
+    def _write_from(self, offset: int, view: memoryview) -> None:
+        """Write through the core, then publish the new bitmap bits and BAT entries.
+
+        Publishing last keeps the order data -> bitmap -> BAT entry -> footer for the
+        whole request.  In a differencing disk a set bit over data that never reached the
+        disk would hide the parent's sector, so there a sync separates data from
+        publishing; elsewhere a clear bit reads zeros and the data area of a clear-bit
+        sector is zero on disk, so either order reads old or new data after a crash.
+        """
+        if self.is_fixed:
+            super()._write_from(offset, view)
+            return
+        try:
+            super()._write_from(offset, view)
+        finally:
+            self._publish()
+
+    def _publish(self) -> None:
+        entries, self.unpublished_entries = self.unpublished_entries, {}
+        bits, self.unpublished_bits = self.unpublished_bits, {}
+        if not entries and not bits:
+            return
+        if self.footer.disk_type == DiskType.DIFFERENCING:
+            self.file.sync()
+        for block, (first, last) in bits.items():
+            self._write_bits(block, first, last)
+        for block, entry in entries.items():
+            self._write_bat_entry(block, entry)
+        if entries:
+            self._write_end_footer()
+
     def _write_unallocated(self, run: Run, data: memoryview) -> None:
         if self.backing is None and is_zero(data):
             return  # clear bits already read as zeros
@@ -769,7 +803,12 @@ class VpcImage(Image):
             return
         host = self.bat[block] * SECTOR
         self.file.pwrite(payload, host + self.bitmap_size + first * SECTOR)
-        self._set_bits(block, host, self._bitmap(block) | mask, first, last)
+        self.bitmap_cache[block] = self._bitmap(block) | mask
+        if block in self.unpublished_entries:
+            self.file.pwrite(bitmap_to_disk(self.bitmap_cache[block], self.bitmap_size), host)
+            return  # the block itself is not visible yet
+        span = self.unpublished_bits.get(block, (first, last))
+        self.unpublished_bits[block] = (min(span[0], first), max(span[1], last))
 
     def _whole_sectors(self, start: int, length: int, rel: int,
                        data: memoryview) -> bytes | bytearray | memoryview:
@@ -787,25 +826,23 @@ class VpcImage(Image):
 
     def _allocate_block(self, block: int, first: int, payload: bytes | bytearray | memoryview,
                         mask: int) -> None:
-        """Append a block in the crash-safe order: data, bitmap, BAT entry, end footer."""
-        assert self.header is not None
+        """Append a block where the end footer was: data and bitmap now, entry at publish."""
         host = self.footer_offset
         if self.cut_tail_before_append:
             self.file.truncate(host)
             self.cut_tail_before_append = False
         self.file.pwrite(payload, host + self.bitmap_size + first * SECTOR)
         self.file.pwrite(bitmap_to_disk(mask, self.bitmap_size), host)
-        self._write_bat_entry(block, host // SECTOR)
+        self.bat[block] = host // SECTOR
         self.bitmap_cache[block] = mask
+        self.unpublished_entries[block] = host // SECTOR
         self.footer_offset = host + self.bitmap_size + self.block_size
-        self._write_end_footer()
 
-    def _set_bits(self, block: int, host: int, bits: int, first: int, last: int) -> None:
+    def _write_bits(self, block: int, first: int, last: int) -> None:
         """Write the bitmap bytes covering sectors ``[first, last)`` of a block."""
-        self.bitmap_cache[block] = bits
         byte_first, byte_end = first // 8, -(-last // 8)
-        raw = bitmap_to_disk(bits, self.bitmap_size)
-        self.file.pwrite(raw[byte_first:byte_end], host + byte_first)
+        raw = bitmap_to_disk(self.bitmap_cache[block], self.bitmap_size)
+        self.file.pwrite(raw[byte_first:byte_end], self.bat[block] * SECTOR + byte_first)
 
     def _write_bat_entry(self, block: int, entry: int) -> None:
         assert self.header is not None

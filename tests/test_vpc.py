@@ -494,6 +494,58 @@ def test_crash_during_allocation_leaves_a_usable_image(tmp_path: Path,
         assert read_all_quietly(path)[6 * MiB:6 * MiB + 512] == b"\x44" * 512
 
 
+def test_differencing_data_is_durable_before_it_is_published(tmp_path: Path) -> None:
+    make_parent(tmp_path / "p.vhd")
+    child = tmp_path / "c.vhd"
+    with disks.create(child, "vpc", backing=tmp_path / "p.vhd") as image:
+        image.write(0, b"\x01" * 512)  # block 0 allocated, one bit set
+        events: list[tuple[str, int]] = []
+        real_pwrite, real_sync = image.file.pwrite, image.file.sync
+
+        def pwrite(data: bytes | bytearray | memoryview, offset: int) -> None:
+            events.append(("write", offset))
+            real_pwrite(data, offset)
+
+        def sync() -> None:
+            events.append(("sync", 0))
+            real_sync()
+
+        image.file.pwrite = pwrite  # type: ignore[method-assign]
+        image.file.sync = sync  # type: ignore[method-assign]
+        image.write(2048, b"\x02" * 512)       # a clear bit in an allocated block
+        image.write(2 * MiB + 512, b"\x03" * 512)  # a new block
+    header = dynamic_header(child)
+    bat_area = range(header.table_offset, header.table_offset + 4 * header.max_table_entries)
+    bitmap_0 = bat_entry(child, 0) * 512
+    kinds = []
+    for kind, offset in events:
+        if kind == "sync":
+            kinds.append("sync")
+        elif offset in bat_area:
+            kinds.append("bat")
+        elif offset == bitmap_0:
+            kinds.append("bits")
+        else:
+            kinds.append("write")
+    first_request = kinds[:kinds.index("bits") + 1]
+    assert first_request == ["write", "sync", "bits"]
+    second_request = kinds[len(first_request):]
+    assert second_request.index("sync") < second_request.index("bat")
+    assert second_request.index("write") < second_request.index("sync")
+
+
+def test_unpublished_bits_survive_bitmap_cache_eviction(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vpc, "BITMAP_CACHE_BLOCKS", 2)
+    path = tmp_path / "e.vhd"
+    with disks.create(path, "vpc", 4 * MiB, block_size="512K") as image:
+        for block in range(8):
+            image.write(block * 512 * KiB, b"\x01" * 512)
+        image.write(0, b"\x02" * 4 * MiB)
+    assert read_all_quietly(path) == b"\x02" * 4 * MiB
+    assert all(len(bitmap_bits(path, block)) == 1024 for block in range(8))
+
+
 # --- property tests against a bytearray model -----------------------------------------
 
 SMALL = 3 * MiB + 512 * 3
