@@ -31,10 +31,12 @@ Rules this driver follows beyond the letter of the spec:
   the rule Hyper-V, Azure and QEMU follow.  An image at the maximum geometry
   (65535/16/255) keeps ``current_size`` since CHS cannot describe it.
 * Allocation appends a block where the end footer was, in the order data,
-  bitmap, BAT entry, footer at the new end of file.  A crash at any point leaves
-  either a leaked tail (the old BAT does not reference it) or a missing end
-  footer that the head copy replaces.  The footer's contents never change on
-  allocation, so the head copy stays in sync without being rewritten.
+  bitmap, BAT entry, footer at the new end of file; new bits and BAT entries are
+  published once per request, after its data (with a sync between in a
+  differencing disk, where a set bit over lost data would hide the parent).  A
+  crash at any point leaves either a leaked tail (the old BAT does not reference
+  it) or a missing end footer that the head copy replaces.  The footer's contents
+  never change on allocation, so the head copy stays in sync without a rewrite.
 * Bitmaps are exact: only the bits of sectors actually written are set, and the
   rest of a partly written sector is filled from below (parent or zeros).
 * Every offset and count read from the file is checked against the file size
