@@ -152,7 +152,7 @@ def test_zero_whole_block_writes_do_not_allocate(tmp_path: Path) -> None:
 
 # --- property test against a bytearray model -----------------------------------------
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(block_size=st.sampled_from([512, 4096, 64 * KiB]), static=st.booleans(),
        sequence=ops(300 * KiB, max_len=80 * KiB))
