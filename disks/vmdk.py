@@ -827,6 +827,26 @@ class SparseExtent(Extent):
         # 2. grain table entries (allocating tables where the GD entry is empty)
         self._publish(updates)
 
+    def copy_allocating(self, rel: int, length: int, source: HostFile,
+                        source_offset: int) -> bool:
+        """Allocate whole grains for ``[rel, rel+length)`` and fill them from ``source`` in
+        the kernel; False (nothing done) unless the range is whole, empty grains."""
+        grain_bytes = self.grain_bytes
+        if self.compressed or rel % grain_bytes or (
+                length % grain_bytes and rel + length != self.length):
+            return False
+        first, count = rel // grain_bytes, _ceil_div(length, grain_bytes)
+        if any(self.tables.entry(g) not in (0, GTE_ZEROED) for g in range(first, first + count)):
+            return False
+        host = self.end
+        self.file.copy_range(source, source_offset, length, host)
+        if length % grain_bytes:   # the disk's last, partial grain: pad it to a whole grain
+            self.file.pwrite(bytes(grain_bytes - length % grain_bytes), host + length)
+        self.end = host + count * grain_bytes
+        self._publish({first + n: host // SECTOR + n * self.header.grain_sectors
+                       for n in range(count)})
+        return True
+
     def _publish(self, updates: dict[int, int]) -> None:
         """Write GT entries (GT and redundant GT) for ``updates`` {grain: sector}."""
         gtes, tables = self.gtes, self.tables
@@ -1167,7 +1187,19 @@ class CowdExtent(Extent):
         return facts
 
 
+SAMPLE_BYTES = 512          # three samples of a grain decide whether deflate is worth it
+INCOMPRESSIBLE_RATIO = 0.95
+
+
 def _compress_one(data: bytes | memoryview | bytearray) -> bytes:
+    """Deflate one grain; a grain whose samples do not shrink is stored (deflate's level 0:
+    a valid stream at memcpy speed, and no bigger than what level 6 makes of such data)."""
+    view = memoryview(data)
+    middle = len(view) // 2
+    sample = b"".join((view[:SAMPLE_BYTES], view[middle:middle + SAMPLE_BYTES],
+                       view[-SAMPLE_BYTES:]))
+    if len(zlib.compress(sample, 1)) >= len(sample) * INCOMPRESSIBLE_RATIO:
+        return zlib.compress(data, 0)
     return zlib.compress(data, STREAM_COMPRESS_LEVEL)
 
 
@@ -1561,13 +1593,43 @@ class VmdkImage(Image):
             raise ImageError(self.path, f"extent {extent.filename} is NOACCESS", field="extent")
         extent.read_special(run.offset - extent.start, run.host_offset, out)
 
-    def _write_from(self, offset: int, view: memoryview) -> None:
-        for extent in self._extents_in(offset, len(view)):
+    # Every public way of changing the disk first checks the extents' access and gives
+    # the disk a new CID; the core's own write path stays in use underneath.
+    def _before_change(self, offset: int, length: int) -> None:
+        self._check_writable()
+        self._check_range(offset, length)
+        for extent in self._extents_in(offset, length):
             if not extent.writable:
                 raise ReadOnlyImageError(self.path, f"extent {extent.filename or 'ZERO'} is "
                                          f"{extent.line.access}", field="extent")
-        self._bump_cid()
-        super()._write_from(offset, view)
+        if length:
+            self._bump_cid()
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self._before_change(offset, memoryview(data).nbytes)
+        super().write(offset, data)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        self._before_change(offset, length)
+        super().write_zeroes(offset, length)
+
+    def discard(self, offset: int, length: int) -> None:
+        self._before_change(offset, length)
+        super().discard(offset, length)
+
+    def copy_from_host(self, offset: int, length: int, source: HostFile,
+                       source_offset: int) -> None:
+        self._before_change(offset, length)
+        super().copy_from_host(offset, length, source, source_offset)
+
+    def _copy_unallocated(self, run: Run, source: HostFile, source_offset: int) -> None:
+        """Whole fresh grains of a plain sparse extent are copied in the kernel."""
+        extent = self._extent_at(run.offset)
+        if isinstance(extent, SparseExtent) and extent.file is self.file \
+                and extent.copy_allocating(run.offset - extent.start, run.length, source,
+                                           source_offset):
+            return
+        super()._copy_unallocated(run, source, source_offset)
 
     def _extents_in(self, offset: int, length: int) -> Iterator[Extent]:
         index = bisect_right(self._starts, offset) - 1
