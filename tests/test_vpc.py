@@ -105,6 +105,21 @@ def test_reads_qemu_images_like_qemu(tmp_path: Path, subformat: str, force_size:
         assert ours.check().clean
 
 
+@pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
+def test_qemu_reads_what_we_write_into_its_images(tmp_path: Path, subformat: str) -> None:
+    image = tmp_path / "q.vhd"
+    qemu_img("create", "-q", "-f", "vpc", "-o", f"subformat={subformat},force_size=on",
+             image, str(DISK))
+    qemu_io(image, "vpc", "write -P 0x10 1M 3M")
+    writes = [(1000, 3000, 0x21), (2 * MiB - 100, 200, 0x22), (7 * MiB + 3, 5 * MiB - 3, 0x23)]
+    with disks.open(image, format="vpc") as ours:
+        for offset, length, byte in writes:
+            ours.write(offset, bytes([byte]) * length)
+    expected = fill(DISK, [(MiB, 3 * MiB, 0x10), *writes])
+    assert qemu_to_raw(image, "vpc", tmp_path / "q.raw") == expected
+    assert read_all_quietly(image) == expected
+
+
 def qemu_check_passes(image: Path) -> None:
     """qemu-img 7.2 has no vpc checker: exit 63 'does not support checks' is its pass."""
     proc = qemu_img("check", "-f", "vpc", image, check=False)
