@@ -484,7 +484,8 @@ MODEL_SIZE = 2 * MiB + 3 * 512
 
 
 @pytest.mark.parametrize("subformat", ["monolithicSparse", "monolithicFlat",
-                                       "streamOptimized", "vmfsSparse"])
+                                       "streamOptimized", "vmfsSparse",
+                                       "twoGbMaxExtentSparse"])
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sequence=ops(MODEL_SIZE), zeroed=st.booleans())
@@ -539,3 +540,28 @@ def test_stream_without_footer_is_read_by_its_markers(tmp_path: Path) -> None:
         image.write(0, b"\x01" * 512)
     assert _markers(path)[-1][2] == 0
     qemu_check_clean(path)
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized",
+                                       "twoGbMaxExtentSparse"])
+def test_emu_img_convert_to_vmdk(tmp_path: Path, subformat: str) -> None:
+    from emu.img import main as emu_img
+
+    source = make_raw(tmp_path / "src.raw", 64 * MiB + 512, SCATTERED)
+    noise = os.urandom(3 * GRAIN + 100)       # incompressible grains (stored, not deflated)
+    with open(source, "r+b") as raw:
+        raw.seek(10 * MiB - 50)
+        raw.write(noise)
+        raw.seek(64 * MiB)
+        raw.write(b"\xee" * 512)             # the disk's last, partial grain
+    out = tmp_path / "out.vmdk"
+    assert emu_img(["convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={subformat}",
+                    str(source), str(out)]) == 0
+    qemu_check_clean(out)
+    qemu_compare(out, source)
+    with disks.open(out, readonly=True) as image:
+        assert image.read(10 * MiB - 50, len(noise)) == noise
+        assert image.check().clean
+    back = tmp_path / "back.raw"
+    assert emu_img(["convert", "-f", "vmdk", "-O", "raw", str(out), str(back)]) == 0
+    assert back.read_bytes() == source.read_bytes()
