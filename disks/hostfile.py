@@ -38,7 +38,9 @@ def is_zero(data: bytes | bytearray | memoryview) -> bool:
     total = len(view)
     while done < total:
         step = min(total - done, len(_ZERO_CHUNK))
-        if view[done:done + step] != _ZERO_CHUNK[:step]:
+        # bytes.startswith compares with memcmp; memoryview == bytes goes element
+        # by element (about 70 MB/s)
+        if not _ZERO_CHUNK.startswith(view[done:done + step]):
             return False
         done += step
     return True
