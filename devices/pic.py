@@ -63,6 +63,9 @@ OCW3_POLL = 0x04
 OCW3_SMM = 0x20
 OCW3_ESMM = 0x40
 
+# Levels from highest to lowest priority, for each choice of the lowest-priority level.
+PRIORITY_ORDERS = tuple(tuple((lowest + 1 + i) & 7 for i in range(8)) for lowest in range(8))
+
 # ELCR bits that may be set: IRQ 0, 1, 2 (master) and 8, 13 (slave) are always edge.
 ELCR_WRITABLE = (0xF8, 0xDE)
 
@@ -112,9 +115,8 @@ class Pic8259:
             self.lines &= ~bit
 
     # --- priority resolution ----------------------------------------------
-    def _priority_order(self) -> list[int]:
-        first = (self.lowest_priority + 1) & 7
-        return [(first + i) & 7 for i in range(8)]
+    def _priority_order(self) -> tuple[int, ...]:
+        return PRIORITY_ORDERS[self.lowest_priority]
 
     def _highest(self, bits: int) -> int | None:
         for level in self._priority_order():
@@ -261,25 +263,26 @@ class PicPair:
         return PicIrqLine(self, irq)
 
     def set_irq(self, irq: int, level: bool) -> None:
-        if irq < 8:
-            self.master.set_irq(irq, level)
-        else:
-            self.slave.set_irq(irq - 8, level)
+        chip = self.master if irq < 8 else self.slave
+        line = irq & 7
+        if bool(chip.lines >> line & 1) == level:
+            return  # no edge, no level change: nothing can move
+        chip.set_irq(line, level)
+        if chip is self.slave:
             self._update_cascade()
         self.changed = True
 
     def _update_cascade(self) -> None:
+        """The slave's INT output drives the master's IR2 (kept current on every change)."""
         self.master.set_irq(CASCADE_IRQ, self.slave.pending_irq() is not None)
 
     @property
     def interrupt_pending(self) -> bool:
         """The master's INT output: the CPU should take an interrupt when IF=1."""
-        self._update_cascade()
         return self.master.pending_irq() is not None
 
     def acknowledge(self) -> int:
         """The CPU's INTA cycle: returns the vector to deliver."""
-        self._update_cascade()
         level = self.master.pending_irq()
         if level is None:  # request withdrawn: spurious IR7, ISR untouched
             return self.master.vector_base + SPURIOUS_LEVEL

@@ -102,6 +102,7 @@ from disks import Image as DiskImage
 from . import x86
 from .clock import NS_PER_INSTRUCTION, NS_PER_PORT_ACCESS, VirtualClock
 from .console import CharBackend, open_backend
+from .fastuc import FastUc
 from .portbus import PortBus
 
 KiB = 1 << 10
@@ -123,6 +124,9 @@ IDE_CHANNELS = ((0x1F0, 0x3F6, 14), (0x170, 0x376, 15))
 CLI = 0xFA
 HLT = 0xF4
 UD_VECTOR = 6
+STRING_IO_REGISTERS = (X.UC_X86_REG_CR0, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS,
+                       X.UC_X86_REG_EIP, X.UC_X86_REG_ECX, X.UC_X86_REG_EDI, X.UC_X86_REG_ESI)
+STRING_PORT_GIVE_UP = 64      # plain IN/OUTs on a port before the fast path stops looking
 
 
 class StopReason(enum.Enum):
@@ -256,7 +260,7 @@ def load_bios(bios: str | Path | bytes | None) -> bytes:
 class PhysicalMemory:
     """Guest physical memory for DMA (devices.interfaces.GuestMemory)."""
 
-    def __init__(self, uc: Uc, ram_size: int) -> None:
+    def __init__(self, uc: Any, ram_size: int) -> None:
         self.uc = uc
         self.ram_size = ram_size
 
@@ -301,6 +305,7 @@ class Machine:
         self.reboot_requested: str | None = None
         self.string_device_types: dict[type, bool] = {}
         self.fast_string_io = True  # tests turn it off to compare with the slow path
+        self.string_port_misses: dict[int, int] = {}  # -1: string I/O seen on the port
         self.pending_serial_input = bytearray(serial_input)
         self.trace_path = Path(trace) if trace is not None else None
         self.trace_file: Any = None
@@ -350,8 +355,8 @@ class Machine:
                 image = OverlayImage(image, os.path.join(folder, "overlay"))
             self.images.append((slot[0], slot[1], image))
 
-    def _make_cpu(self) -> Uc:
-        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    def _make_cpu(self) -> FastUc:
+        uc = FastUc(UC_ARCH_X86, UC_MODE_32)
         uc.mem_map(0, self.ram_size, UC_PROT_ALL)
         high = (1 << 32) - len(self.bios)
         uc.mem_map(high, len(self.bios), UC_PROT_ALL)
@@ -483,7 +488,7 @@ class Machine:
                 self.uc.emu_stop()
 
     def _on_in(self, uc: Uc, port: int, size: int, _: Any) -> int:
-        self.clock.advance(NS_PER_PORT_ACCESS)
+        self.clock.ns += NS_PER_PORT_ACCESS
         device = self.bus.owner(port, size)
         value: int | None = None
         if self._is_string_device(device):
@@ -494,7 +499,7 @@ class Machine:
         return value
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _: Any) -> None:
-        self.clock.advance(NS_PER_PORT_ACCESS)
+        self.clock.ns += NS_PER_PORT_ACCESS
         device = self.bus.owner(port, size)
         handled = False
         if self._is_string_device(device):
@@ -599,30 +604,37 @@ class Machine:
     def _fast_string_io(self, port: int, size: int, device: Any, out_value: int | None
                         ) -> int | None:
         """Move a whole ``rep ins``/``rep outs`` burst; None when not applicable."""
+        if self.string_port_misses.get(port, 0) >= STRING_PORT_GIVE_UP:
+            return None  # a status/command port: never the target of string I/O
         uc = self.uc
-        if uc.reg_read(X.UC_X86_REG_CR0) & x86.CR0_PG:
+        cr0, eflags, cs, eip, ecx, edi, esi = uc.reg_read_many(STRING_IO_REGISTERS)
+        if cr0 & x86.CR0_PG:
             return None
-        code_segment = x86.segment(uc, "cs")
-        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        protected = bool(cr0 & x86.CR0_PE) and not eflags & x86.FLAG_VM
+        code_segment = x86.Segment(cs, cs << 4, 0xFFFF, False) if not protected else \
+            x86.segment(uc, "cs", protected)
         code = bytes(uc.mem_read((code_segment.base + eip) & 0xFFFF_FFFF, 15))
         decoded = x86.decode_rep_string_io(code, code_segment.big)
         if decoded is None or decoded.is_input != (out_value is None):
+            misses = self.string_port_misses
+            if misses.get(port, 0) >= 0:
+                misses[port] = misses.get(port, 0) + 1
             return None
+        self.string_port_misses[port] = -1  # seen string I/O here: always look
         mask = 0xFFFF_FFFF if decoded.address_32 else 0xFFFF
-        ecx = uc.reg_read(X.UC_X86_REG_ECX)
         count = ecx & mask
         if count < 2:
             return None
         index_register = X.UC_X86_REG_EDI if decoded.is_input else X.UC_X86_REG_ESI
-        full_index = uc.reg_read(index_register)
+        full_index = edi if decoded.is_input else esi
         index = full_index & mask
-        backwards = bool(uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_DF)
+        backwards = bool(eflags & x86.FLAG_DF)
         # Never let the burst wrap the index register: the slow path handles the rest.
         room = index // size + 1 if backwards else (mask + 1 - index) // size
         count = min(count, room)
         if count < 2:
             return None
-        base = x86.segment(uc, decoded.segment_name).base
+        base = x86.segment(uc, decoded.segment_name, protected).base
         lowest = index - (count - 1) * size if backwards else index
         start = (base + lowest) & 0xFFFF_FFFF
         if start + count * size > self.ram_size:
@@ -645,17 +657,20 @@ class Machine:
             result = int.from_bytes(data[:size], "little")
         else:
             raw = bytes(uc.mem_read(start, count * size))
-            items = [raw[i:i + size] for i in range(0, len(raw), size)]
             if backwards:
+                items = [raw[i:i + size] for i in range(0, len(raw), size)]
                 items.reverse()
-            moved = device.write_string(port, size, b"".join(items))
+                raw = b"".join(items)
+            moved = device.write_string(port, size, raw)
             if moved == 0:
                 return None
             self._record_string_io("outs", port, size, moved)
             result = out_value if out_value is not None else 0
         skipped = moved - 1
-        uc.reg_write(index_register, (full_index & ~mask) | ((index + skipped * step) & mask))
-        uc.reg_write(X.UC_X86_REG_ECX, (ecx & ~mask) | ((ecx - skipped) & mask))
+        if skipped:
+            uc.reg_write(index_register,
+                         (full_index & ~mask) | ((index + skipped * step) & mask))
+            uc.reg_write(X.UC_X86_REG_ECX, (ecx & ~mask) | ((ecx - skipped) & mask))
         return result
 
     def _record_string_io(self, kind: str, port: int, size: int, items: int) -> None:

@@ -125,10 +125,10 @@ def read_descriptor(uc: Any, selector: int) -> tuple[int, int]:
     return int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:], "little")
 
 
-def segment(uc: Any, name: str) -> Segment:
+def segment(uc: Any, name: str, protected: bool | None = None) -> Segment:
     """Base and attributes of a segment register as the CPU uses them now."""
     selector = uc.reg_read(SEGMENT_REGISTERS[name])
-    if not protected_mode(uc):
+    if not (protected_mode(uc) if protected is None else protected):
         return Segment(selector, selector << 4, 0xFFFF, False)
     if selector & ~3 == 0:
         return Segment(selector, 0, 0, False, present=False)
