@@ -28,10 +28,11 @@
 ; hex) so the host can recompute every hash from its model of the disk.
 ; The data hash folds dwords: h = 0x811C9DC5; h = rol32((h ^ d) * 0x01000193, 5).
 ;
-; When LBA 0 of the disk starts with "ATABENCH", the ROM instead times bulk
-; reads (dword at offset 8 = sectors per method): PIO READ SECTORS, READ
-; MULTIPLE (16 sectors per block) and READ DMA, printing "BENCH <name> begin"
-; and "BENCH <name> end" lines that the host timestamps (bench/guest_io.py).
+; When LBA 0 of the disk starts with "ATABENCH", the ROM instead reads in bulk
+; (dword at offset 8: sectors per method, a multiple of 256; byte at offset 12:
+; methods, bit 0 PIO READ SECTORS, bit 1 READ MULTIPLE with 16-sector blocks,
+; bit 2 READ DMA), 256 sectors per command, printing "BENCH <name> begin/end"
+; lines; bench/guest_io.py times whole runs against a run that reads nothing.
 ;
 ; The ROM exits through the debug-exit port 0xF4: 0 when the run completed
 ; (the transcript says what happened), 2 when the disk does not answer, 3 when
@@ -111,6 +112,8 @@ v_test          equ VAR + 0x34      ; word, current test table entry
 v_bench_mode    equ VAR + 0x36      ; byte, nonzero: move data without hashing
 v_bench_left    equ VAR + 0x40      ; dword
 v_bench_lba     equ VAR + 0x44      ; dword
+v_bench_methods equ VAR + 0x48      ; byte: bit 0 PIO, bit 1 MULTIPLE, bit 2 DMA
+v_bench_bit     equ VAR + 0x49      ; byte
 
 PRD_TABLE       equ 0x1000          ; up to 512 entries (4 KiB), within one 64 KiB page
 PIO_SEGMENT     equ 0x1000          ; PIO buffer at 0x10000
@@ -1263,6 +1266,8 @@ check_bench:
     jne .no
     mov eax, [es:8]
     mov [v_bench_total], eax
+    mov eax, [es:12]
+    mov [v_bench_methods], eax
     pop es
     jmp bench
 .no:
@@ -1280,10 +1285,18 @@ bench:
     mov word [v_multiple], 16
     mov byte [v_bench_mode], 1
     mov bx, bench_tests
+    mov byte [v_bench_bit], 1
 .method:
     mov si, [cs:bx]
     test si, si
     jz .done
+    mov al, [v_bench_bit]
+    shl byte [v_bench_bit], 1
+    test [v_bench_methods], al
+    jnz .measure
+    add bx, 2
+    jmp .method
+.measure:
     PRINT "BENCH "
     push si
     mov si, [cs:si + test.name]
