@@ -866,12 +866,14 @@ class SparseExtent(Extent):
             lo = grains[0] % gtes
             hi = grains[-1] % gtes + 1
             chunk = _table_bytes(table[lo:hi])
-            self.file.pwrite(chunk, tables.gd[index] * SECTOR + lo * 4)
+            # the redundant copy first: a crash between the two leaves it only ahead
+            # (an unused grain, a leak), never the primary pointing somewhere it does not
             if tables.rgd is not None and tables.rgd[index]:
                 self.file.pwrite(chunk, tables.rgd[index] * SECTOR + lo * 4)
+            self.file.pwrite(chunk, tables.gd[index] * SECTOR + lo * 4)
 
     def _allocate_table(self, index: int, table: array[int]) -> None:
-        """A new GT (and redundant GT) at the end of the file, then the GD entries."""
+        """A new GT (and redundant GT) at the end of the file, then the RGD and GD entries."""
         tables, header = self.tables, self.header
         gt_span = _round_up(self.gtes * 4, SECTOR)
         content = _table_bytes(table).ljust(gt_span, b"\0")
@@ -881,12 +883,12 @@ class SparseExtent(Extent):
             copies.append(content)
         _pwritev(self.file, copies, self.end)
         self.end += gt_span * len(copies)
-        tables.gd[index] = gt_sector
-        self.file.pwrite(struct.pack("<I", gt_sector), header.gd_offset * SECTOR + index * 4)
         if tables.rgd is not None:
             tables.rgd[index] = gt_sector + gt_span // SECTOR
             self.file.pwrite(struct.pack("<I", tables.rgd[index]),
                              header.rgd_offset * SECTOR + index * 4)
+        tables.gd[index] = gt_sector
+        self.file.pwrite(struct.pack("<I", gt_sector), header.gd_offset * SECTOR + index * 4)
         tables.adopt(index, table)
 
     # -- stream-optimized writing ----------------------------------------
@@ -1027,8 +1029,12 @@ class SparseExtent(Extent):
                            f"{expected} needed")
         for index, gt_sector in enumerate(tables.gd):
             if tables.rgd is not None and bool(gt_sector) != bool(tables.rgd[index]):
-                report.corrupt(f"{path}: GD entry {index} and redundant GD entry differ "
-                               "in whether a table exists")
+                if gt_sector:
+                    report.corrupt(f"{path}: GD entry {index} has a table, the redundant GD "
+                                   "has none")
+                else:   # an allocation interrupted before the primary GD entry
+                    report.leak(f"{path}: redundant GD entry {index} names a table the GD "
+                                "does not use")
             if not gt_sector:
                 continue
             if gt_sector * SECTOR + gt_span > size:
@@ -1042,8 +1048,8 @@ class SparseExtent(Extent):
                 raw = self.file.pread(self.gtes * 4, rgt_sector * SECTOR)
                 if len(raw) < self.gtes * 4:
                     report.corrupt(f"{path}: redundant grain table {index} beyond end of file")
-                elif _u32_table(raw, self.gtes) != table:
-                    report.corrupt(f"{path}: grain table {index} and its redundant copy differ")
+                else:
+                    self._compare_redundant(report, index, table, _u32_table(raw, self.gtes))
             if self.compressed:
                 for slot, entry in enumerate(table):
                     if entry > GTE_ZEROED and entry * SECTOR + GRAIN_MARKER.size > size:
@@ -1073,6 +1079,22 @@ class SparseExtent(Extent):
                                    f"{claimed[key]}")
                 else:
                     claimed[key] = f"grain {grain}"
+
+    def _compare_redundant(self, report: CheckReport, index: int, table: array[int],
+                           redundant: array[int]) -> None:
+        """Entries where the redundant copy is only ahead (primary 0 or zeroed) are an
+        interrupted allocation: a leak.  Any other difference is a corruption."""
+        if table == redundant:
+            return
+        for slot, (entry, copy) in enumerate(zip(table, redundant, strict=True)):
+            if entry == copy:
+                continue
+            grain = index * self.gtes + slot
+            if entry in (0, GTE_ZEROED):
+                report.leak(f"{self.filename}: grain {grain} is only in the redundant table")
+            else:
+                report.corrupt(f"{self.filename}: grain table {index} and its redundant copy "
+                               f"differ at grain {grain}")
 
     def info(self) -> dict[str, Any]:
         facts = super().info()
