@@ -861,6 +861,7 @@ class VpcImage(Image):
             self.write_zeroes(offset, length)
             return
         end = offset + length
+        freed_tail = False
         while offset < end:
             block, in_block = divmod(offset, self.block_size)
             piece = min(end - offset, self.block_size - in_block)
@@ -869,19 +870,27 @@ class VpcImage(Image):
             if self.bat[block] == UNUSED_ENTRY:
                 pass
             elif whole and block not in self.bad_blocks:
-                self._free_block(block)
+                freed_tail |= self._free_block(block)
             else:
                 self.write_zeroes(offset, piece)
             offset += piece
+        if freed_tail:
+            self._shrink_to_last_block()
 
-    def _free_block(self, block: int) -> None:
+    def _free_block(self, block: int) -> bool:
+        """Drop a block from the BAT; True when it was the last one in the file."""
         host = self.bat[block] * SECTOR
         self._write_bat_entry(block, UNUSED_ENTRY)
         self.bitmap_cache.pop(block, None)
-        if host + self.bitmap_size + self.block_size == self.footer_offset:
-            self.footer_offset = host  # the last block: give its space back to the host
+        return host + self.bitmap_size + self.block_size == self.footer_offset
+
+    def _shrink_to_last_block(self) -> None:
+        """Give the space after the last referenced block back to the host."""
+        _, last_end, _ = self._scan_blocks(None)
+        if last_end < self.footer_offset:
+            self.footer_offset = last_end
             self._write_end_footer()
-            self.file.truncate(host + FOOTER_SIZE)
+            self.file.truncate(last_end + FOOTER_SIZE)
 
     # --- check and info -----------------------------------------------------------
     def _check(self, report: CheckReport, repair: bool) -> None:

@@ -456,6 +456,11 @@ def test_discard_frees_whole_blocks_and_zeroes_partial(tmp_path: Path) -> None:
     assert path.stat().st_size < size_full
     qemu_to_raw(path, "vpc", tmp_path / "q.raw")
     assert (tmp_path / "q.raw").read_bytes() == read_all_quietly(path)
+    with disks.open(path) as image:
+        image.discard(0, 8 * MiB)  # everything: the leaked holes go with the tail
+        assert image.check().clean
+        assert image.read(0, 8 * MiB) == bytes(8 * MiB)
+    assert path.stat().st_size == 512 + 1024 + 512 + 512  # footer copy, header, BAT, footer
 
 
 def test_check_finds_bat_beyond_eof_and_overlaps(tmp_path: Path) -> None:
