@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -173,6 +174,22 @@ def test_force_size_off_rounds_to_chs_like_qemu(tmp_path: Path) -> None:
         assert image.geometry is not None
         assert image.size == image.geometry.sector_count * 512 >= size
         assert image.size == qemu_img_info(theirs, "vpc")["virtual-size"]
+
+
+def test_emu_img_cli_creates_a_differencing_chain(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from emu import img
+    base, child = str(tmp_path / "base.vhd"), str(tmp_path / "child.vhd")
+    assert img.main(["create", "-f", "vhd", "-o", "subformat=fixed,force_size=off", base,
+                     "10M"]) == 0
+    assert img.main(["create", "-f", "vpc", "-b", base, child]) == 0
+    capsys.readouterr()
+    assert img.main(["info", "--output", "json", child]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "vpc" and info["backing-filename"] == "base.vhd"
+    assert info["format-specific"]["data"]["subformat"] == "differencing"
+    assert info["virtual-size"] == qemu_img_info(Path(base), "vpc")["virtual-size"] > 10 * MiB
+    assert img.main(["check", child]) == 0
 
 
 # --- samples ---------------------------------------------------------------------
