@@ -26,6 +26,10 @@ class CharBackend:
     """Where a device's output goes and where its input comes from."""
 
     quit_requested = False
+    interactive = False  # input can arrive (a terminal), so a halted CPU may wait for it
+
+    def wait_input(self, seconds: float) -> None:
+        """Block until input may be readable or ``seconds`` pass."""
 
     def write(self, data: bytes) -> None:
         pass
@@ -70,6 +74,11 @@ class StdioBackend(CharBackend):
             self.fd = sys.stdin.fileno()
             self.saved_mode = termios.tcgetattr(self.fd)
             tty.setraw(self.fd)
+            self.interactive = True
+
+    def wait_input(self, seconds: float) -> None:
+        if self.fd is not None:
+            select.select([self.fd], [], [], seconds)
 
     def write(self, data: bytes) -> None:
         if self.saved_mode is not None:

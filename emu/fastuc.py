@@ -44,7 +44,7 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         self._value_ref = ctypes.byref(self._value)
         self._small = ctypes.create_string_buffer(SMALL_READ)
         self._fast = _uclib is not None
-        self._batches: dict[tuple[int, ...], Any] = {}
+        self._batches: dict[tuple[Any, ...], Any] = {}
 
     def reg_read(self, reg_id: int, aux: Any = None) -> Any:
         if not self._fast or aux is not None or reg_id not in FAST_REGISTERS:
@@ -81,6 +81,28 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         if status:
             raise UcError(status)
         return list(values)
+
+    def reg_write_many(self, writes: tuple[tuple[int, int], ...]) -> None:
+        """Several plain integer registers written in one call into Unicorn."""
+        reg_ids = tuple(reg for reg, _ in writes)
+        if not self._fast:
+            for reg, value in writes:
+                super().reg_write(reg, value)
+            return
+        key = ("write", *reg_ids)
+        batch = self._batches.get(key)
+        if batch is None:
+            values = (ctypes.c_uint64 * len(reg_ids))()
+            ids = (ctypes.c_int * len(reg_ids))(*reg_ids)
+            pointers = (ctypes.c_void_p * len(reg_ids))(
+                *(ctypes.addressof(values) + 8 * i for i in range(len(reg_ids))))
+            batch = self._batches[key] = (ids, pointers, values)
+        ids, pointers, values = batch
+        for index, (_, value) in enumerate(writes):
+            values[index] = value & 0xFFFF_FFFF_FFFF_FFFF
+        status = _uclib.uc_reg_write_batch(self._uch, ids, pointers, len(reg_ids))
+        if status:
+            raise UcError(status)
 
     def mem_read(self, address: int, size: int) -> bytearray:
         if not self._fast or size > SMALL_READ:

@@ -123,9 +123,12 @@ EXCEPTION_STORM = 10_000       # back-to-back exceptions at one address = a hung
 IDE_CHANNELS = ((0x1F0, 0x3F6, 14), (0x170, 0x376, 15))
 CLI = 0xFA
 HLT = 0xF4
+STI = 0xFB
+INPUT_WAIT_S = 0.05
 UD_VECTOR = 6
 STRING_IO_REGISTERS = (X.UC_X86_REG_CR0, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS,
-                       X.UC_X86_REG_EIP, X.UC_X86_REG_ECX, X.UC_X86_REG_EDI, X.UC_X86_REG_ESI)
+                       X.UC_X86_REG_EIP, X.UC_X86_REG_ECX, X.UC_X86_REG_EDI, X.UC_X86_REG_ESI,
+                       X.UC_X86_REG_ES, X.UC_X86_REG_DS)
 STRING_PORT_GIVE_UP = 64      # plain IN/OUTs on a port before the fast path stops looking
 
 
@@ -303,6 +306,7 @@ class Machine:
         self.scratch_pages = 0
         self.exception_streak: tuple[tuple[int, int] | None, int] = (None, 0)
         self.reboot_requested: str | None = None
+        self.deadline: float | None = None
         self.string_device_types: dict[type, bool] = {}
         self.fast_string_io = True  # tests turn it off to compare with the slow path
         self.string_port_misses: dict[int, int] = {}  # -1: string I/O seen on the port
@@ -607,7 +611,7 @@ class Machine:
         if self.string_port_misses.get(port, 0) >= STRING_PORT_GIVE_UP:
             return None  # a status/command port: never the target of string I/O
         uc = self.uc
-        cr0, eflags, cs, eip, ecx, edi, esi = uc.reg_read_many(STRING_IO_REGISTERS)
+        cr0, eflags, cs, eip, ecx, edi, esi, es, ds = uc.reg_read_many(STRING_IO_REGISTERS)
         if cr0 & x86.CR0_PG:
             return None
         protected = bool(cr0 & x86.CR0_PE) and not eflags & x86.FLAG_VM
@@ -634,7 +638,10 @@ class Machine:
         count = min(count, room)
         if count < 2:
             return None
-        base = x86.segment(uc, decoded.segment_name, protected).base
+        if protected or decoded.segment_name not in ("es", "ds"):
+            base = x86.segment(uc, decoded.segment_name, protected).base
+        else:
+            base = (es if decoded.segment_name == "es" else ds) << 4
         lowest = index - (count - 1) * size if backwards else index
         start = (base + lowest) & 0xFFFF_FFFF
         if start + count * size > self.ram_size:
@@ -668,9 +675,9 @@ class Machine:
             result = out_value if out_value is not None else 0
         skipped = moved - 1
         if skipped:
-            uc.reg_write(index_register,
-                         (full_index & ~mask) | ((index + skipped * step) & mask))
-            uc.reg_write(X.UC_X86_REG_ECX, (ecx & ~mask) | ((ecx - skipped) & mask))
+            uc.reg_write_many(((index_register,
+                                (full_index & ~mask) | ((index + skipped * step) & mask)),
+                               (X.UC_X86_REG_ECX, (ecx & ~mask) | ((ecx - skipped) & mask))))
         return result
 
     def _record_string_io(self, kind: str, port: int, size: int, items: int) -> None:
@@ -681,13 +688,11 @@ class Machine:
 
     # --- the run loop -----------------------------------------------------------
     def run(self) -> RunResult:
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
         uc = self.uc
         try:
             while self._stop is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    self._request_stop(StopReason.TIMEOUT,
-                                       f"--timeout {self.timeout:g} s of wall time elapsed")
+                if self._timed_out():
                     break
                 if self.max_instructions is not None and self.instructions >= self.max_instructions:
                     self._request_stop(StopReason.INSTRUCTION_BUDGET,
@@ -755,13 +760,22 @@ class Machine:
             while not self.pic.interrupt_pending:
                 deadlines = [d for d in (t.next_deadline_ns() for t in self.timers)
                              if d is not None]
-                if not deadlines:
+                if deadlines:
+                    self.clock.advance_to(min(deadlines))
+                    for timer in self.timers:
+                        timer.update()
+                elif self.serial_backend.interactive:
+                    # Only the terminal can wake this CPU: wait for a key (wall time).
+                    self.serial_backend.wait_input(INPUT_WAIT_S)
+                    self._poll_input()
+                    if self._stop is not None or self._timed_out():
+                        return
+                else:
                     self._request_stop(StopReason.HALTED,
                                        "HLT with no interrupt source armed")
                     return
-                self.clock.advance_to(min(deadlines))
-                for timer in self.timers:
-                    timer.update()
+        elif self._after_sti():
+            return  # STI's one-instruction interrupt shadow: take it after the next slice
         if interrupts_on and self.pic.interrupt_pending:
             self.pic.changed = False
             vector = self.pic.acknowledge()
@@ -769,6 +783,21 @@ class Machine:
                 x86.deliver_interrupt(uc, vector)
             except x86.DeliveryError as error:
                 self._cpu_fault(f"triple fault: IRQ vector {vector:#x}: {error}")
+
+    def _after_sti(self) -> bool:
+        """Did the slice end right after an STI (interrupts stay blocked one instruction)?"""
+        try:
+            pc = x86.linear_pc(self.uc)
+            return pc > 0 and self.uc.mem_read(pc - 1, 1)[0] == STI
+        except UcError:
+            return False
+
+    def _timed_out(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self._request_stop(StopReason.TIMEOUT,
+                               f"--timeout {self.timeout:g} s of wall time elapsed")
+            return True
+        return False
 
     def _poll_input(self) -> None:
         typed = self.serial_backend.read_input()
