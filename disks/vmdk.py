@@ -745,21 +745,25 @@ class SparseExtent(Extent):
         if cached is not None and cached[0] == host:
             return cached[1]
         path = self.filename
-        head = self.file.pread(GRAIN_MARKER.size, host)
-        if len(head) < GRAIN_MARKER.size:
+        # marker and deflated grain in one read (a grain rarely deflates to more than itself)
+        blob = self.file.pread(GRAIN_MARKER.size + self.grain_bytes + SECTOR, host)
+        if len(blob) < GRAIN_MARKER.size:
             raise CorruptImageError(path, f"grain marker at {host} beyond end of file",
                                     field="grainMarker")
-        lba, size = GRAIN_MARKER.unpack(head)
+        lba, size = GRAIN_MARKER.unpack_from(blob)
         if lba != grain * self.header.grain_sectors:
             raise CorruptImageError(path, f"grain marker at {host} says sector {lba}, the grain "
                                     f"table says {grain * self.header.grain_sectors}",
                                     field="grainMarker")
-        if size > 2 * self.grain_bytes + 4096 or host + GRAIN_MARKER.size + size > \
-                self.file.size():
+        if size > 2 * self.grain_bytes + 4096:
             raise CorruptImageError(path, f"compressed grain at {host} of {size} bytes is "
-                                    "implausible or runs past the end of the file",
-                                    field="grainMarker")
-        packed = self.file.pread(size, host + GRAIN_MARKER.size)
+                                    "implausible", field="grainMarker")
+        if GRAIN_MARKER.size + size > len(blob):
+            blob = self.file.pread(GRAIN_MARKER.size + size, host)
+            if GRAIN_MARKER.size + size > len(blob):
+                raise CorruptImageError(path, f"compressed grain at {host} runs past the end "
+                                        "of the file", field="grainMarker")
+        packed = memoryview(blob)[GRAIN_MARKER.size:GRAIN_MARKER.size + size]
         try:
             inflater = zlib.decompressobj()
             data = inflater.decompress(packed, self.grain_bytes)
