@@ -50,7 +50,9 @@ exactly where the slow path would.
 
 from __future__ import annotations
 
+import ctypes
 import enum
+import mmap
 import os
 import shutil
 import tempfile
@@ -261,21 +263,44 @@ def load_bios(bios: str | Path | bytes | None) -> bytes:
 
 
 class PhysicalMemory:
-    """Guest physical memory for DMA (devices.interfaces.GuestMemory)."""
+    """Guest RAM: a host buffer Unicorn maps directly (devices.interfaces.GuestMemory).
+
+    Devices and the machine's fast paths copy into and out of the buffer without
+    going through Unicorn; a write then drops any translated code for the range,
+    so code loaded by DMA or string I/O runs as loaded.  Addresses beyond RAM read
+    as a floating bus (0xFF) and ignore writes.
+    """
 
     def __init__(self, uc: Any, ram_size: int) -> None:
         self.uc = uc
         self.ram_size = ram_size
+        self.buffer = mmap.mmap(-1, ram_size)
+        self.view = memoryview(self.buffer)
+        self._anchor = ctypes.c_char.from_buffer(self.buffer)
+        uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, ctypes.addressof(self._anchor))
 
     def read(self, address: int, length: int) -> bytes:
         inside = max(0, min(length, self.ram_size - address))
-        data = bytes(self.uc.mem_read(address, inside)) if inside else b""
-        return data + b"\xff" * (length - inside)  # beyond RAM: floating bus
+        data = bytes(self.view[address:address + inside]) if inside else b""
+        return data + b"\xff" * (length - inside)
 
     def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
         inside = max(0, min(len(data), self.ram_size - address))
         if inside:
-            self.uc.mem_write(address, bytes(data[:inside]))
+            self.view[address:address + inside] = data[:inside]
+            self.uc.ctl_remove_cache(address, address + inside)
+
+    def byte(self, address: int) -> int:
+        """One byte, for the machine's peeks at code (0xFF outside RAM)."""
+        return self.view[address] if 0 <= address < self.ram_size else \
+            int(self.uc.mem_read(address, 1)[0])
+
+    def peek(self, address: int, length: int) -> bytes:
+        """Code bytes at a linear address (RAM or ROM)."""
+        if 0 <= address and address + length <= self.ram_size:
+            return bytes(self.view[address:address + length])
+        return bytes(self.uc.mem_read(address, length))
+
 
 
 class Machine:
@@ -318,7 +343,7 @@ class Machine:
         try:
             self._open_disks()
             self.uc = self._make_cpu()
-            self.memory = PhysicalMemory(self.uc, self.ram_size)
+            self.memory = PhysicalMemory(self.uc, self.ram_size)  # maps RAM at 0
             self._build_devices()
             self._install_hooks()
             self._power_on()
@@ -361,7 +386,6 @@ class Machine:
 
     def _make_cpu(self) -> FastUc:
         uc = FastUc(UC_ARCH_X86, UC_MODE_32)
-        uc.mem_map(0, self.ram_size, UC_PROT_ALL)
         high = (1 << 32) - len(self.bios)
         uc.mem_map(high, len(self.bios), UC_PROT_ALL)
         uc.mem_write(high, self.bios)
@@ -436,7 +460,7 @@ class Machine:
         """CPU reset state, shadow copy of the BIOS, devices at power-on."""
         uc = self.uc
         isa_size = min(len(self.bios), ISA_BIOS_MAX)
-        uc.mem_write(MiB - isa_size, self.bios[-isa_size:])
+        self.memory.write(MiB - isa_size, self.bios[-isa_size:])
         uc.reg_write(X.UC_X86_REG_CR0, 0x6000_0010)  # CD NW ET, real mode
         uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
         for name in ("ds", "es", "ss", "fs", "gs"):
@@ -569,7 +593,7 @@ class Machine:
     def _interrupt(self, vector: int) -> None:
         uc = self.uc
         pc = x86.linear_pc(uc)
-        before = bytes(uc.mem_read(pc - 2, 2)) if pc >= 2 else b""
+        before = self.memory.peek(pc - 2, 2) if pc >= 2 else b""
         software = (before[-2:] == bytes((0xCD, vector))
                     or (vector == 3 and before[-1:] == b"\xcc")
                     or (vector == 4 and before[-1:] == b"\xce")
@@ -617,7 +641,7 @@ class Machine:
         protected = bool(cr0 & x86.CR0_PE) and not eflags & x86.FLAG_VM
         code_segment = x86.Segment(cs, cs << 4, 0xFFFF, False) if not protected else \
             x86.segment(uc, "cs", protected)
-        code = bytes(uc.mem_read((code_segment.base + eip) & 0xFFFF_FFFF, 15))
+        code = self.memory.peek((code_segment.base + eip) & 0xFFFF_FFFF, 15)
         decoded = x86.decode_rep_string_io(code, code_segment.big)
         if decoded is None or decoded.is_input != (out_value is None):
             misses = self.string_port_misses
@@ -658,12 +682,13 @@ class Machine:
                 if backwards:
                     items = [rest[i:i + size] for i in range(0, len(rest), size)]
                     rest = b"".join(reversed(items))
-                    uc.mem_write((base + index - (moved - 1) * size) & 0xFFFF_FFFF, rest)
+                    self.memory.write((base + index - (moved - 1) * size) & 0xFFFF_FFFF,
+                                      rest)
                 else:
-                    uc.mem_write((base + index + size) & 0xFFFF_FFFF, rest)
+                    self.memory.write((base + index + size) & 0xFFFF_FFFF, rest)
             result = int.from_bytes(data[:size], "little")
         else:
-            raw = bytes(uc.mem_read(start, count * size))
+            raw = self.memory.read(start, count * size)
             if backwards:
                 items = [raw[i:i + size] for i in range(0, len(raw), size)]
                 items.reverse()
@@ -734,7 +759,7 @@ class Machine:
         uc = self.uc
         pc = x86.linear_pc(uc)
         try:
-            if pc == 0 or uc.mem_read(pc - 1, 1)[0] != HLT:
+            if pc == 0 or self.memory.byte(pc - 1) != HLT:
                 return False
             site = pc - 1
             if site in self.hlt_sites:
@@ -744,7 +769,7 @@ class Machine:
             uc.ctl_remove_cache(site, site + 1)  # blocks translated before the hook skip it
             if uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
                 return True
-            return pc >= 2 and uc.mem_read(pc - 2, 1)[0] == CLI
+            return pc >= 2 and self.memory.byte(pc - 2) == CLI
         except UcError:
             return False
 
@@ -788,7 +813,7 @@ class Machine:
         """Did the slice end right after an STI (interrupts stay blocked one instruction)?"""
         try:
             pc = x86.linear_pc(self.uc)
-            return pc > 0 and self.uc.mem_read(pc - 1, 1)[0] == STI
+            return pc > 0 and self.memory.byte(pc - 1) == STI
         except UcError:
             return False
 
