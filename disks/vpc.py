@@ -84,6 +84,7 @@ DEFAULT_BLOCK_SIZE = 2 << 20
 MIN_BLOCK_SIZE = SECTOR
 MAX_BLOCK_SIZE = 256 << 20
 MAX_LOCATOR_BYTES = 64 << 10
+MAX_TABLE_ENTRIES = 32 << 20  # a 128 MiB BAT: 2040 GiB in 64 KiB blocks
 BITMAP_CACHE_BLOCKS = 4096
 FIXED_ALLOCATION_UNIT = 4096  # a fixed VHD is raw: the host file system's block
 VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z as a Unix time
@@ -529,6 +530,11 @@ class VpcImage(Image):
             raise CorruptImageError(self.path, f"BAT of {bat_bytes} bytes at "
                                     f"{header.table_offset} is outside the {bat_limit} bytes "
                                     "before the footer", field="table_offset")
+        if entries > MAX_TABLE_ENTRIES:
+            raise UnsupportedImageError(self.path, f"{entries} BAT entries exceed the "
+                                        f"{MAX_TABLE_ENTRIES} this driver keeps in memory "
+                                        "(block size too small for the disk)",
+                                        field="max_table_entries")
         if header.table_offset < footer.data_offset + HEADER_SIZE \
                 and footer.data_offset < header.table_offset + bat_bytes:
             raise CorruptImageError(self.path, f"BAT at {header.table_offset} overlaps the "
@@ -665,6 +671,10 @@ class VpcImage(Image):
     def _lay_out_dynamic(cls, file: HostFile, footer: Footer, block_size: int,
                          parent: VpcImage | None) -> None:
         entries = -(-footer.current_size // block_size)
+        if entries > MAX_TABLE_ENTRIES:
+            raise InvalidOptionError(file.path, f"{entries} blocks of {block_size} bytes: more "
+                                     f"than {MAX_TABLE_ENTRIES}; choose a larger block_size",
+                                     field="block_size")
         table_offset = FOOTER_SIZE + HEADER_SIZE
         next_free = table_offset + round_up(entries * 4, SECTOR)
         locators: list[ParentLocator] = []

@@ -261,6 +261,9 @@ def test_oversized_disk_refused(tmp_path: Path) -> None:
         disks.create(tmp_path / "big.vhd", "vpc", (2040 << 30) + 512)
     with disks.create(tmp_path / "max.vhd", "vpc", 2040 << 30) as image:
         assert image.size == 2040 << 30
+    with pytest.raises(disks.InvalidOptionError) as info:  # a 16 GiB BAT
+        disks.create(tmp_path / "tiny-blocks.vhd", "vpc", 2040 << 30, block_size="512")
+    assert info.value.field == "block_size"
 
 
 # --- checksums and footer copies --------------------------------------------------
