@@ -1079,9 +1079,48 @@ class VhdxImage(Image):
         out[:] = self._read_host(run.host_offset, run.length)
 
     # --- writing --------------------------------------------------------------
-    def _write_from(self, offset: int, view: memoryview) -> None:
-        self._begin_modification()
-        super()._write_from(offset, view)
+    # Every public way in to a change starts the session first (new write GUIDs and a
+    # LogGuid in the header); the core's own write path then runs unchanged, so
+    # convert keeps its kernel copies into allocated blocks.
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self._starting_change(offset, len(memoryview(data).cast("B")))
+        super().write(offset, data)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        self._starting_change(offset, length)
+        super().write_zeroes(offset, length)
+
+    def copy_from_host(self, offset: int, length: int, source: HostFile,
+                       source_offset: int) -> None:
+        self._starting_change(offset, length)
+        super().copy_from_host(offset, length, source, source_offset)
+
+    def _starting_change(self, offset: int, length: int) -> None:
+        self._check_writable()
+        self._check_range(offset, length)
+        if length:
+            self._begin_modification()
+
+    def _copy_unallocated(self, run: Run, source: HostFile, source_offset: int) -> None:
+        """Fresh blocks of a non-differencing image are filled in the kernel."""
+        if self.has_parent:
+            super()._copy_unallocated(run, source, source_offset)
+            return
+        pos, end = run.offset, run.offset + run.length
+        while pos < end:
+            block = pos // self.block_size
+            block_start = block * self.block_size
+            step = min(end, block_start + self.block_size) - pos
+            index = self._payload_index(block)
+            entry = int(self.bat[index])
+            if entry & BAT_STATE_MASK == PAYLOAD_BLOCK_FULLY_PRESENT:
+                host = entry >> BAT_OFFSET_SHIFT << BAT_OFFSET_SHIFT
+            else:
+                host = self._allocate(self.block_size)
+                self._set_bat(index, host | PAYLOAD_BLOCK_FULLY_PRESENT)
+            self.file.copy_range(source, source_offset + pos - run.offset, step,
+                                 host + pos - block_start)
+            pos += step
 
     def _write_unallocated(self, run: Run, data: memoryview) -> None:
         pos, done = run.offset, 0

@@ -806,3 +806,24 @@ def test_qemu_replays_a_log_we_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyP
     expected[3 * MiB + 5:5 * MiB + 5] = pattern(70, 2 * MiB)
     assert qemu_to_raw(path, "vhdx", tmp_path / "replayed.raw") == bytes(expected)
     assert read_all(path) == bytes(expected)
+
+
+@pytest.mark.parametrize("options", ["", "subformat=fixed,block_size=1M"])
+def test_emu_img_convert_to_and_from_vhdx(tmp_path: Path, options: str) -> None:
+    source = tmp_path / "src.raw"
+    with open(source, "wb") as f:
+        f.truncate(40 * MiB)
+        for i, offset in enumerate((0, 3 * MiB + 4096, 17 * MiB - 1000, 40 * MiB - 65536)):
+            f.seek(offset)
+            f.write(pattern(80 + i, 65536 if i == 3 else 3 * MiB))
+    target = tmp_path / "out.vhdx"
+    run = [sys.executable, "-m", "emu", "img", "convert", "-O", "vhdx"]
+    if options:
+        run += ["-o", options]
+    subprocess.run([*run, str(source), str(target)], check=True, capture_output=True)
+    qemu_img("check", target)
+    assert qemu_img("compare", "-f", "vhdx", "-F", "raw", target, source).returncode == 0
+    back = tmp_path / "back.raw"
+    subprocess.run([sys.executable, "-m", "emu", "img", "convert", "-O", "raw", str(target),
+                    str(back)], check=True, capture_output=True)
+    assert back.read_bytes() == source.read_bytes()
