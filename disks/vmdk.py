@@ -902,6 +902,7 @@ class SparseExtent(Extent):
             return
         tables = self.tables
         tables.keep_all = True
+        tables.rgd = None   # streams keep no redundant tables; the old ones are dropped
         last_grain_end = self.header.overhead * SECTOR
         highest = 0
         for index in range(len(tables.gd)):
@@ -993,23 +994,12 @@ class SparseExtent(Extent):
             gd[index] = pos // SECTOR
             buffers.append(_table_bytes(table).ljust(gt_span, b"\0"))
             pos += gt_span
-        gd_span = _round_up(len(gd) * 4, SECTOR)
-        buffers.append(MARKER.pack(gd_span // SECTOR, 0, MARKER_GD).ljust(SECTOR, b"\0"))
-        pos += SECTOR
-        gd_sector = pos // SECTOR
-        buffers.append(_table_bytes(gd).ljust(gd_span, b"\0"))
-        pos += gd_span
-        footer = SparseHeader(**{**header.__dict__})
-        footer.gd_offset = gd_sector
-        footer.rgd_offset = 0
-        buffers.append(MARKER.pack(1, 0, MARKER_FOOTER).ljust(SECTOR, b"\0"))
-        buffers.append(footer.pack())
-        buffers.append(MARKER.pack(0, 0, MARKER_EOS).ljust(SECTOR, b"\0"))
-        _pwritev(self.file, buffers, self.end)
-        self.file.truncate(pos + 3 * SECTOR)
-        if header.gd_offset != GD_AT_END:
-            header.gd_offset = GD_AT_END
-            self.file.pwrite(header.pack(), 0)
+        tail = _stream_tail(header, gd, pos)
+        _pwritev(self.file, buffers + tail, self.end)
+        self.file.truncate(pos + sum(len(b) for b in tail))
+        if header.gd_offset != GD_AT_END:   # e.g. a stream qemu-img wrote: GD in the header
+            self.header = _stream_header(header)
+            self.file.pwrite(self.header.pack(), 0)
         # the tables written here are cut off again by the next write
         self.stream_appending = False
         self.stream_dirty = False
@@ -1354,7 +1344,9 @@ def _write_sparse_extent(file: HostFile, capacity: int, descriptor: bytes | None
         file.pwrite(descriptor.ljust(desc_sectors * SECTOR, b"\0"), SECTOR)
     if stream:
         file.truncate(header.overhead * SECTOR)
-        _StreamCloser(file, header).close_empty()
+        empty_gd = array("I", bytes(header.gd_entries * 4))
+        _pwritev(file, _stream_tail(header, empty_gd, header.overhead * SECTOR),
+                 header.overhead * SECTOR)
         return
     gd_entries = header.gd_entries
     gd_sectors = _ceil_div(gd_entries * 4, SECTOR)
@@ -1366,24 +1358,25 @@ def _write_sparse_extent(file: HostFile, capacity: int, descriptor: bytes | None
     file.truncate(header.overhead * SECTOR)
 
 
-class _StreamCloser:
-    """Writes the closing tables of an empty stream (GD of empty entries, footer, EOS)."""
+def _stream_header(header: SparseHeader) -> SparseHeader:
+    """The header a stream starts with: GD at the end, no redundant tables."""
+    copy = SparseHeader(**{**header.__dict__})
+    copy.gd_offset = GD_AT_END
+    copy.rgd_offset = 0
+    copy.flags &= ~FLAG_REDUNDANT_GT
+    return copy
 
-    def __init__(self, file: HostFile, header: SparseHeader) -> None:
-        self.file = file
-        self.header = header
 
-    def close_empty(self) -> None:
-        header = self.header
-        pos = header.overhead * SECTOR
-        gd_span = _round_up(header.gd_entries * 4, SECTOR)
-        footer = SparseHeader(**{**header.__dict__})
-        footer.gd_offset = pos // SECTOR + 1
-        _pwritev(self.file, [MARKER.pack(gd_span // SECTOR, 0, MARKER_GD).ljust(SECTOR, b"\0"),
-                           bytes(gd_span),
-                           MARKER.pack(1, 0, MARKER_FOOTER).ljust(SECTOR, b"\0"),
-                           footer.pack(),
-                           MARKER.pack(0, 0, MARKER_EOS).ljust(SECTOR, b"\0")], pos)
+def _stream_tail(header: SparseHeader, gd: array[int], pos: int) -> list[bytes]:
+    """GD marker, GD, footer marker, footer and end-of-stream marker, written at ``pos``."""
+    gd_span = _round_up(len(gd) * 4, SECTOR)
+    footer = _stream_header(header)
+    footer.gd_offset = pos // SECTOR + 1
+    return [MARKER.pack(gd_span // SECTOR, 0, MARKER_GD).ljust(SECTOR, b"\0"),
+            _table_bytes(gd).ljust(gd_span, b"\0"),
+            MARKER.pack(1, 0, MARKER_FOOTER).ljust(SECTOR, b"\0"),
+            footer.pack(),
+            MARKER.pack(0, 0, MARKER_EOS).ljust(SECTOR, b"\0")]
 
 
 def _write_cowd_extent(file: HostFile, capacity: int) -> None:
@@ -1795,8 +1788,7 @@ class VmdkImage(Image):
             pieces.append((f"{stem}-flat{suffix}", capacity))
         kind = {"monolithicFlat": "FLAT", "twoGbMaxExtentFlat": "FLAT", "vmfs": "VMFS",
                 "twoGbMaxExtentSparse": "SPARSE", "vmfsSparse": "VMFSSPARSE"}[subformat]
-        lines = [ExtentLine("RW", sectors, kind, name, 0 if kind in ("FLAT", "VMFS") else 0)
-                 for name, sectors in pieces]
+        lines = [ExtentLine("RW", sectors, kind, name) for name, sectors in pieces]
         for name, sectors in pieces:
             extent_file = HostFile(os.path.join(folder, name), writable=True, create=True)
             try:

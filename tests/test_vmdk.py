@@ -110,6 +110,8 @@ def test_qemu_made_images_read_identically(tmp_path: Path, subformat: str, zeroe
         for offset, length, fill in more:
             image.write(offset, bytes([fill]) * length)
     make_raw(expected, size, writes + more)
+    with disks.open(image_path, readonly=True) as image:
+        assert image.check().clean
     qemu_check_clean(image_path)
     qemu_compare(image_path, expected)
 
