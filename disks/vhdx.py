@@ -1234,6 +1234,9 @@ class VhdxImage(Image):
     def allocation_unit(self) -> int:
         return self.block_size
 
+    def cluster_size(self) -> int:
+        return self.block_size
+
     # --- check and info ---------------------------------------------------------
     def _check(self, report: CheckReport, repair: bool) -> None:
         for slot, valid in enumerate(self.headers_valid):

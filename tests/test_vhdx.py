@@ -827,3 +827,13 @@ def test_emu_img_convert_to_and_from_vhdx(tmp_path: Path, options: str) -> None:
     subprocess.run([sys.executable, "-m", "emu", "img", "convert", "-O", "raw", str(target),
                     str(back)], check=True, capture_output=True)
     assert back.read_bytes() == source.read_bytes()
+
+
+def test_info_matches_qemu_img(tmp_path: Path) -> None:
+    path = tmp_path / "info.vhdx"
+    disks.create(path, "vhdx", 3 * GiB, block_size="8M").close()
+    theirs = json.loads(qemu_img("info", "--output", "json", path).stdout)
+    with disks.open(path, readonly=True) as image:
+        ours = image.info()
+    for key in ("virtual-size", "format", "cluster-size"):
+        assert ours[key] == theirs[key], key
