@@ -337,7 +337,7 @@ class Machine:
         self.string_port_misses: dict[int, int] = {}  # -1: string I/O seen on the port
         self.pending_serial_input = bytearray(serial_input)
         self.trace_path = Path(trace) if trace is not None else None
-        self.trace_file: Any = None
+        self.tracer: Any = None
         self.serial_backend: CharBackend = open_backend(serial, interactive=True)
         self.debugcon_backend: CharBackend = open_backend(debugcon)
         try:
@@ -598,6 +598,8 @@ class Machine:
                     or (vector == 3 and before[-1:] == b"\xcc")
                     or (vector == 4 and before[-1:] == b"\xce")
                     or (vector == 1 and before[-1:] == b"\xf1"))
+        if self.tracer is not None:
+            self.tracer.note(f"{'int' if software else 'exception'} {vector:#04x} at {pc:#x}")
         if software:
             self.exception_streak = (None, 0)
             x86.deliver_interrupt(uc, vector)
@@ -804,6 +806,9 @@ class Machine:
         if interrupts_on and self.pic.interrupt_pending:
             self.pic.changed = False
             vector = self.pic.acknowledge()
+            if self.tracer is not None:
+                self.tracer.note(f"irq vector {vector:#04x} at {x86.linear_pc(uc):#x} "
+                                 f"time {self.clock.ns}")
             try:
                 x86.deliver_interrupt(uc, vector)
             except x86.DeliveryError as error:
@@ -862,6 +867,7 @@ class Machine:
         tracer = getattr(self, "tracer", None)
         if tracer is not None:
             tracer.close()
+            self.tracer = None
         for folder in self._temporary_dirs:
             shutil.rmtree(folder, ignore_errors=True)
         self._temporary_dirs = []

@@ -37,5 +37,9 @@ class Tracer:
         else:
             self.file.write(f"io {kind} {port:#06x}/{size} {value:#x}\n")
 
+    def note(self, text: str) -> None:
+        """A machine event (interrupt delivered, exception) between instructions."""
+        self.file.write(f"-- {text}\n")
+
     def close(self) -> None:
         self.file.close()
