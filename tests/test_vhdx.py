@@ -837,3 +837,41 @@ def test_info_matches_qemu_img(tmp_path: Path) -> None:
         ours = image.info()
     for key in ("virtual-size", "format", "cluster-size"):
         assert ours[key] == theirs[key], key
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("fuzz")
+    with disks.create(folder / "parent.vhdx", "vhdx", 4 * MiB, block_size="1M") as image:
+        image.write(0, pattern(90, 4 * MiB))
+    with disks.create(folder / "child.vhdx", "vhdx", backing=folder / "parent.vhdx",
+                      block_size="1M") as image:
+        image.write(MiB - 512, pattern(91, 5000))
+    return {name: (folder / name).read_bytes() for name in ("parent.vhdx", "child.vhdx")}
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["parent.vhdx", "child.vhdx"]),
+       flips=st.lists(st.tuples(st.integers(0, 6 * MiB), st.integers(1, 255)), min_size=1,
+                      max_size=6),
+       structure=st.sampled_from([0, 64 * 1024, 128 * 1024, 192 * 1024, 2 * MiB, 3 * MiB]))
+def test_damaged_images_fail_cleanly(tmp_path_factory: pytest.TempPathFactory,
+                                     small_images: dict[str, bytes], name: str,
+                                     flips: list[tuple[int, int]], structure: int) -> None:
+    """Flipped bytes (aimed near a structure) give a clean ImageError or a readable image."""
+    folder = tmp_path_factory.mktemp("damaged")
+    (folder / "parent.vhdx").write_bytes(small_images["parent.vhdx"])
+    data = bytearray(small_images[name])
+    for offset, value in flips:
+        at = (structure + offset % 8192) if structure else offset
+        if at < len(data):
+            data[at] ^= value
+    (folder / name).write_bytes(data)
+    try:
+        with disks.open(folder / name, readonly=True) as image:
+            image.read(0, image.size)
+            image.check()
+            list(image.map())
+    except disks.ImageError:
+        pass
