@@ -289,7 +289,10 @@ def _nonzero_stretches(buffer: bytearray | mmap.mmap, base: int, length: int, of
 
 def _scan_units(buffer: bytearray | mmap.mmap, view: memoryview, base: int, length: int,
                 offset: int, unit: int, zero_unit: bytes) -> list[tuple[int, int]]:
-    """Non-zero ranges (absolute indexes) of ``buffer[base:base+length]`` by whole units."""
+    """Non-zero ranges (absolute indexes) of ``buffer[base:base+length]`` by whole units.
+
+    Zero tests are ``zero_unit.startswith(view)`` (memcmp); ``view == bytes`` would
+    compare element by element."""
     zeros: list[tuple[int, int]] = []
 
     def zero(start: int, end: int) -> None:
@@ -299,13 +302,13 @@ def _scan_units(buffer: bytearray | mmap.mmap, view: memoryview, base: int, leng
             zeros.append((start, end))
 
     head = min(length, (unit - offset % unit) % unit)
-    if head and view[base:base + head] == zero_unit[:head]:
+    if head and zero_unit.startswith(view[base:base + head]):
         zero(0, head)
     tail = head + (length - head) // unit * unit
     if unit >= FIND_BELOW_UNIT:
         # few, large units: compare each (memcmp stops at the first non-zero byte)
         for start in range(head, tail, unit):
-            if view[base + start:base + start + unit] == zero_unit:
+            if zero_unit.startswith(view[base + start:base + start + unit]):
                 zero(start, start + unit)
     else:
         pos = head
@@ -316,11 +319,11 @@ def _scan_units(buffer: bytearray | mmap.mmap, view: memoryview, base: int, leng
             aligned = pos + -(-(hit - base - pos) // unit) * unit
             # zero units tend to come in runs: walk them without searching again
             while aligned + unit <= tail and \
-                    view[base + aligned:base + aligned + unit] == zero_unit:
+                    zero_unit.startswith(view[base + aligned:base + aligned + unit]):
                 zero(aligned, aligned + unit)
                 aligned += unit
             pos = aligned + unit
-    if tail < length and view[base + tail:base + length] == zero_unit[:length - tail]:
+    if tail < length and zero_unit.startswith(view[base + tail:base + length]):
         zero(tail, length)
     out: list[tuple[int, int]] = []
     at = 0
