@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from oracles import qemu_img, qemu_img_info, qemu_io
 
 import disks
 from disks import vdi
-from emu.img import main
+from emu.img import _nonzero_stretches, main
 
 MiB = 1 << 20
 
@@ -236,3 +238,46 @@ def test_usage_errors_exit_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main([])
     capsys.readouterr()
+
+
+# --- the convert path's zero scan ------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(unit=st.sampled_from([512, 4096, 64 << 10]), offset=st.integers(0, 3 * 4096),
+       length=st.integers(1, 300 << 10),
+       blobs=st.lists(st.tuples(st.integers(0, 300 << 10), st.integers(1, 9000)), max_size=6),
+       holes=st.booleans())
+def test_nonzero_stretches_keep_every_nonzero_unit(unit: int, offset: int, length: int,
+                                                   blobs: list[tuple[int, int]],
+                                                   holes: bool) -> None:
+    data = bytearray(length)
+    for at, size in blobs:
+        data[at:at + size] = b"\x01" * len(data[at:at + size])
+    segments = None
+    if holes:   # claim data only where the blobs are (the rest known zero)
+        segments = sorted((min(at, length), min(at + size, length)) for at, size in blobs
+                          if at < length)
+        merged: list[tuple[int, int]] = []
+        for a, b in segments:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        segments = merged
+    stretches = _nonzero_stretches(data, 0, length, offset, unit, bytes(unit), segments)
+    covered = bytearray(length)
+    for a, b in stretches:
+        assert 0 <= a < b <= length
+        covered[a:b] = b"\x01" * (b - a)
+    # every non-zero byte is written, and every unit left out is wholly zero
+    for i in range(0, length):
+        if data[i]:
+            assert covered[i]
+    pos = 0
+    while pos < length:
+        end = min(length, pos + unit - (offset + pos) % unit)
+        if not any(covered[pos:end]):
+            assert not any(data[pos:end])
+        else:
+            assert all(covered[pos:end])   # units are written whole
+        pos = end
