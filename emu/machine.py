@@ -332,9 +332,9 @@ class Machine:
         self.exception_streak: tuple[tuple[int, int] | None, int] = (None, 0)
         self.reboot_requested: str | None = None
         self.deadline: float | None = None
-        self.string_device_types: dict[type, bool] = {}
         self.fast_string_io = True  # tests turn it off to compare with the slow path
-        self.string_port_misses: dict[int, int] = {}  # -1: string I/O seen on the port
+        # per port: misses so far, -1 once string I/O was seen, GIVE_UP = never look
+        self.string_port_misses: dict[int, int] = {}
         self.pending_serial_input = bytearray(serial_input)
         self.trace_path = Path(trace) if trace is not None else None
         self.tracer: Any = None
@@ -439,6 +439,7 @@ class Machine:
 
     def _on_pci_remap(self) -> None:
         self.bus.remap(self.busmaster)
+        self.string_port_misses.clear()  # port ownership changed
 
     def _install_hooks(self) -> None:
         uc = self.uc
@@ -510,40 +511,41 @@ class Machine:
     # --- Unicorn hooks --------------------------------------------------------
     def _after_io(self) -> None:
         """An access may have made an interrupt deliverable: cut the slice short."""
-        if self.pic.changed:
-            self.pic.changed = False
-            if self.pic.interrupt_pending and self.uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
-                self.uc.emu_stop()
+        self.pic.changed = False
+        if self.pic.interrupt_pending and self.uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
+            self.uc.emu_stop()
+
+    def _string_candidate(self, port: int, size: int) -> Any:
+        """The port's device if a ``rep ins/outs`` there could take the fast path."""
+        misses = self.string_port_misses.get(port)
+        if misses is None:
+            device = self.bus.owner(port, size)
+            string_capable = self.fast_string_io and isinstance(device, StringPortDevice)
+            misses = self.string_port_misses[port] = 0 if string_capable else \
+                STRING_PORT_GIVE_UP
+        if misses >= STRING_PORT_GIVE_UP:
+            return None
+        return self.bus.owner(port, size)
 
     def _on_in(self, uc: Uc, port: int, size: int, _: Any) -> int:
         self.clock.ns += NS_PER_PORT_ACCESS
-        device = self.bus.owner(port, size)
         value: int | None = None
-        if self._is_string_device(device):
+        device = self._string_candidate(port, size)
+        if device is not None:
             value = self._fast_string_io(port, size, device, None)
         if value is None:
             value = self.bus.read(port, size)
-        self._after_io()
+        if self.pic.changed:
+            self._after_io()
         return value
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _: Any) -> None:
         self.clock.ns += NS_PER_PORT_ACCESS
-        device = self.bus.owner(port, size)
-        handled = False
-        if self._is_string_device(device):
-            handled = self._fast_string_io(port, size, device, value) is not None
-        if not handled:
+        device = self._string_candidate(port, size)
+        if device is None or self._fast_string_io(port, size, device, value) is None:
             self.bus.write(port, size, value)
-        self._after_io()
-
-    def _is_string_device(self, device: object) -> bool:
-        if not self.fast_string_io:
-            return False
-        kind = type(device)
-        known = self.string_device_types.get(kind)
-        if known is None:
-            known = self.string_device_types[kind] = isinstance(device, StringPortDevice)
-        return known
+        if self.pic.changed:
+            self._after_io()
 
     def _on_cpuid(self, uc: Uc, _: Any) -> int:
         eax, ebx, ecx, edx = x86.cpuid(uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFF_FFFF)
@@ -634,8 +636,6 @@ class Machine:
     def _fast_string_io(self, port: int, size: int, device: Any, out_value: int | None
                         ) -> int | None:
         """Move a whole ``rep ins``/``rep outs`` burst; None when not applicable."""
-        if self.string_port_misses.get(port, 0) >= STRING_PORT_GIVE_UP:
-            return None  # a status/command port: never the target of string I/O
         uc = self.uc
         cr0, eflags, cs, eip, ecx, edi, esi, es, ds = uc.reg_read_many(STRING_IO_REGISTERS)
         if cr0 & x86.CR0_PG:
@@ -647,7 +647,7 @@ class Machine:
         decoded = x86.decode_rep_string_io(code, code_segment.big)
         if decoded is None or decoded.is_input != (out_value is None):
             misses = self.string_port_misses
-            if misses.get(port, 0) >= 0:
+            if misses.get(port, 0) >= 0:  # a status/command port gives up after a while
                 misses[port] = misses.get(port, 0) + 1
             return None
         self.string_port_misses[port] = -1  # seen string I/O here: always look
