@@ -636,7 +636,7 @@ class VhdxImage(Image):
             raise self._corrupt("neither region table has a valid signature and checksum",
                                 "region table")
         found: dict[bytes, RegionEntry] = {}
-        spans = [(HEADER_SECTION_SIZE * 0, HEADER_SECTION_SIZE, "header section")]
+        spans = [(0, HEADER_SECTION_SIZE, "header section")]
         if self.header.log_length:
             spans.append((self.header.log_offset, self.header.log_length, "log"))
         for entry in table:
@@ -976,7 +976,8 @@ class VhdxImage(Image):
 
     def _close(self) -> None:
         if self._session and not self.readonly:
-            self._write_header(log_guid=ZERO_GUID)  # the log is empty: everything is in place
+            self.file.sync()  # the last entry's pages are in place (even after close(sync=False))
+            self._write_header(log_guid=ZERO_GUID)  # ... before the log is declared empty
             self._session = False
 
     # --- BAT helpers ----------------------------------------------------------
