@@ -51,7 +51,8 @@ import time
 import uuid
 import warnings
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -769,22 +770,34 @@ class VpcImage(Image):
             yield Run(data, hole - data, RunKind.DATA, data)
             pos = hole
 
-    def _write_from(self, offset: int, view: memoryview) -> None:
-        """Write through the core, then publish the new bitmap bits and BAT entries.
-
-        Publishing last keeps the order data -> bitmap -> BAT entry -> footer for the
-        whole request.  In a differencing disk a set bit over data that never reached the
-        disk would hide the parent's sector, so there a sync separates data from
-        publishing; elsewhere a clear bit reads zeros and the data area of a clear-bit
-        sector is zero on disk, so either order reads old or new data after a crash.
-        """
-        if self.is_fixed:
-            super()._write_from(offset, view)
-            return
+    # Every request publishes its new bitmap bits and BAT entries after its data, which
+    # keeps the order data -> bitmap -> BAT entry -> footer for the whole request.  In a
+    # differencing disk a set bit over data that never reached the disk would hide the
+    # parent's sector, so there a sync separates data from publishing; elsewhere a clear
+    # bit reads zeros and the data area of a clear-bit sector is zero on disk, so either
+    # order reads old or new data after a crash.  flush() publishes whatever is left.
+    @contextmanager
+    def _request(self) -> Iterator[None]:
         try:
-            super()._write_from(offset, view)
+            yield
         finally:
             self._publish()
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        with self._request():
+            super().write(offset, data)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        with self._request():
+            super().write_zeroes(offset, length)
+
+    def copy_from_host(self, offset: int, length: int, source: HostFile,
+                       source_offset: int) -> None:
+        with self._request():
+            super().copy_from_host(offset, length, source, source_offset)
+
+    def _flush_metadata(self) -> None:
+        self._publish()
 
     def _publish(self) -> None:
         entries, self.unpublished_entries = self.unpublished_entries, {}
@@ -809,12 +822,30 @@ class VpcImage(Image):
         aligned_start = block * self.block_size + first * SECTOR
         payload = self._whole_sectors(aligned_start, (last - first) * SECTOR,
                                       run.offset - aligned_start, data)
+        self._store_sectors(block, first, last,
+                            lambda host: self.file.pwrite(payload, host))
+
+    def _copy_unallocated(self, run: Run, source: HostFile, source_offset: int) -> None:
+        """Whole sectors go from the source file to their place in the kernel."""
+        if run.offset % SECTOR or run.length % SECTOR:
+            super()._copy_unallocated(run, source, source_offset)
+            return
+        block, in_block = divmod(run.offset, self.block_size)
+        first = in_block // SECTOR
+        self._store_sectors(block, first, first + run.length // SECTOR,
+                            lambda host: self.file.copy_range(source, source_offset,
+                                                              run.length, host))
+
+    def _store_sectors(self, block: int, first: int, last: int,
+                       write_data: Callable[[int], None]) -> None:
+        """Put whole sectors ``[first, last)`` of a block in place (``write_data(host)``)
+        and set their bits, allocating the block first if it has none."""
         mask = sector_mask(first, last)
         if self.bat[block] == UNUSED_ENTRY:
-            self._allocate_block(block, first, payload, mask)
+            self._allocate_block(block, first, write_data, mask)
             return
         host = self.bat[block] * SECTOR
-        self.file.pwrite(payload, host + self.bitmap_size + first * SECTOR)
+        write_data(host + self.bitmap_size + first * SECTOR)
         self.bitmap_cache[block] = self._bitmap(block) | mask
         if block in self.unpublished_entries:
             self.file.pwrite(bitmap_to_disk(self.bitmap_cache[block], self.bitmap_size), host)
@@ -836,14 +867,14 @@ class VpcImage(Image):
         view[rel:rel + len(data)] = data
         return buffer
 
-    def _allocate_block(self, block: int, first: int, payload: bytes | bytearray | memoryview,
+    def _allocate_block(self, block: int, first: int, write_data: Callable[[int], None],
                         mask: int) -> None:
         """Append a block where the end footer was: data and bitmap now, entry at publish."""
         host = self.footer_offset
         if self.cut_tail_before_append:
             self.file.truncate(host)
             self.cut_tail_before_append = False
-        self.file.pwrite(payload, host + self.bitmap_size + first * SECTOR)
+        write_data(host + self.bitmap_size + first * SECTOR)
         self.file.pwrite(bitmap_to_disk(mask, self.bitmap_size), host)
         self.bat[block] = host // SECTOR
         self.bitmap_cache[block] = mask

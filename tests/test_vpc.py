@@ -192,6 +192,28 @@ def test_emu_img_cli_creates_a_differencing_chain(tmp_path: Path,
     assert img.main(["check", child]) == 0
 
 
+@pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
+def test_convert_from_raw_copies_in_the_kernel_and_qemu_agrees(tmp_path: Path,
+                                                                subformat: str) -> None:
+    from emu import img
+    source = tmp_path / "source.raw"
+    content = fill(DISK, [*SCATTERED, (3 * MiB + 100, 5000, 0x31)])
+    source.write_bytes(content)
+    target = tmp_path / "out.vhd"
+    assert img.main(["convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={subformat}",
+                     str(source), str(target)]) == 0
+    assert qemu_img("compare", "-f", "vpc", "-F", "raw", target, source,
+                    check=False).returncode == 0
+    with disks.open(target) as image:  # and byte-granular host copies over every case
+        image.copy_from_host(2 * MiB - 700, 1400, image.file, 0)
+        image.copy_from_host(10 * MiB + 512, 4096, image.file, 0)
+        content[2 * MiB - 700:2 * MiB + 700] = image.file.pread(1400, 0)
+        content[10 * MiB + 512:10 * MiB + 4608] = image.file.pread(4096, 0)
+        assert image.read(0, DISK) == content
+        assert not image.check().corruptions
+    assert qemu_to_raw(target, "vpc", tmp_path / "q.raw") == content
+
+
 # --- samples ---------------------------------------------------------------------
 
 def test_virtual_pc_sample_size_from_chs_and_all_zero(sample) -> None:  # type: ignore[no-untyped-def]
