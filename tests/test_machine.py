@@ -401,3 +401,51 @@ def test_serial_output_and_input(tmp_path: Path) -> None:
         result = machine.run()
     assert result.serial == b"A"
     assert result.exit_code == ord("z")
+
+
+def test_terminal_raw_mode_echo_and_ctrl_a_x(tmp_path: Path) -> None:
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    body = STACK_SETUP + """
+.poll:
+    mov dx, 0x3FD
+    in al, dx
+    test al, 1
+    jz .poll
+    mov dx, 0x3F8
+    in al, dx
+    inc al
+    out dx, al
+    jmp .poll
+"""
+    rom = build_rom(tmp_path, body)
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", "--bios", str(rom),
+                             "--serial", "stdio", "--timeout", "60"],
+                            stdin=terminal, stdout=terminal, stderr=subprocess.PIPE)
+    try:
+        import termios
+        deadline = time.monotonic() + 30
+        while termios.tcgetattr(terminal)[3] & termios.ECHO:  # wait for raw mode
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        os.write(controller, b"HAL")
+        echoed = b""
+        deadline = time.monotonic() + 30
+        while len(echoed) < 3 and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 1)
+            if ready:
+                echoed += os.read(controller, 64)
+        assert echoed == b"IBM"
+        os.write(controller, b"\x01x")
+        assert proc.wait(timeout=30) == 123
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(controller)
+        os.close(terminal)
