@@ -615,8 +615,9 @@ class VpcImage(Image):
                 f"{uuid.UUID(bytes=parent.footer.unique_id)}, this disk was made from "
                 f"{uuid.UUID(bytes=expected)}", field="parent_unique_id")
         if parent.footer.timestamp != self.header.parent_timestamp:
-            # Virtual PC refuses here; Hyper-V trusts the unique ID.  The ID matched, so
-            # warn: the parent was probably touched by a tool that rewrote its footer.
+            # The unique ID is the identity check and it matched.  Writers disagree on
+            # the timestamp (the parent footer's creation time or the parent file's
+            # modification time), and copies and footer rewrites change it: warn only.
             warnings.warn(f"{self.path}: parent {parent.path} footer timestamp "
                           f"{parent.footer.timestamp} differs from the recorded "
                           f"{self.header.parent_timestamp}; it may have been modified",
