@@ -500,6 +500,15 @@ class AtaChannel:
             command_base + REG_STATUS: self._read_status,
             control_base: self._read_alt_status,
         }
+        self._writes: dict[int, Callable[[int, int], None]] = {
+            command_base + REG_DATA:
+                lambda size, value: self._write_data(value.to_bytes(size, "little")),
+            **{command_base + offset: self._task_file_writer(*names)
+               for offset, names in _SHIFTED_REGISTERS.items()},
+            command_base + REG_DEVICE: lambda size, value: self._write_device(value & 0xFF),
+            command_base + REG_STATUS: lambda size, value: self._write_command(value & 0xFF),
+            control_base: lambda size, value: self._write_control(value & 0xFF),
+        }
 
     # --- wiring -------------------------------------------------------------
     def attach(self, unit: int, drive: AtaDrive) -> None:
@@ -593,17 +602,9 @@ class AtaChannel:
 
     # --- port writes --------------------------------------------------------
     def write(self, port: int, size: int, value: int) -> None:
-        offset = port - self.command_base
-        if port == self.control_base:
-            self._write_control(value & 0xFF)
-        elif offset == REG_DATA:
-            self._write_data(value.to_bytes(size, "little"))
-        elif offset in _SHIFTED_REGISTERS:
-            self._write_task_file(offset, value & 0xFF)
-        elif offset == REG_DEVICE:
-            self._write_device(value & 0xFF)
-        elif offset == REG_STATUS:
-            self._write_command(value & 0xFF)
+        handler = self._writes.get(port)
+        if handler is not None:
+            handler(size, value)
 
     def write_string(self, port: int, size: int, data: bytes | memoryview) -> int:
         count = len(data) // size
@@ -622,15 +623,18 @@ class AtaChannel:
     def _busy(self) -> bool:
         return bool(self.control & CTRL_SRST)
 
-    def _write_task_file(self, offset: int, value: int) -> None:
-        if self._busy():
-            return
-        self.control &= ~CTRL_HOB
-        current, high = _SHIFTED_REGISTERS[offset]
-        for unit in self.units:
-            regs = unit.regs
-            setattr(regs, high, getattr(regs, current))
-            setattr(regs, current, value)
+    def _task_file_writer(self, current: str, high: str) -> Callable[[int, int], None]:
+        """A port handler for one shifted register: the old value moves to its HOB copy."""
+        task_files = [unit.regs for unit in self.units]
+
+        def write(size: int, value: int) -> None:
+            if self.control & CTRL_SRST:
+                return
+            self.control &= ~CTRL_HOB
+            for regs in task_files:
+                setattr(regs, high, getattr(regs, current))
+                setattr(regs, current, value & 0xFF)
+        return write
 
     def _write_device(self, value: int) -> None:
         if self._busy():
