@@ -1405,6 +1405,8 @@ tests:
     TEST "RDMA48 across", 0x25, A_LBA48, P_DMA_IN, 0, 0, 8191, 0, 300, 0
     TEST "RDMA count0=256", 0xC8, A_LBA28, P_DMA_IN, 0, 0, 6000, 0, 0, 0
     TEST "RDMA48 count0=65536", 0x25, A_LBA48, P_DMA_IN, 0, F_NO_HASH, 0, 0, 0, 0
+    TEST "WVERIFY", 0x3C, A_LBA28, P_PIO_OUT, 0, 0, 7000, 0, 3, 0xABCDEF01
+    TEST "R28 WVERIFY", 0x20, A_LBA28, P_PIO_IN, 0, 0, 7000, 0, 3, 0
     TEST "VERIFY", 0x40, A_LBA28, P_NONE, 0, 0, 10, 0, 5, 0
     TEST "VERIFY EXT", 0x42, A_LBA48, P_NONE, 0, 0, 10, 0, 5, 0
     ; error cases
@@ -1420,7 +1422,14 @@ tests:
     ; non-data commands a BIOS uses
     TEST "SETFEATURES wcache on", 0xEF, A_NONE, P_NONE, 0x02, 0, 0, 0, 0, 0
     TEST "SETFEATURES udma2", 0xEF, A_NONE, P_NONE, 0x03, 0, 0, 0, 0x42, 0
+    TEST "SETFEATURES wcache off", 0xEF, A_NONE, P_NONE, 0x82, 0, 0, 0, 0, 0
+    TEST "SETFEATURES pio4", 0xEF, A_NONE, P_NONE, 0x03, 0, 0, 0, 0x0C, 0
+    TEST "RECALIBRATE", 0x10, A_NONE, P_NONE, 0, 0, 0, 0, 0, 0
+    TEST "SEEK", 0x70, A_LBA28, P_NONE, 0, 0, 1234, 0, 0, 0
     TEST "CHECK POWER", 0xE5, A_NONE, P_NONE, 0, F_COUNT_REG, 0, 0, 0, 0
+    TEST "STANDBY IMMEDIATE", 0xE0, A_NONE, P_NONE, 0, 0, 0, 0, 0, 0
+    TEST "IDLE", 0xE3, A_NONE, P_NONE, 0, 0, 0, 0, 0, 0
+    TEST "STANDBY", 0xE2, A_NONE, P_NONE, 0, 0, 0, 0, 0, 0
     TEST "IDLE IMMEDIATE", 0xE1, A_NONE, P_NONE, 0, 0, 0, 0, 0, 0
     TEST "NATIVE MAX", 0xF8, A_LBA28, P_NONE, 0, F_REGS, 0, 0, 0, 0
     TEST "NATIVE MAX EXT", 0x27, A_LBA48, P_NONE, 0, F_REGS | F_REGS_HOB, 0, 0, 0, 0
