@@ -127,6 +127,7 @@ CLI = 0xFA
 HLT = 0xF4
 STI = 0xFB
 INPUT_WAIT_S = 0.05
+MAX_IDLE_NS = 60 * 1_000_000_000  # a virtual minute halted while timers fire into masks
 UD_VECTOR = 6
 STRING_IO_REGISTERS = (X.UC_X86_REG_CR0, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS,
                        X.UC_X86_REG_EIP, X.UC_X86_REG_ECX, X.UC_X86_REG_EDI, X.UC_X86_REG_ESI,
@@ -784,10 +785,17 @@ class Machine:
             if not interrupts_on:
                 self._request_stop(StopReason.HALTED, "HLT with interrupts disabled")
                 return
+            idle_since = self.clock.ns
             while not self.pic.interrupt_pending:
                 deadlines = [d for d in (t.next_deadline_ns() for t in self.timers)
                              if d is not None]
+                if deadlines and self.clock.ns - idle_since > MAX_IDLE_NS:
+                    self._request_stop(StopReason.HALTED, "HLT: timers run but every "
+                                       "interrupt that could wake the CPU is masked")
+                    return
                 if deadlines:
+                    if self._timed_out():
+                        return
                     self.clock.advance_to(min(deadlines))
                     for timer in self.timers:
                         timer.update()

@@ -449,3 +449,16 @@ def test_terminal_raw_mode_echo_and_ctrl_a_x(tmp_path: Path) -> None:
             proc.kill()
         os.close(controller)
         os.close(terminal)
+
+
+def test_halt_with_every_interrupt_masked_stops(tmp_path: Path) -> None:
+    body = STACK_SETUP + PIC_INIT.format(master_base=0x08, slave_base=0x70) + PIT_10MS + """
+    mov al, 0xFF
+    out 0x21, al          ; the PIT runs, but IRQ 0 is masked
+    sti
+    hlt
+    jmp $
+"""
+    result = run_machine(bios=build_rom(tmp_path, body), timeout=120)
+    assert result.reason is StopReason.HALTED
+    assert "masked" in result.detail
