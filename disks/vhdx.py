@@ -164,8 +164,13 @@ PAYLOAD_STATE_NAMES = {
 # States whose blocks hold no payload in the file, and how each reads (2.5.1.1):
 # in a differencing disk NOT_PRESENT defers to the parent; the others read as
 # zeros everywhere (UNDEFINED may return anything, zeros included).
-UNBACKED_STATES = {PAYLOAD_BLOCK_NOT_PRESENT, PAYLOAD_BLOCK_UNDEFINED, PAYLOAD_BLOCK_ZERO,
-                   PAYLOAD_BLOCK_UNMAPPED, PAYLOAD_BLOCK_UNMAPPED_V095}
+UNBACKED_READS = {
+    PAYLOAD_BLOCK_NOT_PRESENT: RunKind.UNALLOCATED,  # the parent's, or zeros without one
+    PAYLOAD_BLOCK_UNDEFINED: RunKind.ZERO,
+    PAYLOAD_BLOCK_ZERO: RunKind.ZERO,
+    PAYLOAD_BLOCK_UNMAPPED: RunKind.ZERO,
+    PAYLOAD_BLOCK_UNMAPPED_V095: RunKind.ZERO,
+}
 
 # --- on-disk structures, declared once ----------------------------------------
 FILE_IDENTIFIER = struct.Struct("<8s512s")
@@ -1041,10 +1046,8 @@ class VhdxImage(Image):
                 yield self._data_run(pos, stop - pos, host + pos - block_start, mark_overlay)
             elif state == PAYLOAD_BLOCK_PARTIALLY_PRESENT and self.has_parent:
                 yield from self._partial_runs(block, pos, stop, host, mark_overlay)
-            elif state == PAYLOAD_BLOCK_NOT_PRESENT:
-                yield Run(pos, stop - pos, RunKind.UNALLOCATED)
-            else:  # ZERO, UNMAPPED, UNDEFINED, reserved values and a stray PARTIALLY_PRESENT
-                yield Run(pos, stop - pos, RunKind.ZERO)
+            else:  # reserved values and a stray PARTIALLY_PRESENT read as zeros
+                yield Run(pos, stop - pos, UNBACKED_READS.get(state, RunKind.ZERO))
             pos = stop
 
     def _data_run(self, offset: int, length: int, host: int, mark_overlay: bool) -> Run:
@@ -1287,7 +1290,7 @@ class VhdxImage(Image):
                 length = BITMAP_BLOCK_SIZE
             else:
                 what = f"BAT entry {index}"
-                if state in UNBACKED_STATES:
+                if state in UNBACKED_READS:
                     continue
                 if state not in PAYLOAD_STATE_NAMES:
                     report.corrupt(f"{what}: reserved state {state}")
