@@ -716,6 +716,9 @@ class VpcImage(Image):
     def allocation_unit(self) -> int:
         return self.block_size or FIXED_ALLOCATION_UNIT
 
+    def cluster_size(self) -> int | None:
+        return self.block_size or None  # qemu-img shows the block size of dynamic disks only
+
     def _bitmap(self, block: int) -> int:
         bits = self.bitmap_cache.get(block)
         if bits is None:

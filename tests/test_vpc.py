@@ -188,6 +188,7 @@ def test_emu_img_cli_creates_a_differencing_chain(tmp_path: Path,
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "vpc" and info["backing-filename"] == "base.vhd"
     assert info["format-specific"]["data"]["subformat"] == "differencing"
+    assert info["cluster-size"] == 2 * MiB
     assert info["virtual-size"] == qemu_img_info(Path(base), "vpc")["virtual-size"] > 10 * MiB
     assert img.main(["check", child]) == 0
 
