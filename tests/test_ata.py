@@ -201,46 +201,95 @@ def test_every_command_the_issue_lists_has_a_row() -> None:
 
 # --- probe and reset, as SeaBIOS does them ------------------------------------
 
-def seabios_detect(host: Host, slave: bool) -> list[int] | None:
-    """SeaBIOS ata_detect + ata_reset + init_drive_atapi/ata for one position."""
-    host.outb(CONTROL, HD15 | NIEN)
-    host.outb(DEVICE, DEV1 if slave else DEV0)
-    for sc, sn in ((0x55, 0xAA), (0xAA, 0x55), (0x55, 0xAA)):
-        host.outb(COUNT, sc)
-        host.outb(LBA_LOW, sn)
-    if host.inb(COUNT) != 0x55 or host.inb(LBA_LOW) != 0xAA:
-        return None
-    # ata_reset: pulse SRST, wait not busy, select the device, wait ready.
-    host.outb(CONTROL, HD15 | NIEN | SRST)
-    if not slave:
-        assert host.alt_status() & BSY
-    host.outb(CONTROL, HD15 | NIEN)
+def await_not_busy(host: Host) -> int:
     for _ in range(10):
-        if not host.status() & BSY:
-            break
+        status = host.status()
+        if not status & BSY:
+            return status
+    pytest.fail("device stays busy")
+
+
+def seabios_reset(host: Host, slave: bool) -> None:
+    """SeaBIOS ata_reset: pulse SRST with nIEN, wait, select the device, wait for RDY."""
+    host.outb(CONTROL, HD15 | NIEN | SRST)
+    host.outb(CONTROL, HD15 | NIEN)
+    await_not_busy(host)
+    if slave:
+        host.outb(DEVICE, DEV1)
+        await_not_busy(host)
+        assert host.inb(DEVICE) == DEV1
     else:
-        pytest.fail("device stays busy after SRST")
-    host.outb(DEVICE, DEV1 if slave else DEV0)
-    assert host.inb(DEVICE) == (DEV1 if slave else DEV0)
+        host.outb(DEVICE, DEV0)
+        host.status()              # await_rdy (times out when only device 1 is present)
     host.outb(CONTROL, HD15)
-    # init_drive_atapi: IDENTIFY PACKET DEVICE must be refused by a disk.
-    host.command(0xA1, count=0, device=DEV1 if slave else DEV0)
-    status = host.status()
-    if status & DRQ:
-        pytest.fail("a hard disk accepted IDENTIFY PACKET DEVICE")
-    if not status:
-        return None  # "Status not set - can't be a valid drive"
-    assert status & DRDY
-    host.command(0xEC, count=0, device=DEV1 if slave else DEV0)
-    return list(struct.unpack("<256H", host.read_blocks(1)))
+
+
+def seabios_pio_identify(host: Host, slave: bool, opcode: int) -> list[int] | None:
+    """SeaBIOS send_ata_identity: ata_pio_cmd_data with nIEN set, then re-enabled."""
+    host.outb(CONTROL, HD15 | NIEN)
+    try:
+        await_not_busy(host)
+        host.command(opcode, count=0, device=DEV1 if slave else DEV0)
+        status = await_not_busy(host)                    # ata_wait_data
+        if status & ERR or not status & DRQ:
+            return None
+        data = host.insw(256)
+        host.alt_status()
+        status = await_not_busy(host)
+        assert status & (BSY | DRQ | ERR) == 0
+        return list(struct.unpack("<256H", data))
+    finally:
+        host.outb(CONTROL, HD15)
+
+
+def seabios_detect(host: Host) -> dict[int, list[int]]:
+    """SeaBIOS ata_detect for one channel: the IDENTIFY words of each drive it accepts."""
+    found = {}
+    did_reset = False
+    for slave in (False, True):
+        await_not_busy(host)
+        selector = DEV1 if slave else DEV0
+        host.outb(DEVICE, selector)
+        await_not_busy(host)
+        host.outb(DEVICE, selector)
+        device = host.inb(DEVICE)
+        host.outb(COUNT, 0x55)
+        host.outb(LBA_LOW, 0xAA)
+        if (host.inb(COUNT), host.inb(LBA_LOW), device) != (0x55, 0xAA, selector):
+            continue
+        if not did_reset:
+            seabios_reset(host, slave)
+            did_reset = True
+        if seabios_pio_identify(host, slave, 0xA1) is not None:
+            pytest.fail("a hard disk accepted IDENTIFY PACKET DEVICE")
+        if not host.status():
+            continue                                     # "Status not set"
+        assert host.status() & DRDY
+        words = seabios_pio_identify(host, slave, 0xEC)
+        assert words is not None
+        found[int(slave)] = words
+        if not slave and words[93] & 0xDF61 == 0x4041:
+            break                                        # device 0 answers for device 1
+    assert not host.irq.level                            # no interrupt left pending
+    return found
 
 
 def test_seabios_probe_finds_the_master_and_skips_the_absent_slave(host: Host) -> None:
-    words = seabios_detect(host, slave=False)
-    assert words is not None
+    found = seabios_detect(host)
+    assert list(found) == [0]
+    words = found[0]
     assert words[0] & 0x8000 == 0                          # ATA device
     assert words[60] | words[61] << 16 == (8 << 20) // SECTOR
-    assert seabios_detect(host, slave=True) is None
+    assert words[80] >> 4 & 1                              # "ATA-n" SeaBIOS prints
+
+
+def test_seabios_probe_finds_master_and_slave(disk: disks.Image, tmp_path: Path) -> None:
+    host = attach(disk)
+    with make_disk(tmp_path / "slave.raw", 4 << 20) as slave_image:
+        host.channel.attach(1, AtaDrive(slave_image))
+        found = seabios_detect(host)
+        assert list(found) == [0, 1]
+        assert found[1][60] == (4 << 20) // SECTOR
 
 
 def test_empty_channel_fails_the_register_echo_test() -> None:
@@ -253,7 +302,7 @@ def test_empty_channel_fails_the_register_echo_test() -> None:
 
 def test_slave_only_channel(disk: disks.Image) -> None:
     host = attach(disk, unit=1)
-    assert seabios_detect(host, slave=True) is not None
+    assert list(seabios_detect(host)) == [1]
     host.outb(DEVICE, DEV0)
     assert host.status() == 0 and host.error() == 0
 
