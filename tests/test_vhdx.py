@@ -875,3 +875,42 @@ def test_damaged_images_fail_cleanly(tmp_path_factory: pytest.TempPathFactory,
             list(image.map())
     except disks.ImageError:
         pass
+
+
+def test_three_level_chain(tmp_path: Path) -> None:
+    """grandchild -> child -> base, each layer holding some sectors; libvhdi agrees."""
+    base, child, grandchild = (tmp_path / n for n in ("base.vhdx", "mid.vhdx", "top.vhdx"))
+    model = bytearray(pattern(100, 8 * MiB))
+    with disks.create(base, "vhdx", 8 * MiB, block_size="1M") as image:
+        image.write(0, model)
+    layers = [(child, [(MiB - 300, 5000), (4 * MiB, MiB)]),
+              (grandchild, [(MiB + 100, 700), (4 * MiB + 512, 512), (7 * MiB, 3)])]
+    parent = base
+    for seed, (path, writes) in enumerate(layers):
+        with disks.create(path, "vhdx", backing=parent, block_size="2M") as image:
+            for offset, length in writes:
+                data = pattern(101 + seed * 10 + offset % 7, length)
+                image.write(offset, data)
+                model[offset:offset + length] = data
+        parent = path
+    with disks.open(grandchild, readonly=True) as image:
+        assert len(image.chain()) == 3
+        assert image.read(0, image.size) == bytes(model)
+        assert {e.depth for e in image.map()} == {0, 1, 2}
+    script = r"""
+import sys, pyvhdi
+files = []
+for name in sys.argv[1:4]:
+    f = pyvhdi.file()
+    f.open(name)
+    files.append(f)
+files[1].set_parent(files[2])
+files[0].set_parent(files[1])
+with open(sys.argv[4], "wb") as out:
+    out.write(files[0].read_buffer_at_offset(files[0].media_size, 0))
+"""
+    libvhdi_read(tmp_path, base)  # skips when pyvhdi is missing
+    out = tmp_path / "chain.raw"
+    subprocess.run(["/usr/bin/python3", "-c", script, str(grandchild), str(child), str(base),
+                    str(out)], check=True, capture_output=True, timeout=300)
+    assert out.read_bytes() == bytes(model)
