@@ -233,6 +233,17 @@ def test_virtual_pc_sample_size_from_chs_and_all_zero(sample) -> None:  # type: 
         assert image.check().clean
 
 
+def test_writes_into_the_virtual_pc_sample_read_back_in_qemu(sample) -> None:  # type: ignore[no-untyped-def]
+    path = sample("virtualpc-dynamic.vhd")
+    with disks.open(path) as image:
+        last = image.size - 4096
+        image.write(MiB + 100, b"\x5a" * 4096)
+        image.write(last, b"\xa5" * 4096)
+        assert image.check().clean
+    qemu_io(path, "vpc", f"read -P 0x5a {MiB + 100} 4096", f"read -P 0xa5 {last} 4096",
+            f"read -P 0 {MiB + 4196} 4096", "read -P 0 0 1M")
+
+
 def test_fuzzed_afl5_refused_cleanly(sample) -> None:  # type: ignore[no-untyped-def]
     path = sample("afl5.img")
     tracemalloc.start()
