@@ -272,9 +272,13 @@ def _qemu_argv(work: Path, disk_images: Sequence[DiskImage], rom: Path | None, m
     qemu = need_tool("qemu-system-i386")
     if rom is None:
         rom = firmware_file("bios.bin")
+    # emu's debug console listens on 0xE9 and 0x402 (where SeaBIOS logs): QEMU gets both,
+    # into one file, so the transcripts compare.
     argv = [qemu, "-M", "pc", "-nodefaults", "-display", "none", "-no-reboot",
             "-m", memory, "-bios", str(rom), "-serial", f"file:{serial}",
-            "-debugcon", f"file:{debugcon}", *QEMU_DEBUG_EXIT]
+            "-chardev", f"file,id=debugcon,path={debugcon},mux=on",
+            "-device", "isa-debugcon,iobase=0xe9,chardev=debugcon",
+            "-device", "isa-debugcon,iobase=0x402,chardev=debugcon", *QEMU_DEBUG_EXIT]
     used = []
     for index, image in enumerate(disk_images):
         # QEMU gets a raw copy with the geometry emu's drive uses, so both guests see the
