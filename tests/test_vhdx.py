@@ -914,3 +914,28 @@ with open(sys.argv[4], "wb") as out:
     subprocess.run(["/usr/bin/python3", "-c", script, str(grandchild), str(child), str(base),
                     str(out)], check=True, capture_output=True, timeout=300)
     assert out.read_bytes() == bytes(model)
+
+
+def test_log_entry_wrapping_around_the_end_of_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "wrap.vhdx"
+    with disks.create(path, "vhdx", 4 * MiB, block_size="1M") as image:
+        image.write(0, b"\x01" * MiB)
+        assert isinstance(image, vhdx.VhdxImage)
+        host = int(image.bat[0]) >> 20 << 20
+        log_length = image.header.log_length
+    size = path.stat().st_size
+    position = log_length - vhdx.LOG_SECTOR
+    entry = vhdx.build_log_entry(5, LOG_GUID, position, size, [(host, b"\x0b" * 4096)])
+    assert len(entry) == 2 * vhdx.LOG_SECTOR
+    craft_log(path, [entry[vhdx.LOG_SECTOR:]])  # the entry's second half, at the log start
+    with disks.open(path, readonly=True) as image:
+        assert isinstance(image, vhdx.VhdxImage)
+        log_offset = image.header.log_offset
+    with open(path, "r+b") as f:
+        f.seek(log_offset + position)
+        f.write(entry[:vhdx.LOG_SECTOR])
+    with disks.open(path, readonly=True) as image:
+        assert image.read(0, 8192) == b"\x0b" * 4096 + b"\x01" * 4096
+    with disks.open(path) as image:
+        assert image.read(0, 8192) == b"\x0b" * 4096 + b"\x01" * 4096
+    qemu_img("check", path)
