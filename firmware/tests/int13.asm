@@ -1,9 +1,10 @@
 ; int13.asm -- the BIOS disk services a boot loader uses, checked from the guest.
 ;
-; INT 13h on the boot drive: 00 reset, 01 last status, 02/03 CHS read/write with the
-; geometry AH=08 reports, 08 parameters, 15 disk type, 41 EDD check, 42/43 extended
-; read/write, 48 EDD parameters (sector count = the disk's), errors for a read past
-; the end, an unknown function and an absent drive.  The host checks afterwards that
+; INT 13h on the boot drive: 00 reset, 01 last status, 02/03/04 CHS read/write/verify
+; with the geometry AH=08 reports, 08 parameters, 0C seek, 0D reset, 10 ready, 11
+; recalibrate, 15 disk type, 41 EDD check, 42/43/44/47 extended read/write/verify/seek,
+; 48 EDD parameters (sector count = the disk's; EDD 3.0 device path: PCI, ATA), errors
+; for a read past the end, an unknown function, an absent drive and a floppy drive.  The host checks afterwards that
 ; LBA 300-302 and 310 hold what the guest wrote (the pattern XOR 0xFF).
 
 %include "_guest.asm"
@@ -151,6 +152,68 @@
     call check_pattern
     CHECK nc, "AH=42h sees what AH=03h wrote"
 
+    ; the calls that only have to succeed on a present, ready disk
+    mov eax, PATTERN_LBA
+    call lba_to_chs
+    mov ax, 0x0402                      ; AH=04h verify 2 sectors
+    call chs_io
+    CHECK nc, "AH=04h verifies"
+    mov eax, PATTERN_LBA
+    call lba_to_chs
+    mov ah, 0x0C
+    call chs_io
+    CHECK nc, "AH=0Ch seeks"
+    mov ah, 0x0D
+    mov dl, [boot_drive]
+    int 0x13
+    CHECK nc, "AH=0Dh resets"
+    mov ah, 0x10
+    mov dl, [boot_drive]
+    int 0x13
+    CHECK nc, "AH=10h says ready"
+    mov ah, 0x11
+    mov dl, [boot_drive]
+    int 0x13
+    CHECK nc, "AH=11h recalibrates"
+    mov eax, PATTERN_LBA
+    mov cx, 4
+    mov byte [edd_function], 0x44
+    call edd_call
+    CHECK nc, "AH=44h verifies"
+    mov eax, PATTERN_LBA + 10
+    mov cx, 0
+    mov byte [edd_function], 0x47
+    call edd_call
+    CHECK nc, "AH=47h seeks"
+
+    ; AH=48h with an EDD 3.0 buffer: the device path names the PCI IDE channel
+    mov word [edd_params], 0x42
+    mov ah, 0x48
+    mov dl, [boot_drive]
+    mov si, edd_params
+    int 0x13
+    CHECK nc, "AH=48h (EDD 3.0 buffer) succeeds"
+    cmp word [edd_params], 0x1E
+    CHECK ae, "AH=48h returns at least the EDD 2.0 fields"
+    cmp word [edd_params], 0x42
+    jb .no_device_path
+    CHECK_EQ word [edd_params + 0x1E], 0xBEDD, "AH=48h device path key BEDDh"
+    CHECK_EQ dword [edd_params + 0x24], "PCI ", "AH=48h host bus is PCI"
+    CHECK_EQ dword [edd_params + 0x28], "ATA ", "AH=48h interface is ATA"
+.no_device_path:
+
+    ; floppy calls: no floppy drive here
+    mov ax, 0x0201
+    mov cx, 0x0001
+    xor dx, dx
+    push es
+    mov bx, BUFFER_SEGMENT
+    mov es, bx
+    xor bx, bx
+    int 0x13
+    pop es
+    CHECK c, "AH=02h on floppy drive 0 fails"
+
     ; errors
     mov eax, [disk_sectors]
     mov cx, 1
@@ -228,6 +291,6 @@ disk_sectors: dd 0
 cylinders: dw 0
 heads: dw 0
 sectors_per_track: dw 0
-edd_params: times 0x1E db 0
+edd_params: times 0x42 db 0
 
 GUEST_END
