@@ -15,10 +15,22 @@ import mmap
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from .errors import ImageIOError, ImageLockedError
 
 _ZERO_CHUNK = bytes(1 << 20)
+COPY_PART = 1 << 20   # copy_range splits copies of at least two of these ...
+COPY_THREADS = 4      # ... over this many threads
+_copy_threads: list[Any] = []
+
+
+def _copy_pool() -> Any:
+    """The shared thread pool of copy_range (made on first use: most runs never copy)."""
+    if not _copy_threads:
+        from concurrent.futures import ThreadPoolExecutor
+        _copy_threads.append(ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="emu-copy"))
+    return _copy_threads[0]
 
 
 def zero_fill(view: memoryview) -> None:
@@ -131,7 +143,25 @@ class HostFile:
         """Copy ``length`` bytes at ``source_offset`` in ``source`` to ``offset`` here.
 
         In the kernel (``copy_file_range``) where it can, through a buffer where not.
+        Long copies are split over a few threads (the kernel copies them in parallel,
+        as qemu-img's parallel requests do); all of it is written when this returns.
         """
+        if length < 2 * COPY_PART:
+            self._copy_part(source, source_offset, length, offset)
+            return
+        parts = min(COPY_THREADS, length // COPY_PART)
+        part = max(COPY_PART, -(-length // parts) // 4096 * 4096)
+        pieces = [(at, min(part, length - at)) for at in range(0, length, part)]
+        pool = _copy_pool()
+        futures = [pool.submit(self._copy_part, source, source_offset + at, size, offset + at)
+                   for at, size in pieces]
+        errors = [f.exception() for f in futures]  # waits for every part
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def _copy_part(self, source: HostFile, source_offset: int, length: int,
+                   offset: int) -> None:
         done = 0
         try:
             while done < length:
