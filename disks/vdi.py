@@ -110,6 +110,7 @@ MAX_BLOCK_EXTRA = 1 << 30
 MAX_BLOCKS = 0x3FFFFFFF       # map entries fit in u32 with the two markers to spare
 DATA_ALIGN = 1 << 20          # VirtualBox aligns the map and the data area to 1 MiB
 FILL_CHUNK = 4 << 20          # bound on buffers used to fill partial blocks
+COPY_BLOCKS = 64              # whole blocks allocated by one in-kernel copy
 
 _HOST_IS_LITTLE = sys.byteorder == "little"
 
@@ -474,22 +475,46 @@ class VdiImage(Image):
         self._publish(block, slot)
 
     def _copy_unallocated(self, run: Run, source: HostFile, source_offset: int) -> None:
-        """Whole blocks are allocated by an in-kernel copy; partial ones through a buffer."""
+        """Whole blocks are allocated by an in-kernel copy, a stretch of them at once
+        when their slots are adjacent (no block_extra); partial ones through a buffer."""
         block_size = self.header.block_size
         pos, end = run.offset, run.offset + run.length
         while pos < end:
             block, within = divmod(pos, block_size)
             step = min(block_size - within, end - pos)
             at = source_offset + pos - run.offset
-            if within == 0 and step == min(block_size, self.size - pos):
-                slot, _fresh = self._claim_slot()
-                self.file.copy_range(source, at, step, self._slot_host(slot))
-                self._publish(block, slot)
-            else:
+            if within or step < min(block_size, self.size - pos):
                 data = bytearray(step)
                 source.preadinto(memoryview(data), at)
                 self._store_in_block(block, within, memoryview(data), run.kind)
-            pos += step
+                pos += step
+                continue
+            whole = (end - pos) // block_size or 1  # or the short last block alone
+            count = min(whole, COPY_BLOCKS) if self.header.block_extra == 0 else 1
+            length = min(count * block_size, end - pos)
+            first_slot, _fresh = self._claim_slot()
+            # 1. the data of every block, 2. their map entries, 3. the header's count
+            self.file.copy_range(source, at, length, self._slot_host(first_slot))
+            self._publish_many(block, first_slot, count)
+            pos += length
+
+    def _publish_many(self, first_block: int, first_slot: int, count: int) -> None:
+        """Map ``count`` consecutive blocks to consecutive slots whose data is written."""
+        slot_end = self.header.offset_data + (first_slot + count) * self.header.slot_size
+        if self.file_end < slot_end:
+            self.file.truncate(slot_end)
+            self.file_end = slot_end
+        self.next_slot = first_slot + count
+        if len(self.slot_owner) < self.next_slot:
+            self.slot_owner.extend([BLOCK_FREE] * (self.next_slot - len(self.slot_owner)))
+        entries = array("I", range(first_slot, first_slot + count))
+        for n in range(count):
+            self.slot_owner[first_slot + n] = first_block + n
+            self.block_map[first_block + n] = first_slot + n
+        if not _HOST_IS_LITTLE:
+            entries.byteswap()
+        self.file.pwrite(entries.tobytes(), self.header.offset_bmap + 4 * first_block)
+        self._set_blocks_allocated(self.next_slot)
 
     def _claim_slot(self) -> tuple[int, bool]:
         """The slot a new block takes, and whether it lies past the end of the file (so
@@ -503,16 +528,7 @@ class VdiImage(Image):
 
     def _publish(self, block: int, slot: int) -> None:
         """After the data: make the file cover the slot, then the map entry, then the count."""
-        slot_end = self.header.offset_data + (slot + 1) * self.header.slot_size
-        if self.file_end < slot_end:
-            self.file.truncate(slot_end)
-            self.file_end = slot_end
-        self.next_slot = slot + 1
-        if len(self.slot_owner) <= slot:
-            self.slot_owner.extend([BLOCK_FREE] * (slot + 1 - len(self.slot_owner)))
-        self.slot_owner[slot] = block
-        self._set_entry(block, slot)
-        self._set_blocks_allocated(self.next_slot)
+        self._publish_many(block, slot, 1)
 
     def _fill(self, host: int, length: int, guest: int | None, fresh: bool = False) -> None:
         """Write ``length`` bytes at ``host``: zeros (``guest`` None) or the parent's bytes."""
