@@ -18,7 +18,7 @@ import disks
 from disks.hostfile import HostFile, is_zero
 from disks.image import Extent, RunKind
 
-CONVERT_CHUNK = 4 << 20
+CONVERT_CHUNK = 8 << 20
 READ_AHEAD = 2  # source pieces read ahead of the writer during convert
 FIND_BELOW_UNIT = 64 << 10  # zero units smaller than this are searched for with find()
 # qemu-img's cache modes; convert defaults to "unsafe" (no fsync at the end), as qemu-img does
