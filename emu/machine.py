@@ -605,6 +605,12 @@ class Machine:
             self.tracer.note(f"{'int' if software else 'exception'} {vector:#04x} at {pc:#x}")
         if software:
             self.exception_streak = (None, 0)
+            length = 2 if before[-2:] == bytes((0xCD, vector)) else 1
+            if self._irq_before_software_int(pc - length):
+                # The pending IRQ comes first; its IRET returns to the INT instruction.
+                uc.reg_write(X.UC_X86_REG_EIP, uc.reg_read(X.UC_X86_REG_EIP) - length)
+                self._deliver_irq()
+                return
             x86.deliver_interrupt(uc, vector)
             return
         # A CPU exception: EIP is the faulting instruction.
@@ -812,15 +818,35 @@ class Machine:
         elif self._after_sti():
             return  # STI's one-instruction interrupt shadow: take it after the next slice
         if interrupts_on and self.pic.interrupt_pending:
-            self.pic.changed = False
-            vector = self.pic.acknowledge()
-            if self.tracer is not None:
-                self.tracer.note(f"irq vector {vector:#04x} at {x86.linear_pc(uc):#x} "
-                                 f"time {self.clock.ns}")
-            try:
-                x86.deliver_interrupt(uc, vector)
-            except x86.DeliveryError as error:
-                self._cpu_fault(f"triple fault: IRQ vector {vector:#x}: {error}")
+            self._deliver_irq()
+
+    def _deliver_irq(self) -> None:
+        """INTA at the PIC and vector the CPU to the answer."""
+        self.pic.changed = False
+        vector = self.pic.acknowledge()
+        if self.tracer is not None:
+            self.tracer.note(f"irq vector {vector:#04x} at {x86.linear_pc(self.uc):#x} "
+                             f"time {self.clock.ns}")
+        try:
+            x86.deliver_interrupt(self.uc, vector)
+        except x86.DeliveryError as error:
+            self._cpu_fault(f"triple fault: IRQ vector {vector:#x}: {error}")
+
+    def _irq_before_software_int(self, int_address: int) -> bool:
+        """Should a pending hardware interrupt be taken before this INT n?
+
+        Slices end at arbitrary points, so code that enables interrupts just for a
+        BIOS call (boot loaders in their real-mode trampolines) would rarely see a
+        slice end with IF=1.  A CPU takes a pending interrupt as soon as IF=1, so at
+        least before the INT (unless the INT sits in STI's one-instruction shadow).
+        """
+        if not self.uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
+            return False
+        for timer in self.timers:
+            timer.update()
+        if not self.pic.interrupt_pending:
+            return False
+        return int_address < 1 or self.memory.byte(int_address - 1) != STI
 
     def _after_sti(self) -> bool:
         """Did the slice end right after an STI (interrupts stay blocked one instruction)?"""

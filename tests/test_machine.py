@@ -462,3 +462,38 @@ def test_halt_with_every_interrupt_masked_stops(tmp_path: Path) -> None:
     result = run_machine(bios=build_rom(tmp_path, body), timeout=120)
     assert result.reason is StopReason.HALTED
     assert "masked" in result.detail
+
+
+def test_pending_irq_is_taken_before_a_software_int_when_if_is_set(tmp_path: Path) -> None:
+    body = STACK_SETUP + """
+    mov word [0x21*4], handler21
+    mov word [0x21*4+2], 0xF000
+    mov word [0x08*4], tick
+    mov word [0x08*4+2], 0xF000
+""" + PIC_INIT.format(master_base=0x08, slave_base=0x70) + PIT_10MS + """
+    mov ecx, 8000000          ; spin with IF=0 past the first PIT period (16 ms)
+.spin:
+    dec ecx
+    jnz .spin
+    sti
+    nop
+    int 0x21                  ; IRQ 0 is pending: it must run before the handler
+    cli
+    mov al, [0x502]
+    out 0xF4, al
+tick:
+    inc word [0x500]
+    push ax
+    mov al, 0x20
+    out 0x20, al
+    pop ax
+    iret
+handler21:
+    push ax
+    mov al, [0x500]
+    mov [0x502], al           ; ticks seen when INT 21h started
+    pop ax
+    iret
+"""
+    result = run_machine(bios=build_rom(tmp_path, body), timeout=60)
+    assert result.exit_code == 1, result.report
