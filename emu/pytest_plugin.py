@@ -17,8 +17,10 @@ gets these fixtures:
     debug-console transcripts, and the disk contents.  ``engine="qemu"`` runs the
     same firmware and disks in ``qemu-system-i386 -M pc`` for comparison.
 ``nasm``
-    Assembles NASM source to bytes (``nasm(source)``, ``nasm.boot_sector(source)``);
-    the test skips with a reason when nasm is absent, and fails under ``CI=true``.
+    Assembles NASM source to bytes: ``nasm(source_or_path)``, ``nasm.boot_sector(code)``
+    (512 bytes with the signature) and ``nasm.guest_program(code)`` (a multi-sector
+    program on the firmware/tests/_guest.asm frame).  The test skips with a reason
+    when nasm is absent, and fails under ``CI=true``.
 
 Every artifact lives under the test's ``tmp_path``, so the plugin is safe under
 pytest-xdist: each worker and test gets its own images and machines.  Machines run
@@ -337,6 +339,11 @@ class Assembler:
         if proc.returncode != 0:
             raise AssertionError(f"nasm failed on {source_path}:\n{proc.stderr}")
         return output.read_bytes()
+
+    def guest_program(self, body: str) -> bytes:
+        """A guest test program on the firmware/tests/_guest.asm frame: ``body`` runs after
+        the BIOS boots it, with PRINT, CHECK, CHECK_EQ, PASS and the INT 13h helpers."""
+        return self(f'%include "_guest.asm"\n{body}\nGUEST_END\n')
 
     def boot_sector(self, source: str) -> bytes:
         """A 512-byte boot sector from 16-bit code loaded at 0000:7C00 (signature added)."""

@@ -88,3 +88,23 @@ def test_disk_image_holds_its_content_in_every_format(disk_image, disk_format: s
     assert len(data) >= 4 << 20
     assert data[:4] == b"boot" and data[3 << 20:(3 << 20) + 3] == b"end"
     assert data.count(0) == len(data) - 7
+
+
+def test_guest_program_frame_reports_checks(nasm, disk_image, emu_machine) -> None:
+    pytest.importorskip("emu.run")
+    program = nasm.guest_program("""
+        mov ah, 0x15
+        mov dl, [boot_drive]
+        int 0x13
+        CHECK_EQ ah, 3, "AH=15h says hard disk"
+        mov ah, 0x41
+        mov bx, 0x55AA
+        mov dl, [boot_drive]
+        int 0x13
+        CHECK_EQ bx, 0x1234, "a check meant to fail"
+        PASS
+    """)
+    run = emu_machine(disk_image("raw", "4M", content=program))
+    assert run.exit_code == 2, str(run)
+    assert "G: ok AH=15h says hard disk" in run.debugcon
+    assert "G: FAIL a check meant to fail" in run.debugcon
