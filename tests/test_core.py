@@ -314,3 +314,16 @@ def test_flush_without_sync_still_writes_metadata(tmp_path: Path) -> None:
     img.close(sync=False)
     with disks.open(path, readonly=True) as again:
         assert again.read(0, 10) == b"\x05" * 10
+
+
+def test_long_copy_range_is_split_and_complete(tmp_path: Path) -> None:
+    payload = os.urandom(5 * MiB + 123)
+    (tmp_path / "s").write_bytes(payload)
+    source = HostFile(tmp_path / "s", writable=False)
+    target = HostFile(tmp_path / "t", writable=True, create=True)
+    try:
+        target.copy_range(source, 7, len(payload) - 7 + 5000, 11)   # runs 5000 past the end
+        assert target.pread(len(payload) + 5000, 11) == payload[7:] + bytes(5000)
+    finally:
+        source.close()
+        target.close()
