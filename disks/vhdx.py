@@ -385,29 +385,37 @@ def parse_log_entry(log: bytes, position: int, log_guid: bytes) -> LogEntry | No
     return entry
 
 
+class LogTooTangledError(ValueError):
+    """The log holds so many interlinked entries that finding its active sequence would
+    take unbounded time (only a crafted log does this)."""
+
+
 def find_active_sequence(log: bytes, log_guid: bytes) -> list[LogEntry]:
-    """The entries of the active sequence, tail first (2.3.3), or [] when there is none."""
+    """The entries of the active sequence, tail first (2.3.3), or [] when there is none.
+
+    The active sequence ends at the valid entry with the highest sequence number whose
+    ``tail`` leads, entry by entry with sequence numbers rising by one, back to it.
+    """
     entries = {}
     for position in range(0, len(log), LOG_SECTOR):
         entry = parse_log_entry(log, position, log_guid)
         if entry is not None:
             entries[position] = entry
-    best: list[LogEntry] = []
-    for head in entries.values():
-        if best and head.sequence_number <= best[-1].sequence_number:
-            continue
+    budget = 8 * len(entries) + 4096
+    for head in sorted(entries.values(), key=lambda e: -e.sequence_number):
         chain: list[LogEntry] = []
         node = entries.get(head.tail)
-        while node is not None:
+        while node is not None and node.sequence_number <= head.sequence_number:
             if chain and node.sequence_number != chain[-1].sequence_number + 1:
                 break
             chain.append(node)
-            if node is head or len(chain) > len(entries):
-                break
+            budget -= 1
+            if budget < 0:
+                raise LogTooTangledError("too many interlinked log entries")
+            if node is head:
+                return chain
             node = entries.get((node.position + node.length) % len(log))
-        if chain and chain[-1] is head:
-            best = chain
-    return best
+    return []
 
 
 # --- the driver ---------------------------------------------------------------
@@ -844,7 +852,10 @@ class VhdxImage(Image):
     def _replay_log(self, file_size: int) -> None:
         header = self.header
         log = self.file.pread(header.log_length, header.log_offset)
-        sequence = find_active_sequence(log, header.log_guid)
+        try:
+            sequence = find_active_sequence(log, header.log_guid)
+        except LogTooTangledError as exc:
+            raise self._corrupt(str(exc), "log") from None
         if not sequence:
             if not self.readonly:
                 self._write_header(log_guid=ZERO_GUID)

@@ -939,3 +939,18 @@ def test_log_entry_wrapping_around_the_end_of_the_log(tmp_path: Path) -> None:
     with disks.open(path) as image:
         assert image.read(0, 8192) == b"\x0b" * 4096 + b"\x01" * 4096
     qemu_img("check", path)
+
+
+def test_a_tangled_log_is_refused_in_bounded_time(tmp_path: Path) -> None:
+    """128 chained entries and 128 heads whose tails lead into that chain but never back to
+    them: a naive search walks 128 x 128 steps; the driver gives up with a clear error."""
+    path = tmp_path / "tangled.vhdx"
+    disks.create(path, "vhdx", 4 * MiB, block_size="1M").close()
+    size = path.stat().st_size
+    chain = [vhdx.build_log_entry(1 + i, LOG_GUID, 0, size, []) for i in range(128)]
+    heads = [vhdx.build_log_entry(1000 + i, LOG_GUID, 0, size, []) for i in range(128)]
+    craft_log(path, chain + heads)
+    with pytest.raises(disks.CorruptImageError, match="log"):
+        disks.open(path, readonly=True)
+    craft_log(path, chain)  # the chain alone is a valid (empty) sequence
+    disks.open(path, readonly=True).close()
