@@ -27,8 +27,18 @@ is cut short so it is taken right after the current block.  No Python runs per
 instruction (unless ``--trace``).
 
 **Interrupts.**  See :mod:`emu.x86`: software INTs and exceptions come in
-through ``UC_HOOK_INTR`` and are vectored by hand through the IVT or IDT;
-hardware IRQs are acknowledged at the PIC and vectored the same way.
+through ``UC_HOOK_INTR`` (#UD through the invalid-instruction hook) and are
+vectored by hand through the IVT or IDT; hardware IRQs are acknowledged at the
+PIC and vectored the same way, at slice ends, after a port access that made
+one deliverable, and before a software INT issued with IF=1 (the INT is
+re-executed after the handler's IRET).  STI's one-instruction shadow is
+respected at slice ends.
+
+**Not modelled.**  The A20 gate (always enabled; ports 0x92 and the 8042 keep
+the bit), PAM read/write steering (see Memory), SMM, APIC/IOAPIC (hidden from
+CPUID), paging in the machine's own memory accesses (stack pushes, descriptor
+tables and fast string I/O assume identity mapping; the fast path stands aside
+when CR0.PG is set), privilege changes and task gates on interrupt delivery.
 
 **HLT.**  Unicorn stops at HLT with EIP past it, indistinguishable from a slice
 ending by count after any instruction whose last byte is 0xF4.  The machine
