@@ -261,7 +261,7 @@ def run_machine(folder: Path, *disk_images: DiskImage, engine: str = "emu",
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
                               env=env, stdin=subprocess.DEVNULL)
-        code, stderr = _exit_code(engine, proc.returncode), proc.stderr
+        code, stderr = _exit_code(engine, proc.returncode, proc.stderr), proc.stderr
     except subprocess.TimeoutExpired as expired:
         code = EXIT_TIMEOUT
         stderr = (expired.stderr or b"").decode(errors="replace") \
@@ -295,11 +295,13 @@ def _qemu_argv(work: Path, disk_images: Sequence[DiskImage], rom: Path | None, m
     return argv, used
 
 
-def _exit_code(engine: str, returncode: int) -> int:
+def _exit_code(engine: str, returncode: int, stderr: str) -> int:
     if engine == "emu":
         return returncode
     if returncode == 0:      # -no-reboot: the guest reset the machine (emu's code 0 too)
         return 0
+    if returncode == 1 and "qemu-system" in stderr:
+        return EXIT_ENGINE_FAILED  # QEMU's own failures exit 1, like a guest's value 0
     if returncode > 0 and returncode & 1:
         return returncode >> 1
     return EXIT_ENGINE_FAILED

@@ -94,6 +94,7 @@ def test_program_in_emu(program, bios: str, disk_format: str, disk_image, emu_ma
     name, code = program
     image = disk_image(disk_format, DISK_SIZE, content=disk_content(code))
     qemu = emu_machine(image, engine="qemu", bios=bios, timeout=60)
+    assert_passed(qemu, image, name)
     emu = emu_machine(image, bios=bios, timeout=120)
     assert_passed(emu, image, name)
     assert emu.exit_code == qemu.exit_code
