@@ -35,8 +35,9 @@
 ; lines; bench/guest_io.py times whole runs against a run that reads nothing.
 ;
 ; The ROM exits through the debug-exit port 0xF4: 0 when the run completed
-; (the transcript says what happened), 2 when the disk does not answer, 3 when
-; no PIIX3 IDE function is found.
+; (the transcript says what happened), 2 when the disk does not answer (BSY or
+; a DMA never ends), 3 when no PIIX3 IDE function is found, 4 when a bench-mode
+; read fails.
 
 cpu 386
 bits 16
