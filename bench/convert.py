@@ -8,9 +8,11 @@ fixed seed; the rest zero and sparse), then for every case in :data:`CASES`:
 * FMT -> raw: both tools convert the image qemu-img made (the same input for both).
 
 Each timing is the best of ``--repeat`` runs of the whole command (interpreter start-up
-included: it is what a user waits for).  The outputs are checked: emu's FMT image
-must read back (with qemu-img compare) as the raw source, and both raw outputs must
-equal the source.  Prints a table with both times and the ratio emu/qemu.
+included: it is what a user waits for), as wall-clock and as CPU seconds (the steadier
+figure on a shared machine, where the clock also counts waiting for a core).  The
+outputs are checked: emu's FMT image must read back (with qemu-img compare) as the raw
+source, and both raw outputs must equal the source.  Prints a table with both times
+and the ratios emu/qemu.
 
 A new format plugs in by adding a row to CASES; rows whose driver is not registered
 in ``disks`` are printed as skipped.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -75,18 +78,35 @@ def make_source(path: Path, size: int, seed: int) -> None:
             f.write(rng.randbytes(length))
 
 
-def timed(argv: Sequence[str | Path], repeat: int, cleanup: Path) -> float:
-    best = float("inf")
+@dataclass(frozen=True)
+class Timing:
+    wall: float   # seconds on the clock
+    cpu: float    # user + system seconds of the command and its threads
+
+
+def timed(argv: Sequence[str | Path], repeat: int, cleanup: Path) -> Timing:
+    """Best wall-clock and best CPU time over ``repeat`` runs.  On a shared machine the
+    CPU time is the steadier figure: the wall clock also counts waiting for a core."""
+    best_wall = best_cpu = float("inf")
     for _ in range(repeat):
         cleanup.unlink(missing_ok=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
         elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(map(str, argv))} failed ({proc.returncode}):\n"
                              f"{proc.stdout}{proc.stderr}")
-        best = min(best, elapsed)
-    return best
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        best_wall, best_cpu = min(best_wall, elapsed), min(best_cpu, cpu)
+    return Timing(best_wall, best_cpu)
+
+
+def row(case: str, direction: str, emu: Timing, qemu: Timing, verdict: str) -> str:
+    return (f"{case:<13} {direction:<9} {emu.wall:7.2f} {qemu.wall:7.2f} "
+            f"{emu.wall / qemu.wall:6.2f}   {emu.cpu:7.2f} {qemu.cpu:7.2f} "
+            f"{emu.cpu / qemu.cpu:6.2f}  {verdict}")
 
 
 def emu_convert(fmt_in: str, fmt_out: str, options: str, src: Path, dst: Path) -> list[str]:
@@ -134,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
           f"workdir {workdir}")
     make_source(source, size, args.seed)
     registered = set(disks.formats())
-    header = f"{'case':<13} {'direction':<10} {'emu s':>8} {'qemu s':>8} {'emu/qemu':>9}  check"
+    header = (f"{'case':<13} {'direction':<9} {'emu':>7} {'qemu':>7} {'ratio':>6}   "
+              f"{'emu':>7} {'qemu':>7} {'ratio':>6}  check\n"
+              f"{'':<13} {'':<9} {'wall-clock seconds':^22}   {'CPU seconds':^22}")
     print(header)
-    print("-" * len(header))
+    print("-" * len(header.splitlines()[0]))
     try:
         for name in wanted:
             case = by_name[name]
@@ -151,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                            args.repeat, qemu_image)
             verdict = "-" if args.no_verify else \
                 ("ok" if same_content(emu_img, case.format, source, "raw") else "MISMATCH")
-            print(f"{case.name:<13} {'raw->fmt':<10} {t_emu:8.2f} {t_qemu:8.2f} "
-                  f"{t_emu / t_qemu:9.2f}  {verdict}", flush=True)
+            print(row(case.name, "raw->fmt", t_emu, t_qemu, verdict), flush=True)
             emu_raw, qemu_raw = workdir / "emu-out.raw", workdir / "qemu-out.raw"
             t_emu = timed(emu_convert(case.format, "raw", "", qemu_image, emu_raw),
                           args.repeat, emu_raw)
@@ -160,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                            args.repeat, qemu_raw)
             verdict = "-" if args.no_verify else \
                 ("ok" if same_content(emu_raw, "raw", source, "raw") else "MISMATCH")
-            print(f"{case.name:<13} {'fmt->raw':<10} {t_emu:8.2f} {t_qemu:8.2f} "
-                  f"{t_emu / t_qemu:9.2f}  {verdict}", flush=True)
+            print(row(case.name, "fmt->raw", t_emu, t_qemu, verdict), flush=True)
             for path in (emu_img, qemu_image, emu_raw, qemu_raw):
                 path.unlink(missing_ok=True)
     finally:
