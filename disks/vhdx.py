@@ -1158,9 +1158,12 @@ class VhdxImage(Image):
         if state == PAYLOAD_BLOCK_PARTIALLY_PRESENT and self.has_parent:
             self._write_sectors(block, entry >> BAT_OFFSET_SHIFT << BAT_OFFSET_SHIFT, pos, data)
             return
-        reads_parent = self.has_parent and state == PAYLOAD_BLOCK_NOT_PRESENT
-        if not reads_parent and is_zero(data):
+        shows_parent = self.has_parent and state == PAYLOAD_BLOCK_NOT_PRESENT
+        if not shows_parent and is_zero(data):
             return  # the block reads as zeros already
+        whole_block = pos == block_start \
+            and pos + len(data) == min(block_start + self.block_size, self.size)
+        reads_parent = shows_parent and not whole_block  # a whole block needs no bitmap
         host = self._allocate(self.block_size)
         if reads_parent:
             chunk, first_bit = self._sectors_in_block(block)
