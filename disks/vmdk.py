@@ -593,9 +593,10 @@ class GrainTables:
 
 
 def _walk_tables(tables: GrainTables, grain_bytes: int, rel: int, length: int, *,
-                 compressed: bool) -> Iterator[Piece]:
+                 compressed: bool, first_data_sector: int) -> Iterator[Piece]:
     """Pieces of a sparse extent's range; neighbours of one kind (and contiguous data on the
-    host) are merged so the core reads and writes them in one call."""
+    host) are merged so the core reads and writes them in one call.  A grain entry pointing
+    into the metadata area is refused (a write there would overwrite the tables)."""
     gtes = tables.entries_per_gt
     end = rel + length
     pos = rel
@@ -620,6 +621,9 @@ def _walk_tables(tables: GrainTables, grain_bytes: int, rel: int, length: int, *
                     span_end = min(end, (grain // gtes + 1) * gtes * grain_bytes)
             elif entry == GTE_ZEROED:
                 kind, host, special = RunKind.ZERO, None, False
+            elif entry < first_data_sector:
+                raise CorruptImageError(tables.path, f"grain {grain} at sector {entry} lies in "
+                                        "the metadata area", field="gtEntry")
             elif compressed:
                 kind, host, special = RunKind.DATA, entry * SECTOR, True
             else:
@@ -656,6 +660,8 @@ class SparseExtent(Extent):
         self.markers = bool(header.flags & FLAG_MARKERS)
         self.zeroed_gte = bool(header.flags & FLAG_ZEROED_GTE)
         self.writable_file = writable_file
+        # grains live past the header and, for hosted extents, past the overhead
+        self.first_data_sector = max(1, header.overhead if not self.markers else 1)
         self.tables = self._load_directory()
         self.end = _round_up(file.size(), SECTOR)   # where the next grain goes
         self.stream_appending = False                # tables cut off, grains being appended
@@ -727,7 +733,7 @@ class SparseExtent(Extent):
     # -- reading ----------------------------------------------------------
     def map(self, rel: int, length: int) -> Iterator[Piece]:
         return _walk_tables(self.tables, self.grain_bytes, rel, length,
-                            compressed=self.compressed)
+                            compressed=self.compressed, first_data_sector=self.first_data_sector)
 
     def read_special(self, rel: int, host: int | None, out: memoryview) -> None:
         """Serve a piece of one compressed grain (``host`` is its marker's offset)."""
@@ -1058,14 +1064,15 @@ class SparseExtent(Extent):
                     report.corrupt(f"{path}: GT entry for grain {grain} lies past the capacity")
                     continue
                 host = entry * SECTOR
+                if entry < self.first_data_sector:
+                    report.corrupt(f"{path}: grain {grain} at sector {entry} lies in the "
+                                   "metadata area")
+                    continue
                 if host + grain_span > _round_up(size, SECTOR) and \
                         host + min(grain_span, self.length - grain * grain_span) > size:
                     report.corrupt(f"{path}: grain {grain} at sector {entry} lies beyond "
                                    "the end of the file")
                     continue
-                if entry < self.header.overhead:
-                    report.corrupt(f"{path}: grain {grain} at sector {entry} lies in the "
-                                   "metadata area")
                 key = entry // self.header.grain_sectors if entry % \
                     self.header.grain_sectors == 0 else entry
                 if key in claimed:
@@ -1117,10 +1124,12 @@ class CowdExtent(Extent):
                 raise CorruptImageError(filename, f"grain table {index} at sector {sector} "
                                         "lies beyond the end of the file", field="gdEntry")
         self.tables = GrainTables(file, filename, gd, None, COWD_GTES_PER_GT)
+        self.first_data_sector = header.gd_offset + _ceil_div(count * 4, SECTOR)
         self.end = max(_round_up(file.size(), SECTOR), header.free_sector * SECTOR)
 
     def map(self, rel: int, length: int) -> Iterator[Piece]:
-        return _walk_tables(self.tables, self.grain_bytes, rel, length, compressed=False)
+        return _walk_tables(self.tables, self.grain_bytes, rel, length, compressed=False,
+                            first_data_sector=self.first_data_sector)
 
     def write_allocating(self, rel: int, data: memoryview, below: ReadBelow) -> None:
         """Grains at the free sector, then GT entries (new GTs), free sector, GD entries."""

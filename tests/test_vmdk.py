@@ -610,3 +610,26 @@ def test_crash_at_any_point_of_an_allocation_leaves_a_consistent_image(
             assert got in (bytes(GRAIN), bytes(100) + b"\x42" * 200 + bytes(GRAIN - 300)), cut
             assert not image.check().corruptions, cut
         assert qemu_img("check", "-f", "vmdk", path, check=False).returncode in (0, 3), cut
+
+
+def test_grain_entry_into_the_metadata_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.vmdk"
+    with disks.create(path, "vmdk", 8 * MiB):
+        pass
+    data = bytearray(path.read_bytes())
+    gd = struct.unpack_from("<Q", data, 56)[0]
+    gt = struct.unpack_from("<I", data, gd * 512)[0]
+    rgd = struct.unpack_from("<Q", data, 48)[0]
+    rgt = struct.unpack_from("<I", data, rgd * 512)[0]
+    for table in (gt, rgt):
+        struct.pack_into("<I", data, table * 512 + 8, 2)   # grain 2 -> the descriptor
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()[:512 * 21]
+    with disks.open(path) as image:
+        with pytest.raises(disks.CorruptImageError):
+            image.read(2 * GRAIN, 512)
+        with pytest.raises(disks.CorruptImageError):
+            image.write(2 * GRAIN, b"\xff" * 512)
+        assert "metadata" in "\n".join(image.check().corruptions)
+    after = path.read_bytes()[:512 * 21]
+    assert after[:512] == before[:512] and b"\xff" not in after   # header and descriptor kept
