@@ -135,7 +135,11 @@ def test_libvhdi_reads_dynamic_and_fixed(tmp_path: Path, options: dict) -> None:
     with disks.create(path, "vhdx", 24 * MiB, **options) as image:
         image.write(MiB - 10, pattern(3, 2 * MiB + 20))
         image.write(20 * MiB + 7, pattern(4, 1000))
-    assert libvhdi_read(tmp_path, path) == read_all(path)
+        image.write(5 * MiB, pattern(5, 8 * MiB))
+        image.discard(6 * MiB, 4 * MiB)  # whole blocks UNMAPPED (dynamic), zeros (fixed)
+    ours = read_all(path)
+    assert ours[6 * MiB:10 * MiB] == bytes(4 * MiB) and ours[5 * MiB:6 * MiB] != bytes(MiB)
+    assert libvhdi_read(tmp_path, path) == ours
 
 
 @pytest.mark.parametrize("sector", [512, 4096])
