@@ -386,7 +386,9 @@ def test_map_reports_block_states(tmp_path: Path) -> None:
         assert isinstance(image, vhdx.VhdxImage)
         assert image.bat[5] & 7 == vhdx.PAYLOAD_BLOCK_UNMAPPED
         assert image.read(5 * MiB, MiB) == bytes(MiB)
+        ours = image.read(0, image.size)
     qemu_img("check", path)
+    assert qemu_to_raw(path, "vhdx", tmp_path / "m.raw") == ours
 
 
 def test_discard_in_differencing_hides_the_parent(tmp_path: Path) -> None:
