@@ -15,6 +15,7 @@ from typing import Any
 
 from unicorn import Uc, UcError
 from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_TB_REMOVE_CACHE
 
 try:  # the binding's loaded library and its x86 class (unicorn 2.1.x)
     from unicorn.unicorn_py3.arch.intel import UcIntel as _Base
@@ -31,6 +32,9 @@ FAST_REGISTERS = frozenset({
     X.UC_X86_REG_CR0, X.UC_X86_REG_CR2, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4,
 })
 SMALL_READ = 64
+UC_CTL_IO_WRITE = 1
+# uc_ctl's request word: direction << 30 | argument count << 26 | control number
+REMOVE_CACHE_REQUEST = UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE
 
 
 class FastUc(_Base):  # type: ignore[misc,valid-type]
@@ -81,6 +85,17 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         if status:
             raise UcError(status)
         return list(values)
+
+    def remove_cache(self, begin: int, end: int) -> None:
+        """Drop translated code for ``[begin, end)`` (``ctl_remove_cache``, without the
+        binding's per-call argument plumbing)."""
+        if not self._fast:
+            self.ctl_remove_cache(begin, end)
+            return
+        status = _uclib.uc_ctl(self._uch, REMOVE_CACHE_REQUEST, ctypes.c_uint64(begin),
+                               ctypes.c_uint64(end))
+        if status:
+            raise UcError(status)
 
     def reg_write_many(self, writes: tuple[tuple[int, int], ...]) -> None:
         """Several plain integer registers written in one call into Unicorn."""

@@ -299,7 +299,7 @@ class PhysicalMemory:
         inside = max(0, min(len(data), self.ram_size - address))
         if inside:
             self.view[address:address + inside] = data[:inside]
-            self.uc.ctl_remove_cache(address, address + inside)
+            self.uc.remove_cache(address, address + inside)
 
     def byte(self, address: int) -> int:
         """One byte, for the machine's peeks at code (0xFF outside RAM)."""
@@ -785,7 +785,7 @@ class Machine:
                 return self.hlt_fired == site
             self.hlt_sites.add(site)
             uc.hook_add(UC_HOOK_CODE, self._on_hlt_site, None, site, site)
-            uc.ctl_remove_cache(site, site + 1)  # blocks translated before the hook skip it
+            uc.remove_cache(site, site + 1)  # blocks translated before the hook skip it
             if uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
                 return True
             return pc >= 2 and self.memory.byte(pc - 2) == CLI

@@ -315,3 +315,106 @@ def test_seabios_boots_a_boot_sector(tmp_path: Path, fmt: str) -> None:
     assert "Booting from Hard Disk" in log
     assert log.endswith("BOOT SECTOR REACHED\n")
     assert debugcon.read_text(errors="replace") == log
+
+
+SELF_MODIFYING_GUEST = """
+    cli
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov sp, 0x7000
+    ; plant "mov al, 1 / ret" at 0x8000 and 0x9000 and run both once (they get translated)
+    mov dword [0x8000], 0x00C301B0
+    mov dword [0x9000], 0x00C301B0
+    call 0x0000:0x8000
+    call 0x0000:0x9000
+    ; PIO: LBA 0 over 0x8000
+    mov dx, 0x1F2
+    mov al, 1
+    out dx, al
+    inc dx
+    xor al, al
+    out dx, al
+    inc dx
+    out dx, al
+    inc dx
+    out dx, al
+    inc dx
+    mov al, 0xE0
+    out dx, al
+    inc dx
+    mov al, 0x20
+    out dx, al
+    mov dx, 0x1F7
+.drq:
+    in al, dx
+    test al, 0x08
+    jz .drq
+    mov di, 0x8000
+    mov cx, 256
+    mov dx, 0x1F0
+    rep insw
+    ; DMA: LBA 1 over 0x9000
+    mov eax, 0x80000920
+    mov dx, 0xCF8
+    out dx, eax
+    mov eax, 0xC001
+    mov dx, 0xCFC
+    out dx, eax
+    mov eax, 0x80000904
+    mov dx, 0xCF8
+    out dx, eax
+    mov ax, 0x0005
+    mov dx, 0xCFC
+    out dx, ax
+    mov dword [0x5000], 0x9000
+    mov dword [0x5004], 0x80000000 | 512
+    mov dx, 0xC004
+    mov eax, 0x5000
+    out dx, eax
+    mov dx, 0xC000
+    mov al, 0x08
+    out dx, al
+    mov dx, 0x1F2
+    mov al, 1
+    out dx, al
+    inc dx
+    out dx, al          ; LBA 1
+    inc dx
+    xor al, al
+    out dx, al
+    inc dx
+    out dx, al
+    inc dx
+    mov al, 0xE0
+    out dx, al
+    inc dx
+    mov al, 0xC8
+    out dx, al
+    mov dx, 0xC000
+    mov al, 0x09
+    out dx, al
+    mov dx, 0xC002
+.dma:
+    in al, dx
+    test al, 0x04
+    jz .dma
+    ; run the freshly loaded code: 0x8000 returns 2, 0x9000 returns 3
+    call 0x0000:0x8000
+    mov bl, al
+    call 0x0000:0x9000
+    shl al, 4
+    or al, bl
+    out 0xF4, al
+"""
+
+
+def test_code_loaded_by_pio_and_dma_replaces_translated_code(tmp_path: Path) -> None:
+    path = tmp_path / "code.raw"
+    path.write_bytes((b"\xb0\x02\xcb".ljust(512, b"\0") + b"\xb0\x03\xcb".ljust(512, b"\0"))
+                     .ljust(1 << 20, b"\0"))
+    rom = build_rom(tmp_path, SELF_MODIFYING_GUEST.replace("0x00C301B0", "0x00CB01B0"))
+    with Machine(bios=rom, disks=[f"{path},format=raw"], timeout=60) as machine:
+        result = machine.run()
+    assert result.exit_code == 0x32, result.report
