@@ -238,8 +238,10 @@ def replay_prefix(base: bytes, journal: list[tuple], count: int, out: Path) -> N
                 f.truncate(op[1])
 
 
-CRASH_WRITES = [(100, 3000), (2 * MiB - 512, 4096), (5 * MiB, MiB), (12 * MiB + 1, 200),
-                (700, 100), (9 * MiB, 512)]
+# (offset, length, fill): fill None writes a pattern, 0 discards
+CRASH_OPS = [(100, 3000, None), (2 * MiB - 512, 4096, None), (5 * MiB, MiB, None),
+             (12 * MiB + 1, 200, None), (700, 100, None), (9 * MiB, 512, None),
+             (5 * MiB - 4096, 2 * MiB + 8192, 0), (5 * MiB + 4096, 4096, None)]
 
 
 def run_crash_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_path: Path,
@@ -257,9 +259,12 @@ def run_crash_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_path: 
     acked: list[tuple[int, int]] = []      # (journal length when a flush returned, state)
     model = bytearray(below)
     with disks.open(image_path) as image:
-        for i, (offset, length) in enumerate(CRASH_WRITES):
-            data = pattern(20 + i, length)
-            image.write(offset, data)
+        for i, (offset, length, fill) in enumerate(CRASH_OPS):
+            data = pattern(20 + i, length) if fill is None else bytes(length)
+            if fill is None:
+                image.write(offset, data)
+            else:
+                image.discard(offset, length)
             model[offset:offset + length] = data
             states.append(bytes(model))
             if i % 2:
@@ -288,12 +293,12 @@ def run_crash_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_path: 
             assert report.clean, (count, journal[count - 1][:2], report)
             content = reopened.read(0, reopened.size)
         durable = max([state for at, state in acked if at <= count], default=0)
-        for offset, length in CRASH_WRITES:
+        for offset, length, _ in CRASH_OPS:
             piece = content[offset:offset + length]
             assert any(piece == states[j][offset:offset + length]
                        for j in range(durable, len(states))), (count, offset)
         untouched = bytearray(content)
-        for offset, length in CRASH_WRITES:
+        for offset, length, _ in CRASH_OPS:
             untouched[offset:offset + length] = below[offset:offset + length]
         assert bytes(untouched) == below, count
 
