@@ -245,7 +245,7 @@ CRASH_OPS = [(100, 3000, None), (2 * MiB - 512, 4096, None), (5 * MiB, MiB, None
 
 
 def run_crash_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_path: Path,
-                   below: bytes) -> None:
+                   below: bytes, *, qemu_checks: bool = False) -> None:
     """Write, flushing after every other write; cut the op stream after every call.
 
     Each cut must open (replaying the log), pass check, and read, over every written
@@ -292,6 +292,8 @@ def run_crash_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_path: 
             report = reopened.check()
             assert report.clean, (count, journal[count - 1][:2], report)
             content = reopened.read(0, reopened.size)
+        if qemu_checks:  # and QEMU agrees the replayed file is sound
+            qemu_img("check", cut)
         durable = max([state for at, state in acked if at <= count], default=0)
         for offset, length, _ in CRASH_OPS:
             piece = content[offset:offset + length]
@@ -306,7 +308,7 @@ def run_crash_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_path: 
 def test_crash_at_every_call_dynamic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "dyn.vhdx"
     disks.create(path, "vhdx", 16 * MiB, block_size="1M").close()
-    run_crash_test(tmp_path, monkeypatch, path, bytes(16 * MiB))
+    run_crash_test(tmp_path, monkeypatch, path, bytes(16 * MiB), qemu_checks=True)
 
 
 def test_crash_at_every_call_differencing(tmp_path: Path,
