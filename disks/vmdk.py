@@ -28,9 +28,12 @@ to plain data runs (the core reads and writes those itself, coalescing grains
 that are contiguous on the host); data in another file or compressed is a
 ``special`` run the driver serves.  Writes that need allocation land in
 :meth:`VmdkImage._write_unallocated`: a grain is written at the end of the file
-first, then its GT entries (GT and redundant GT), and only for a GD entry that
-was empty, a new GT pair and then the GD entries -- so a crash leaks space but
-never publishes a pointer to unwritten data.  Stream-optimized extents open for
+first, then its GT entries, and only for a GD entry that was empty, a new GT pair
+and then the GD entries; each redundant copy is written before its primary.  A
+crash therefore leaks space (or leaves the redundant copy ahead, which
+``check()`` reports as a leak) but never publishes a pointer to unwritten data.
+Grain entries that point into the metadata area are refused, never written
+through.  Stream-optimized extents open for
 writing only append compressed grains; their tables, footer and end-of-stream
 marker are written out on flush/close (and cut off again by the next write).
 
@@ -1651,11 +1654,15 @@ class VmdkImage(Image):
         super().copy_from_host(offset, length, source, source_offset)
 
     def _copy_unallocated(self, run: Run, source: HostFile, source_offset: int) -> None:
-        """Whole fresh grains of a plain sparse extent are copied in the kernel."""
+        """Flat extents in other files, and whole fresh grains of a plain sparse extent,
+        are copied in the kernel; anything else goes through a buffer."""
         extent = self._extent_at(run.offset)
-        if isinstance(extent, SparseExtent) and extent.file is self.file \
-                and extent.copy_allocating(run.offset - extent.start, run.length, source,
-                                           source_offset):
+        if isinstance(extent, FlatExtent) and run.kind is RunKind.DATA:
+            assert extent.file is not None and run.host_offset is not None
+            extent.file.copy_range(source, source_offset, run.length, run.host_offset)
+            return
+        if isinstance(extent, SparseExtent) and extent.copy_allocating(
+                run.offset - extent.start, run.length, source, source_offset):
             return
         super()._copy_unallocated(run, source, source_offset)
 

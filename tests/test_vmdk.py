@@ -633,3 +633,15 @@ def test_grain_entry_into_the_metadata_is_refused(tmp_path: Path) -> None:
         assert "metadata" in "\n".join(image.check().corruptions)
     after = path.read_bytes()[:512 * 21]
     assert after[:512] == before[:512] and b"\xff" not in after   # header and descriptor kept
+
+
+@pytest.mark.parametrize("subformat", ["monolithicFlat", "twoGbMaxExtentFlat", "vmfsSparse"])
+def test_emu_img_convert_to_descriptor_subformats(tmp_path: Path, subformat: str) -> None:
+    from emu.img import main as emu_img
+
+    source = make_raw(tmp_path / "src.raw", 64 * MiB, SCATTERED)
+    out = tmp_path / "out.vmdk"
+    assert emu_img(["convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={subformat}",
+                    str(source), str(out)]) == 0
+    qemu_check_clean(out)
+    qemu_compare(out, source)
