@@ -17,6 +17,7 @@ from oracles import qemu_img, qemu_img_info, qemu_io, qemu_to_raw
 import disks
 from disks import vdi
 from disks.hostfile import HostFile
+from emu.img import main as emu_img_main
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -523,7 +524,8 @@ BAD_HEADERS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_HEADERS))
-def test_bad_input_gives_typed_error_and_one_cli_line(tmp_path: Path, case: str) -> None:
+def test_bad_input_gives_typed_error_and_one_cli_line(tmp_path: Path, case: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     damage, error, field = BAD_HEADERS[case]
     path = good_image(tmp_path)
     damage(path)
@@ -531,11 +533,13 @@ def test_bad_input_gives_typed_error_and_one_cli_line(tmp_path: Path, case: str)
         disks.open(path, format="vdi", readonly=True)
     assert caught.value.field == field or field in str(caught.value)
     assert str(path) in str(caught.value)
-    for verb in (["info"], ["check"], ["map"]):
-        proc = run_emu_img(*verb, "-f", "vdi", str(path))
-        assert proc.returncode == 1
-        assert "Traceback" not in proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for verb in ("info", "check", "map", "convert"):
+        extra = [str(tmp_path / "out.raw")] if verb == "convert" else []
+        assert emu_img_main([verb, "-f", "vdi", str(path), *extra]) == 1  # raises nothing
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("emu img: "), err
+    proc = run_emu_img("info", "-f", "vdi", str(path))   # and as a process: no traceback
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
 
 
 def test_probe_and_variants_of_pre_header(tmp_path: Path) -> None:
