@@ -487,6 +487,7 @@ class AtaChannel:
         self.irq_pending = False
         self.dma_ready_hook: Callable[[], None] | None = None
         self.interrupt_hook: Callable[[], None] | None = None
+        self._dma_buffer = bytearray()
         self._data_port = command_base + REG_DATA
         self._reads: dict[int, Callable[[int], int]] = {
             command_base + REG_DATA: self._read_data,
@@ -897,19 +898,25 @@ class AtaChannel:
         """The selected drive's DMA request waiting for data, if any."""
         return self.selected.dma
 
-    def dma_read(self, length: int) -> bytes:
-        """Device -> memory: the next ``length`` bytes of the request (fewer on error)."""
+    def dma_read(self, length: int) -> memoryview:
+        """Device -> memory: the next ``length`` bytes of the request (fewer on error).
+
+        The view is into a buffer the next call reuses: copy it out before then.
+        """
         unit = self.selected
         request = unit.dma
         if request is None or not request.to_memory:
-            return b""
+            return memoryview(b"")
         length = min(length, request.remaining)
+        if len(self._dma_buffer) < length:
+            self._dma_buffer = bytearray(length)
+        data = memoryview(self._dma_buffer)[:length]
         try:
-            data = self._drive(unit).image.read(request.offset + request.done, length)
+            self._drive(unit).image.readinto(request.offset + request.done, data)
         except (ImageError, OSError):
             failed = request.first_lba + request.done // SECTOR
             self._fail_at(unit, request.command.lba48, request.chs, failed, ERROR_UNC)
-            return b""
+            return memoryview(b"")
         request.done += length
         if not request.remaining:
             self._dma_done(unit, request)

@@ -170,8 +170,7 @@ class _Engine:
             if not segments:
                 break
             if request.to_memory:
-                data = channel.dma_read(group)
-                view = memoryview(data)
+                view = channel.dma_read(group)
                 position = 0
                 for address, length in segments:
                     if position >= len(view):
