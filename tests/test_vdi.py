@@ -559,3 +559,33 @@ def test_second_writer_is_locked_out(tmp_path: Path) -> None:
             disks.open(path)
         with disks.open(path, readonly=True) as reader:
             assert reader.read(0, 1) == b"\x01"
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(st.tuples(st.integers(0, 0x1D7), st.integers(0, 255)),
+                          min_size=1, max_size=8),
+       map_entries=st.lists(st.sampled_from([0, 1, 2, 3, 7, 0x7FFFFFFF, vdi.BLOCK_ZERO,
+                                             vdi.BLOCK_FREE]), min_size=4, max_size=4))
+def test_garbled_headers_give_only_typed_errors(tmp_path: Path, mutations: list[tuple[int, int]],
+                                                map_entries: list[int]) -> None:
+    path = tmp_path / "fuzz.vdi"
+    craft(path, size=4 * 4096, block_size=4096, block_extra=0,
+          entries=[0, 1, vdi.BLOCK_FREE, 2])
+    raw = bytearray(path.read_bytes())
+    for at, value in mutations:
+        raw[at] = value
+    raw[512:528] = struct.pack("<4I", *map_entries)
+    path.write_bytes(bytes(raw))
+    try:
+        with disks.open(path, format="vdi") as img:
+            assert img.size <= 1 << 62
+            length = min(img.size, 1 << 20)
+            img.read(0, length)
+            img.check()
+            img.info()
+            if length:
+                img.write(0, b"\x01" * min(length, 5000))
+                img.discard(0, length)
+    except disks.ImageError:
+        pass
