@@ -285,8 +285,17 @@ def run_crash_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_path: 
         if op[0] == "write" and (log_start <= op[1] < log_end or op[1] in vhdx.HEADER_OFFSETS):
             torn = [*journal[:index], ("write", op[1], op[2][:len(op[2]) // 2 + 1])]
             cuts.append((index, torn))
+    replayed_checked = 0
     for count, ops_done in cuts:
         replay_prefix(base, ops_done, count if ops_done is journal else len(ops_done), cut)
+        qemu_replayed = None
+        if qemu_checks:
+            with disks.open(cut, readonly=True) as dirty:
+                needs_replay = dirty.info()["format-specific"]["data"]["log-dirty"]
+            if needs_replay:  # let QEMU replay our log on a copy of the cut
+                qemu_replayed = tmp_path / "qemu-replayed.vhdx"
+                shutil.copyfile(cut, qemu_replayed)
+                qemu_img("check", "-r", "all", qemu_replayed)
         disks.open(cut).close()  # a read-write open replays the log
         with disks.open(cut, readonly=True) as reopened:
             report = reopened.check()
@@ -294,6 +303,9 @@ def run_crash_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_path: 
             content = reopened.read(0, reopened.size)
         if qemu_checks:  # and QEMU agrees the replayed file is sound
             qemu_img("check", cut)
+        if qemu_replayed is not None:
+            replayed_checked += 1
+            assert qemu_to_raw(qemu_replayed, "vhdx", tmp_path / "q.raw") == content, count
         durable = max([state for at, state in acked if at <= count], default=0)
         for offset, length, _ in CRASH_OPS:
             piece = content[offset:offset + length]
@@ -303,6 +315,7 @@ def run_crash_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_path: 
         for offset, length, _ in CRASH_OPS:
             untouched[offset:offset + length] = below[offset:offset + length]
         assert bytes(untouched) == below, count
+    assert replayed_checked or not qemu_checks
 
 
 def test_crash_at_every_call_dynamic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
