@@ -125,6 +125,7 @@ _LITTLE = sys.byteorder == "little"
 
 # The "KDMV" hosted sparse extent header (spec section 3, SparseExtentHeader).
 SPARSE_HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
+UNCLEAN_SHUTDOWN_OFFSET = struct.calcsize("<4sIIQQQQIQQQ")
 # A stream marker: value (numSectors or lba), size, type; grain markers stop after size.
 MARKER = struct.Struct("<QII")
 GRAIN_MARKER = struct.Struct("<QI")
@@ -1019,6 +1020,16 @@ class SparseExtent(Extent):
         if self.compressed and self.writable_file:
             self._stream_finish()
 
+    def mark_in_use(self, in_use: bool) -> None:
+        """Set or clear the header's ``uncleanShutdown`` byte (hosted extents only: a
+        stream's header is not rewritten in place)."""
+        if self.markers or not self.writable_file:
+            return
+        self.header.unclean_shutdown = int(in_use)
+        self.file.pwrite(bytes([int(in_use)]), UNCLEAN_SHUTDOWN_OFFSET)
+        if not in_use:
+            self.file.sync()
+
     # -- checking ---------------------------------------------------------
     def check(self, report: CheckReport) -> None:
         tables, path = self.tables, self.filename
@@ -1687,10 +1698,16 @@ class VmdkImage(Image):
 
     # -- CID and descriptor write-back ----------------------------------------
     def _bump_cid(self) -> None:
-        """Give the disk a new content ID, once per writable open (spec 2, CID)."""
-        if self.cid_bumped or self.descriptor is None:
+        """Give the disk a new content ID, once per writable open (spec 2, CID), and mark
+        the hosted sparse extents in use (``uncleanShutdown``, cleared again at close)."""
+        if self.cid_bumped:
             return
         self.cid_bumped = True
+        for extent in self.extents:
+            if isinstance(extent, SparseExtent) and extent.writable:
+                extent.mark_in_use(True)
+        if self.descriptor is None:
+            return
         self.descriptor.set("CID", f"{_new_cid():08x}")
         self._write_descriptor()
 
@@ -1738,6 +1755,8 @@ class VmdkImage(Image):
 
     def _close(self) -> None:
         for extent in self.extents:
+            if self.cid_bumped and isinstance(extent, SparseExtent) and extent.writable:
+                extent.mark_in_use(False)
             extent.close(self.file)
 
     def allocation_unit(self) -> int:

@@ -256,11 +256,12 @@ def test_write_where_grain_directory_entry_is_empty(tmp_path: Path) -> None:
     with disks.open(path) as image:
         for offset, length, fill in writes:
             image.write(offset, bytes([fill]) * length)
+        assert path.read_bytes()[72] == 1        # uncleanShutdown while open for writing
     with disks.open(path, readonly=True) as image:
         for offset, length, fill in writes:
             assert image.read(offset, length) == bytes([fill]) * length
         assert image.check().clean
-    assert path.read_bytes()[:512] == header
+    assert path.read_bytes()[:512] == header     # ... and cleared again at close
     qemu_check_clean(path)
     qemu_compare(path, make_raw(tmp_path / "expected.raw", 64 * MiB, writes))
 
