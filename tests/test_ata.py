@@ -678,6 +678,7 @@ def test_image_errors_become_unc_and_abrt(host: Host, disk: disks.Image,
     def broken(*args: object) -> None:
         raise disks.ImageIOError(disk.path, "simulated I/O error")
     monkeypatch.setattr(disk, "read", broken)
+    monkeypatch.setattr(disk, "readinto", broken)
     host.command(0x20, count=2, lba=33)
     assert host.status() == DRDY | ERR and host.error() == ERROR_UNC
     assert host.inb(LBA_LOW) == 33

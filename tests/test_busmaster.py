@@ -196,6 +196,7 @@ def test_image_error_during_dma(rig: Rig, disk: disks.Image,
     def broken(*args: object) -> None:
         raise disks.ImageIOError(disk.path, "simulated")
     monkeypatch.setattr(disk, "read", broken)
+    monkeypatch.setattr(disk, "readinto", broken)
     rig.table([(0x10000, 1024)])
     rig.host.command(0xC8, count=2, lba=5)
     rig.start()
