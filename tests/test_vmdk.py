@@ -646,3 +646,38 @@ def test_emu_img_convert_to_descriptor_subformats(tmp_path: Path, subformat: str
                     str(source), str(out)]) == 0
     qemu_check_clean(out)
     qemu_compare(out, source)
+
+
+LIBVMDK_DUMP = """
+import sys, pyvmdk
+handle = pyvmdk.handle()
+handle.open(sys.argv[1])
+handle.open_extent_data_files()
+size = handle.get_media_size()
+with open(sys.argv[2], "wb") as out:
+    while handle.get_offset() < size:
+        out.write(handle.read_buffer(min(1 << 22, size - handle.get_offset())))
+handle.close()
+"""
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized", "monolithicFlat",
+                                       "twoGbMaxExtentSparse", "vmfs"])
+def test_libvmdk_reads_our_data(tmp_path: Path, subformat: str) -> None:
+    """libvmdk (Debian python3-libvmdk) reads every byte of our images as we wrote them."""
+    python3 = "/usr/bin/python3"
+    if subprocess.run([python3, "-c", "import pyvmdk"], capture_output=True).returncode:
+        need_tool("python3-libvmdk (pyvmdk module)")
+    path = tmp_path / "ours.vmdk"
+    noise = os.urandom(GRAIN + 7)
+    with disks.create(path, "vmdk", 64 * MiB, subformat=subformat) as image:
+        for offset, length, fill in SCATTERED:
+            image.write(offset, bytes([fill]) * length)
+        image.write(9 * MiB + 3, noise)
+    expected = make_raw(tmp_path / "expected.raw", 64 * MiB, SCATTERED)
+    with open(expected, "r+b") as raw:
+        raw.seek(9 * MiB + 3)
+        raw.write(noise)
+    dumped = tmp_path / "libvmdk.raw"
+    run(python3, "-c", LIBVMDK_DUMP, path, dumped)
+    assert dumped.read_bytes() == expected.read_bytes()
