@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import need_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +32,14 @@ from devices.ata import (
     Protocol,
 )
 from devices.busmaster import BusMasterIde
+from devices.geometry import (
+    Translation,
+    bios_translation,
+    cmos_translation_byte,
+    drive_geometry,
+    guess_geometry,
+    logical_geometry,
+)
 from devices.interfaces import BytearrayMemory, NullIrq
 
 SECTOR = 512
@@ -841,3 +851,82 @@ def test_trim_discards_ranges(host: Host, disk: disks.Image) -> None:
     assert file_bytes(disk, 20, 1) == pattern(20)
     host.command48(0x06, count=1, lba=0, feature=0x00)   # only TRIM is supported
     assert host.error() == ERROR_ABRT
+
+
+# --- geometry: what the drive reports and what the BIOS is told ---------------------
+
+def mbr_with_partition(end_head: int, end_sector: int, sectors: int) -> bytes:
+    """A boot sector whose one partition ends at head/sector ``end_head``/``end_sector``."""
+    entry = struct.pack("<B3sB3sII", 0x80, bytes([1, 1, 0]), 0x83,
+                        bytes([end_head, end_sector | 0xC0, 0xFF]), 63, sectors - 63)
+    sector = bytearray(SECTOR)
+    sector[446:446 + 16] = entry
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector)
+
+
+def test_geometry_from_a_vhd_footer_is_the_drive_geometry(tmp_path: Path) -> None:
+    with disks.create(tmp_path / "d.vhd", "vpc", "8M") as image:
+        footer = image.geometry
+        assert footer is not None and footer.heads <= 16
+        assert drive_geometry(image) == footer == logical_geometry(image)
+        assert bios_translation(image) is Translation.NONE
+        host = attach(image)
+        words = host.identify()
+        assert (words[1], words[3], words[6]) == (footer.cylinders, footer.heads, footer.sectors)
+        cylinder, head, sector = 10, footer.heads - 1, footer.sectors
+        lba = (cylinder * footer.heads + head) * footer.sectors + sector - 1
+        host.chs_command(0x30, cylinder=cylinder, head=head, sector=sector)
+        host.write_blocks(pattern(lba, seed=6))
+        assert image.read(lba * SECTOR, SECTOR) == pattern(lba, seed=6)
+
+
+def test_scsi_vmdk_geometry_is_translated(tmp_path: Path) -> None:
+    with disks.create(tmp_path / "d.vmdk", "vmdk", "64M", adapter_type="lsilogic") as image:
+        assert guess_geometry(image).heads == 255
+        assert drive_geometry(image) == disks.Geometry(130, 16, 63)
+        assert bios_translation(image) is Translation.LBA
+
+
+def test_geometry_guessed_from_the_mbr(tmp_path: Path) -> None:
+    sectors = (64 << 20) // SECTOR
+    with make_disk(tmp_path / "a.raw", 64 << 20, fill=False) as image:
+        image.write(0, mbr_with_partition(63, 32, sectors))            # 64 heads x 32
+        assert guess_geometry(image) == disks.Geometry(sectors // (64 * 32), 64, 32)
+        assert drive_geometry(image) == disks.Geometry(sectors // (16 * 63), 16, 63)
+        assert bios_translation(image) is Translation.LBA
+        assert logical_geometry(image) == disks.Geometry(sectors // (64 * 32), 64, 32)
+    with make_disk(tmp_path / "b.raw", 64 << 20, fill=False) as image:
+        image.write(0, mbr_with_partition(7, 32, sectors))             # 8 heads x 32
+        assert drive_geometry(image) == disks.Geometry(sectors // (8 * 32), 8, 32)
+        assert bios_translation(image) is Translation.NONE
+        assert attach(image).identify()[3] == 8
+
+
+def test_default_geometry_and_large_translation(tmp_path: Path) -> None:
+    size = 600 << 20
+    with make_disk(tmp_path / "c.raw", size, fill=False) as image:
+        cylinders = size // SECTOR // (16 * 63)
+        assert drive_geometry(image) == disks.Geometry(cylinders, 16, 63)
+        assert bios_translation(image) is Translation.LARGE
+        assert logical_geometry(image) == disks.Geometry(cylinders // 2, 32, 63)
+
+
+def test_sfdisk_partitioned_big_disk(tmp_path: Path) -> None:
+    """sfdisk (an independent partitioner) writes 255-head CHS: the BIOS must use LBA."""
+    sfdisk = need_tool("sfdisk")
+    path = tmp_path / "big.raw"
+    make_disk(path, 10 << 30, fill=False).close()
+    subprocess.run([sfdisk, "--quiet", str(path)], input=b",,83\n", check=True,
+                   capture_output=True)
+    with disks.open(path, format="raw") as image:
+        assert guess_geometry(image).heads == 255 and guess_geometry(image).sectors == 63
+        assert drive_geometry(image) == disks.Geometry(16383, 16, 63)
+        assert bios_translation(image) is Translation.LBA
+
+
+def test_cmos_translation_byte() -> None:
+    assert cmos_translation_byte({0: Translation.LBA, 1: Translation.NONE,
+                                  2: Translation.LARGE, 3: Translation.LBA}) == 0b01_10_00_01
+    with pytest.raises(ValueError):
+        cmos_translation_byte({4: Translation.LBA})
