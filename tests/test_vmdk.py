@@ -18,6 +18,7 @@ from oracles import qemu_img, qemu_img_info, qemu_io, run
 
 import disks
 from disks.image import RunKind
+from disks.vmdk import VmdkImage
 
 MiB = 1 << 20
 GRAIN = 64 * 1024
@@ -593,6 +594,7 @@ def test_crash_at_any_point_of_an_allocation_leaves_a_consistent_image(
     monkeypatch.setattr(disks.hostfile.HostFile, "pwritev", recording)
     with disks.open(path) as image:
         log.clear()                        # only the allocation, not the CID update
+        assert isinstance(image, VmdkImage)
         image._bump_cid()
         log.clear()
         image.write(40 * MiB + 100, b"\x42" * 200)
@@ -681,3 +683,21 @@ def test_libvmdk_reads_our_data(tmp_path: Path, subformat: str) -> None:
     dumped = tmp_path / "libvmdk.raw"
     run(python3, "-c", LIBVMDK_DUMP, path, dumped)
     assert dumped.read_bytes() == expected.read_bytes()
+
+
+def test_grain_table_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import disks.vmdk as vmdk
+
+    monkeypatch.setattr(vmdk, "GT_CACHE_TABLES", 4)
+    path = tmp_path / "lru.vmdk"
+    with disks.create(path, "vmdk", 512 * MiB) as image:     # 16 grain tables
+        for table in range(16):
+            image.write(table * 32 * MiB, bytes([table + 1]) * 512)
+    with disks.open(path, readonly=True) as image:
+        assert isinstance(image, vmdk.VmdkImage)
+        extent = image.extents[0]
+        assert isinstance(extent, vmdk.SparseExtent)
+        for table in range(16):
+            assert image.read(table * 32 * MiB, 512) == bytes([table + 1]) * 512
+            assert len(extent.tables.cache) <= 4
+        assert sum(e.length for e in image.map() if e.kind is RunKind.DATA) == 16 * GRAIN
