@@ -580,7 +580,7 @@ class AtaChannel:
         if pio is None or pio.writing:
             return 0
         start = pio.pos
-        end = start + size
+        end = min(start + size, pio.block_end)   # a wide read never spills into the next block
         value = int.from_bytes(pio.buffer[start:end], "little")
         pio.pos = end
         if end >= pio.block_end:
@@ -593,7 +593,7 @@ class AtaChannel:
             if pio is not None and not pio.writing:
                 start = pio.pos
                 items = min(count, (pio.block_end - start) // size) or 1
-                end = start + items * size
+                end = min(start + items * size, pio.block_end)
                 data = pio.buffer[start:end]
                 pio.pos = end
                 if end >= pio.block_end:

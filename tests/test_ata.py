@@ -930,3 +930,11 @@ def test_cmos_translation_byte() -> None:
                                   2: Translation.LARGE, 3: Translation.LBA}) == 0b01_10_00_01
     with pytest.raises(ValueError):
         cmos_translation_byte({4: Translation.LBA})
+
+
+def test_a_dword_read_straddling_the_block_end_stays_in_its_block(host: Host) -> None:
+    host.command(0x20, count=2, lba=0)
+    host.insw(255)                                       # one word short of the block end
+    last = host.channel.read(DATA, 4)                    # the last word, zero-extended
+    assert last == int.from_bytes(pattern(0)[-2:], "little")
+    assert host.insw(256) == pattern(1)                  # block 2 starts where it should
