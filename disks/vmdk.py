@@ -459,7 +459,6 @@ Piece = tuple[int, int, RunKind, int | None, bool]   # (rel offset, length, kind
 class Extent:
     """One piece of the virtual disk, ``sectors`` long, starting at guest byte ``start``."""
 
-    type_name = "FLAT"
     has_parent = False  # partial grains are completed from the parent, else zeros
 
     def __init__(self, line: ExtentLine, file: HostFile | None, filename: str | None) -> None:
@@ -502,7 +501,6 @@ class Extent:
 
 
 class ZeroExtent(Extent):
-    type_name = "ZERO"
 
     def map(self, rel: int, length: int) -> Iterator[Piece]:
         yield rel, length, RunKind.ZERO, None, False
@@ -650,10 +648,9 @@ def _walk_tables(tables: GrainTables, grain_bytes: int, rel: int, length: int, *
 class SparseExtent(Extent):
     """A hosted sparse (KDMV) extent, stream-optimized or not."""
 
-    type_name = "SPARSE"
 
     def __init__(self, line: ExtentLine, file: HostFile, filename: str,
-                 header: SparseHeader, *, writable_file: bool, header_offset: int = 0) -> None:
+                 header: SparseHeader, *, writable_file: bool) -> None:
         super().__init__(line, file, filename)
         self.file: HostFile = file
         self.filename: str = filename
@@ -1121,7 +1118,6 @@ class SparseExtent(Extent):
 class CowdExtent(Extent):
     """An ESX sparse / VMDK3 "COWD" extent: 4096-entry grain tables, no redundant copy."""
 
-    type_name = "VMFSSPARSE"
 
     def __init__(self, line: ExtentLine, file: HostFile, filename: str,
                  header: CowdHeader) -> None:
