@@ -501,6 +501,7 @@ class Extent:
 
 
 class ZeroExtent(Extent):
+    """A ZERO extent: reads as zeros, holds no file, keeps its place in the disk."""
 
     def map(self, rel: int, length: int) -> Iterator[Piece]:
         yield rel, length, RunKind.ZERO, None, False
@@ -1117,7 +1118,6 @@ class SparseExtent(Extent):
 
 class CowdExtent(Extent):
     """An ESX sparse / VMDK3 "COWD" extent: 4096-entry grain tables, no redundant copy."""
-
 
     def __init__(self, line: ExtentLine, file: HostFile, filename: str,
                  header: CowdHeader) -> None:
