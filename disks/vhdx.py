@@ -35,7 +35,20 @@ older entries can never be mistaken for the active sequence.
 
 A read-only open of an image whose log was not replayed replays it into an
 in-memory overlay of 4 KiB pages; the file is not touched.  A read-write open
-replays it in place.
+replays it in place.  The active sequence is searched highest head first with a
+bounded number of steps, so a crafted log cannot stall an open.
+
+Block states are read with the spec's meaning (2.5.1.1): NOT_PRESENT is the
+parent's content in a differencing disk and "not allocated" (zeros) otherwise;
+ZERO, UNMAPPED and UNDEFINED read as zeros; PARTIALLY_PRESENT consults the
+sector bitmap.  A differencing write into a NOT_PRESENT block completes partial
+sectors from the parent and sets bitmap bits; whole-block writes and writes into
+ZERO/UNMAPPED blocks make the block FULLY_PRESENT.  ``discard`` turns whole
+blocks UNMAPPED (ZERO in a differencing disk, hiding the parent) and zeroes the
+partial ends; fixed disks keep every block and get zeros written.
+
+Not modelled: resizing, the 0.95 draft's log, parents that are not VHDX (the only
+locator type the spec defines), and reuse of space freed by discard.
 """
 
 from __future__ import annotations
