@@ -286,9 +286,18 @@ def _new_cid() -> int:
             return cid
 
 
+def _number_text(value: Any) -> str:
+    """A decimal number for a descriptor value (nothing that could break the text)."""
+    text = str(value).strip()
+    if not text.isdigit() or len(text) > 10:
+        raise ValueError(f"{value!r} is not a decimal number")
+    return text
+
+
 def render_descriptor(*, cid: int, parent_cid: int, create_type: str,
                       extents: list[ExtentLine], parent_hint: str | None,
-                      hwversion: str, geometry: Geometry, adapter: str) -> str:
+                      hwversion: str, geometry: Geometry, adapter: str,
+                      tools_version: str) -> str:
     lines = ["# Disk DescriptorFile", "version=1", f"CID={cid:08x}",
              f"parentCID={parent_cid:08x}", f'createType="{create_type}"']
     if parent_hint is not None:
@@ -299,7 +308,8 @@ def render_descriptor(*, cid: int, parent_cid: int, create_type: str,
               f'ddb.geometry.cylinders = "{geometry.cylinders}"',
               f'ddb.geometry.heads = "{geometry.heads}"',
               f'ddb.geometry.sectors = "{geometry.sectors}"',
-              f'ddb.adapterType = "{adapter}"']
+              f'ddb.adapterType = "{adapter}"',
+              f'ddb.toolsVersion = "{tools_version}"']
     return "\n".join(lines) + "\n"
 
 
@@ -1432,7 +1442,10 @@ class VmdkImage(Image):
                                 "streamOptimized, vmfs, vmfsSparse", "monolithicSparse"),
         "adapter_type": OptionSpec(choice(*ADAPTERS), "ide (default), buslogic, lsilogic, "
                                    "legacyESX", "ide"),
-        "hwversion": OptionSpec(str, "ddb.virtualHWVersion (default 4)", "4"),
+        "hwversion": OptionSpec(_number_text, "ddb.virtualHWVersion (default 4)", "4"),
+        "compat6": OptionSpec(parse_bool, "the same as hwversion=6 (qemu-img's old name)", False),
+        "toolsversion": OptionSpec(_number_text, "ddb.toolsVersion (default 2147483647)",
+                                   "2147483647"),
         "zeroed_grain": OptionSpec(parse_bool, "use zeroed-grain GT entries", False),
     }
 
@@ -1766,7 +1779,8 @@ class VmdkImage(Image):
                     backing: Image | None) -> None:
         subformat = options.get("subformat") or "monolithicSparse"
         adapter = options.get("adapter_type") or "ide"
-        hwversion = str(options.get("hwversion") or "4")
+        hwversion = "6" if options.get("compat6") else str(options.get("hwversion") or "4")
+        tools_version = str(options.get("toolsversion") or "2147483647")
         zeroed = bool(options.get("zeroed_grain"))
         path = file.path
         if size % SECTOR:
@@ -1791,6 +1805,10 @@ class VmdkImage(Image):
                                  "streamOptimized"):
                 raise InvalidOptionError(path, f"a {subformat} image cannot have a parent",
                                          field="backing")
+        for name in (os.path.basename(path), hint or ""):
+            if any(c in name for c in '"\r\n\0'):
+                raise InvalidOptionError(path, f"file name {name!r} cannot be written into a "
+                                         "descriptor", field="filename")
         geometry = _geometry_for(size, adapter)
         stem, suffix = os.path.splitext(os.path.basename(path))
         folder = os.path.dirname(os.path.abspath(path))
@@ -1799,7 +1817,8 @@ class VmdkImage(Image):
         def descriptor(create_type: str, extents: list[ExtentLine]) -> bytes:
             return render_descriptor(cid=cid, parent_cid=parent_cid, create_type=create_type,
                                      extents=extents, parent_hint=hint, hwversion=hwversion,
-                                     geometry=geometry, adapter=adapter).encode()
+                                     geometry=geometry, adapter=adapter,
+                                     tools_version=tools_version).encode()
 
         if subformat in ("monolithicSparse", "streamOptimized"):
             line = ExtentLine("RW", capacity, "SPARSE", os.path.basename(path))

@@ -474,6 +474,10 @@ def test_create_options_land_in_the_descriptor(tmp_path: Path) -> None:
     path = tmp_path / "o.vmdk"
     with disks.create(path, "vmdk", 100 * MiB, adapter_type="lsilogic", hwversion="7"):
         pass
+    with pytest.raises(disks.InvalidOptionError):
+        disks.create(tmp_path / "x.vmdk", "vmdk", MiB, hwversion='4"\nRW 1 FLAT "/etc/passwd" 0')
+    with pytest.raises(disks.InvalidOptionError):
+        disks.create(tmp_path / 'quote".vmdk', "vmdk", MiB)
     with disks.open(path, readonly=True) as image:
         facts = image.info()["format-specific"]["data"]
         assert facts["adapter-type"] == "lsilogic" and facts["hwversion"] == "7"
