@@ -9,10 +9,14 @@
 ;   * clears the IVT and BDA, points all 256 vectors at an IRET, then installs
 ;     the real handlers from `vector_table`;
 ;   * programs the 8259 pair (IRQ 0-7 at 08h, IRQ 8-15 at 70h) and PIT channel 0
-;     (mode 3, divisor 65536: IRQ 0 at 18.2 Hz counting BDA 46Ch, with the
+;     (mode 2, divisor 65536: IRQ 0 at 18.2 Hz counting BDA 46Ch, with the
 ;     midnight flag and an INT 1Ch chain);
+;   * puts a local APIC, when CPUID reports one, in virtual-wire mode (LINT0
+;     ExtINT, LINT1 NMI): after reset its LVT entries are masked, and an enabled
+;     APIC with LINT0 masked keeps the 8259's interrupts from the CPU (QEMU);
 ;   * finds COM1/COM2 (a line-status register that does not float at FFh) and
-;     sets them to 115200 8N1;
+;     sets them to 115200 8N1 (FIFOs left as they are: switching them on would
+;     drop bytes that were typed ahead);
 ;   * fills the BDA (ports, equipment word, 639 KiB of base memory) and a 1 KiB
 ;     EBDA at 9FC0:0000 holding the private state (bios_layout.inc);
 ;   * builds the E820 memory map from the CMOS memory-size registers;
@@ -90,6 +94,7 @@ post:
 
     call setup_ivt
     call setup_pic
+    call setup_virtual_wire
     call setup_pit
     call setup_bda
     call setup_serial
@@ -191,6 +196,58 @@ vector_table:
     dw PIC2_VECTOR + 7, irq15_ata
     dw 0xFFFF
 
+; ---- local APIC in virtual-wire mode ---------------------------------------------------------
+; The LVT registers are memory-mapped near 4 GiB: a flat data segment is loaded in a
+; moment of protected mode (CS keeps its real-mode descriptor, interrupts are off).
+cpu 686                         ; CPUID and RDMSR, used only once CPUID answered
+setup_virtual_wire:
+    pushfd
+    pop eax
+    mov ecx, eax
+    xor eax, 1 << 21            ; CPUID exists when EFLAGS.ID can be toggled
+    push eax
+    popfd
+    pushfd
+    pop eax
+    cmp eax, ecx
+    je .done
+    mov eax, 1
+    cpuid
+    test edx, CPUID_EDX_APIC
+    jz .done
+    test edx, CPUID_EDX_MSR
+    jz .done
+    mov ecx, MSR_APIC_BASE
+    rdmsr
+    test eax, APIC_BASE_ENABLE
+    jz .done
+    and eax, APIC_BASE_MASK
+    mov ebx, eax
+    push es
+    lgdt [cs:flat_gdt_pointer]
+    mov eax, cr0
+    or al, CR0_PE
+    mov cr0, eax
+    mov ax, FLAT_DATA_SELECTOR
+    mov es, ax
+    mov dword [es:ebx + APIC_LVT_LINT0], APIC_LVT_EXTINT
+    mov dword [es:ebx + APIC_LVT_LINT1], APIC_LVT_NMI
+    mov eax, cr0
+    and al, ~CR0_PE & 0xFF
+    mov cr0, eax
+    pop es
+.done:
+    ret
+cpu 386
+
+align 8
+flat_gdt:
+    dq 0                        ; null
+    dq 0x00CF92000000FFFF       ; 08h: data, base 0, limit 4 GiB
+flat_gdt_pointer:
+    dw flat_gdt_pointer - flat_gdt - 1
+    dd BIOS_SEG * 16 + flat_gdt
+
 ; ---- 8259 and 8254 ----------------------------------------------------------------------------
 setup_pic:
     mov al, PIC_ICW1
@@ -214,7 +271,7 @@ setup_pic:
     ret
 
 setup_pit:
-    mov al, PIT_CH0_MODE3
+    mov al, PIT_CH0_MODE2
     out PIT_CMD, al
     xor al, al
     out PIT_CH0, al
@@ -311,10 +368,7 @@ uart_init_115200:
     add dx, UART_LCR - UART_DLM
     mov al, UART_LCR_8N1
     out dx, al
-    dec dx                      ; FCR
-    mov al, UART_FCR_ENABLE
-    out dx, al
-    add dx, UART_MCR - UART_FCR
+    inc dx                      ; MCR
     mov al, UART_MCR_DTR_RTS
     out dx, al
     pop dx

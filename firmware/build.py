@@ -45,18 +45,23 @@ def sources() -> dict[str, Path]:
 
 
 def assemble(name: str, source: Path, out_dir: Path) -> Path:
+    """Assemble one program; the binary is replaced only once NASM succeeded."""
     output = out_dir / f"{name}.bin"
+    partial = out_dir / f".{name}.bin.partial"
     # -I makes %include resolve beside the source whatever the working directory is
     proc = subprocess.run(
-        [nasm(), "-f", "bin", "-w+all", "-I", f"{source.parent}/", "-o", str(output),
+        [nasm(), "-f", "bin", "-w+all", "-I", f"{source.parent}/", "-o", str(partial),
          str(source)],
         capture_output=True, text=True, cwd=source.parent)
     if proc.returncode != 0:
+        partial.unlink(missing_ok=True)
         raise BuildError(f"nasm failed on {source.name}:\n{proc.stderr}")
     expected = PROGRAMS[name]
-    size = output.stat().st_size
+    size = partial.stat().st_size
     if expected is not None and size != expected:
-        raise BuildError(f"{output.name} is {size} bytes, expected {expected}")
+        partial.unlink()
+        raise BuildError(f"{output.name} would be {size} bytes, expected {expected}")
+    partial.replace(output)
     return output
 
 

@@ -780,6 +780,7 @@ main:
     setbe al
     call hex4
     call newline
+    xor bx, bx
     xor cx, cx
     xor dx, dx
     PUTS "10_0f"
@@ -901,7 +902,7 @@ EXPECTED_16M = {
     "1a00": "cf=0",
     "1a02": "cf=0",
     "1a04": "cf=0 century_bcd=1",
-    "10_0f": "cf=0 ax=5003 bx=00AB cx=0000 dx=0000",     # mode 3, 80 columns, page 0
+    "10_0f": "cf=0 ax=5003 bx=0000 cx=0000 dx=0000",     # mode 3, 80 columns, page 0
     "10_12": "cf=0 ax=1203 bx=0003 cx=0009 dx=0000",
     "10_1a": "cf=0 ax=1A1A bx=0008 cx=0009 dx=0000",
     "10_02": "cf=0 ax=031A bx=0008 cx=0607 dx=0A05",

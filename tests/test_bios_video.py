@@ -1,0 +1,209 @@
+"""INT 10h text output (screen cells and the COM1 mirror) and the timer tick (INT 1Ah/1Ch).
+
+The text buffer is checked under emu only: QEMU started with ``-nodefaults`` has no VGA,
+so B800:0000 reads back nothing useful there.  The COM1 mirror and the timer are checked
+under both.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import IN_CI
+
+from emu.pytest_plugin import GuestRun
+
+VIDEO_GUEST = r"""
+DBG equ 0xE9
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    sti
+    mov ax, 0x0003              ; mode 3, cleared
+    int 0x10
+    mov ax, 0x0E48              ; "Hi" by teletype at 0,0
+    int 0x10
+    mov ax, 0x0E69
+    int 0x10
+    mov ah, 0x03
+    xor bh, bh
+    int 0x10
+    mov ax, dx
+    call hex16                  ; cursor: row 0, column 2
+    mov dx, 0x050A              ; 09h: three 'X' in attribute 1Fh at 5,10
+    call goto
+    mov ax, 0x0958
+    mov bx, 0x001F
+    mov cx, 3
+    int 0x10
+    mov dx, 0x0000
+    call cell                   ; 'H' 07h
+    mov dx, 0x050A
+    call cell                   ; 'X' 1Fh
+    mov dx, 0x050C
+    call cell                   ; 'X' 1Fh
+    mov dx, 0x050D
+    call cell                   ; blank
+    ; 06h: scroll rows 4..5, columns 10..11 up one line, new line in attribute 20h
+    mov ax, 0x0601
+    mov bh, 0x20
+    mov cx, 0x040A
+    mov dx, 0x050B
+    int 0x10
+    mov dx, 0x040A
+    call cell                   ; 'X' 1Fh moved up
+    mov dx, 0x050A
+    call cell                   ; ' ' 20h
+    mov dx, 0x050C
+    call cell                   ; outside the window: 'X' 1Fh
+    ; 07h: scroll the same window down one line
+    mov ax, 0x0701
+    mov bh, 0x30
+    mov cx, 0x040A
+    mov dx, 0x050B
+    int 0x10
+    mov dx, 0x040A
+    call cell                   ; ' ' 30h
+    mov dx, 0x050A
+    call cell                   ; 'X' 1Fh back
+    ; teletype at the last cell wraps and scrolls the screen
+    mov dx, 0x184F
+    call goto
+    mov ax, 0x0E5A
+    int 0x10
+    mov ah, 0x03
+    xor bh, bh
+    int 0x10
+    mov ax, dx
+    call hex16                  ; cursor: row 24, column 0
+    mov dx, 0x174F
+    call cell                   ; 'Z' moved up to row 23
+    mov dx, 0x040A
+    call cell                   ; 'X' 1Fh (was at row 5)
+    xor al, al
+    out 0xF4, al
+    cli
+    hlt
+
+goto:
+    mov ah, 0x02
+    xor bh, bh
+    int 0x10
+    ret
+
+cell:                           ; print the character and attribute at DX
+    call goto
+    mov ah, 0x08
+    xor bh, bh
+    int 0x10
+hex16:
+    mov dx, ax
+    mov cx, 4
+.digit:
+    rol dx, 4
+    mov al, dl
+    and al, 0x0F
+    add al, '0'
+    cmp al, '9'
+    jbe .out
+    add al, 7
+.out:
+    out DBG, al
+    loop .digit
+    mov al, 10
+    out DBG, al
+    ret
+"""
+
+EXPECTED_CELLS = [
+    "0002",
+    "0748", "1F58", "1F58", "0720",
+    "1F58", "2020", "1F58",
+    "3020", "1F58",
+    "1800", "075A", "1F58",
+]
+
+TIMER_GUEST = r"""
+DBG equ 0xE9
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    mov word [0x1C * 4], user_tick      ; chain INT 1Ch
+    mov word [0x1C * 4 + 2], 0
+    sti
+    mov ah, 0x00
+    int 0x1A
+    mov [before], dx
+    mov ah, 0x86                        ; wait 0.5 s = about 9 ticks
+    mov cx, 0x0007
+    mov dx, 0xA120
+    int 0x15
+    mov ah, 0x00
+    int 0x1A
+    sub dx, [before]
+    mov al, 'T'
+    cmp dx, 7
+    jb .slow
+    cmp dx, 40
+    ja .slow
+    mov al, 't'
+.slow:
+    out DBG, al
+    mov al, 'C'
+    cmp word [user_ticks], 7
+    jb .chain
+    mov al, 'c'
+.chain:
+    out DBG, al
+    mov al, 10
+    out DBG, al
+    xor al, al
+    out 0xF4, al
+    cli
+    hlt
+
+user_tick:
+    inc word [cs:user_ticks]
+    iret
+user_ticks: dw 0
+before: dw 0
+"""
+
+
+def machine_available() -> bool:
+    try:
+        import emu.run  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def boot(engine: str, nasm, disk_image, emu_machine, source: str) -> GuestRun:
+    if engine == "emu" and not machine_available():
+        if IN_CI:
+            pytest.fail("emu run is missing")
+        pytest.skip("emu run is not available")
+    image = disk_image("raw", "1M", content=nasm.boot_sector(source))
+    run = emu_machine(image, engine=engine, bios="ours", timeout=60)
+    assert run.exit_code == 0, str(run)
+    return run
+
+
+@pytest.mark.parametrize("engine", ["qemu", "emu"])
+def test_text_output_reaches_screen_and_com1(engine: str, nasm, disk_image,
+                                             emu_machine) -> None:
+    run = boot(engine, nasm, disk_image, emu_machine, VIDEO_GUEST)
+    # every character written by 0Eh and 09h is mirrored on COM1, in order
+    assert run.serial == "HiXXXZ", str(run)
+    lines = run.debugcon.splitlines()
+    assert lines[0] == "0002" and lines[10] == "1800"      # cursors: no screen needed
+    if engine == "emu":
+        assert lines == EXPECTED_CELLS, str(run)
+
+
+@pytest.mark.parametrize("engine", ["qemu", "emu"])
+def test_timer_ticks_and_int1c_chain(engine: str, nasm, disk_image, emu_machine) -> None:
+    """IRQ 0 advances the BDA count at 18.2 Hz (seen through INT 1Ah) and calls INT 1Ch."""
+    run = boot(engine, nasm, disk_image, emu_machine, TIMER_GUEST)
+    assert run.debugcon == "tc\n", str(run)
