@@ -31,10 +31,19 @@ FAST_REGISTERS = frozenset({
     X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS, X.UC_X86_REG_GS,
     X.UC_X86_REG_CR0, X.UC_X86_REG_CR2, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4,
 })
+TABLE_REGISTERS = frozenset({X.UC_X86_REG_GDTR, X.UC_X86_REG_IDTR, X.UC_X86_REG_LDTR,
+                             X.UC_X86_REG_TR})
 SMALL_READ = 64
 UC_CTL_IO_WRITE = 1
 # uc_ctl's request word: direction << 30 | argument count << 26 | control number
 REMOVE_CACHE_REQUEST = UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE
+
+
+class _TableRegister(ctypes.Structure):
+    """uc_x86_mmr: selector, base, limit, flags (as Unicorn lays it out)."""
+
+    _fields_ = (("selector", ctypes.c_uint16), ("base", ctypes.c_uint64),
+                ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32))
 
 
 class FastUc(_Base):  # type: ignore[misc,valid-type]
@@ -49,9 +58,17 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         self._small = ctypes.create_string_buffer(SMALL_READ)
         self._fast = _uclib is not None
         self._batches: dict[tuple[Any, ...], Any] = {}
+        self._table = _TableRegister()
+        self._table_ref = ctypes.byref(self._table)
 
     def reg_read(self, reg_id: int, aux: Any = None) -> Any:
         if not self._fast or aux is not None or reg_id not in FAST_REGISTERS:
+            if self._fast and aux is None and reg_id in TABLE_REGISTERS:
+                table = self._table
+                status = _uclib.uc_reg_read(self._uch, reg_id, self._table_ref)
+                if status:
+                    raise UcError(status)
+                return (table.selector, table.base, table.limit, table.flags)
             return super().reg_read(reg_id, aux)
         self._value.value = 0
         status = _uclib.uc_reg_read(self._uch, reg_id, self._value_ref)

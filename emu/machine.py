@@ -121,7 +121,7 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 PAGE = 4 * KiB
-SLICE_INSTRUCTIONS = 20_000
+SLICE_INSTRUCTIONS = 50_000
 NEVER = (1 << 64) - 1          # an "until" address execution never reaches
 RESET_CS, RESET_IP = 0xF000, 0xFFF0
 ISA_BIOS_MAX = 128 * KiB
@@ -763,20 +763,23 @@ class Machine:
                     self.reboot_requested = None
                     self._reboot()
                     continue
-                halted = self._halted()
+                try:
+                    pc = x86.linear_pc(uc)
+                except (UcError, x86.DeliveryError):
+                    pc = 0
+                halted = self._halted(pc)
                 if not halted:
                     # A full slice ran (or a hook cut it short: charge it all the same).
                     self.instructions += budget
                     self.clock.advance(budget * NS_PER_INSTRUCTION)
-                self._service_interrupts(halted)
+                self._service_interrupts(halted, pc)
         except Exception:
             self._request_stop(StopReason.INTERNAL_ERROR, traceback.format_exc())
         return self._result()
 
-    def _halted(self) -> bool:
+    def _halted(self, pc: int) -> bool:
         """Did the slice end at a HLT?  (see module docstring)"""
         uc = self.uc
-        pc = x86.linear_pc(uc)
         try:
             if pc == 0 or self.memory.byte(pc - 1) != HLT:
                 return False
@@ -792,7 +795,7 @@ class Machine:
         except UcError:
             return False
 
-    def _service_interrupts(self, halted: bool) -> None:
+    def _service_interrupts(self, halted: bool, pc: int) -> None:
         uc = self.uc
         for timer in self.timers:
             timer.update()
@@ -825,7 +828,7 @@ class Machine:
                     self._request_stop(StopReason.HALTED,
                                        "HLT with no interrupt source armed")
                     return
-        elif self._after_sti():
+        elif self._after_sti(pc):
             return  # STI's one-instruction interrupt shadow: take it after the next slice
         if interrupts_on and self.pic.interrupt_pending:
             self._deliver_irq()
@@ -858,10 +861,9 @@ class Machine:
             return False
         return int_address < 1 or self.memory.byte(int_address - 1) != STI
 
-    def _after_sti(self) -> bool:
+    def _after_sti(self, pc: int) -> bool:
         """Did the slice end right after an STI (interrupts stay blocked one instruction)?"""
         try:
-            pc = x86.linear_pc(self.uc)
             return pc > 0 and self.memory.byte(pc - 1) == STI
         except UcError:
             return False

@@ -149,7 +149,15 @@ def code_is_32bit(uc: Any) -> bool:
     return segment(uc, "cs").big
 
 
+PC_REGISTERS = (X.UC_X86_REG_CR0, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS, X.UC_X86_REG_EIP)
+
+
 def linear_pc(uc: Any) -> int:
+    """CS base + EIP."""
+    if hasattr(uc, "reg_read_many"):
+        cr0, eflags, cs, eip = uc.reg_read_many(PC_REGISTERS)
+        if not cr0 & CR0_PE or eflags & FLAG_VM:
+            return ((cs & 0xFFFF) << 4) + eip & 0xFFFF_FFFF
     return (segment(uc, "cs").base + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFF_FFFF
 
 
