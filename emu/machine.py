@@ -594,7 +594,11 @@ class Machine:
         try:
             self._interrupt(vector)
         except x86.DeliveryError as error:
-            self._cpu_fault(f"triple fault: {error}")
+            if self._idt_is_empty():
+                # "lidt with limit 0, then fault": the classic deliberate reset.
+                self._on_reset(f"triple fault with an empty IDT ({error})")
+            else:
+                self._cpu_fault(f"triple fault: {error}")
         except UcError as error:
             self._cpu_fault(f"triple fault: interrupt {vector:#x} delivery failed ({error})")
 
@@ -644,6 +648,9 @@ class Machine:
                 raise x86.DeliveryError(
                     f"{x86.EXCEPTION_NAMES.get(vector, hex(vector))} at {pc:#x}: {first}; "
                     f"double fault: {second}") from None
+
+    def _idt_is_empty(self) -> bool:
+        return x86.protected_mode(self.uc) and self.uc.reg_read(X.UC_X86_REG_IDTR)[2] == 0
 
     def _cpu_fault(self, detail: str) -> None:
         self._on_reset(detail) if self.reboot else self._request_stop(StopReason.CPU_FAULT,

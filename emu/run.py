@@ -4,13 +4,15 @@ Exit status
 -----------
 * the value the guest wrote to the debug-exit port 0xF4 (so 0 = success; QEMU's
   ``isa-debug-exit`` exits with ``(value << 1) | 1`` for the same write);
-* 0 when the guest resets the machine (port 0x92, 0xCF9, the 8042) and
-  ``--reboot`` was not given;
+* 0 when the guest resets the machine (port 0x92, 0xCF9, the 8042, or the
+  deliberate triple fault: an exception with an empty IDT) and ``--reboot`` was
+  not given;
 * 1 when the machine cannot be built (bad disk, image error, missing BIOS), 2 for
   a usage error;
 * 121 internal error, 123 quit from the terminal (Ctrl-A x), 124 ``--timeout``
   expired, 125 halted (HLT with interrupts off, or with nothing armed to wake
-  it), 126 triple fault / unhandled CPU exception / fetch from unmapped memory,
+  it), 126 triple fault (an exception the IDT cannot deliver) / fetch from
+  unmapped memory,
   127 instruction budget (``--max-instructions``) exhausted.
 
 These codes are :data:`emu.machine.EXIT_CODES`.  An abnormal stop prints a

@@ -268,8 +268,7 @@ def test_real_protected_real_with_interrupts_in_both_modes(tmp_path: Path) -> No
     assert result.exit_code == 0
 
 
-def test_triple_fault_report(tmp_path: Path) -> None:
-    body = STACK_SETUP + """
+PM_FAULT = STACK_SETUP + """
     o32 lgdt [cs:gdtr]
     o32 lidt [cs:idtr]
     mov eax, cr0
@@ -288,16 +287,25 @@ gdtr:
     dw gdtr - gdt - 1
     dd LIN(gdt)
 idtr:
-    dw 0
-    dd 0
+    dw {idt_limit}
+    dd 0x1000                 ; RAM: all zeros, so every gate is "not present"
 """
-    result = run_machine(bios=build_rom(tmp_path, body), timeout=60)
+
+
+def test_triple_fault_report(tmp_path: Path) -> None:
+    result = run_machine(bios=build_rom(tmp_path, PM_FAULT.format(idt_limit=0x7FF)), timeout=60)
     assert result.reason is StopReason.CPU_FAULT
     assert result.exit_code == EXIT_CPU_FAULT
     assert "triple fault" in result.report
     assert "#UD" in result.report
     assert "ud2" in result.report  # the faulting instruction, disassembled
     assert "mode=protected" in result.report
+
+
+def test_deliberate_triple_fault_is_a_reset(tmp_path: Path) -> None:
+    result = run_machine(bios=build_rom(tmp_path, PM_FAULT.format(idt_limit=0)), timeout=60)
+    assert result.reason is StopReason.RESET
+    assert result.exit_code == 0
 
 
 def test_unicorn_exceptions_in_real_mode_go_through_the_ivt(tmp_path: Path) -> None:
