@@ -3,10 +3,13 @@
 Use :func:`open`, :func:`create` and :func:`probe`; every image is a
 :class:`Image`.  Errors are :class:`ImageError` subclasses naming the file and
 field.  Format modules register their drivers in :mod:`disks.registry` when
-imported below.
+imported; the registry imports them on first use (``disks.vdi`` and friends also
+load on attribute access), so a run that names its formats loads only those.
 """
 
-from . import raw, vdi, vhdx, vmdk, vpc  # noqa: F401  (registers the drivers)
+import importlib
+from types import ModuleType
+
 from .errors import (
     BackingChainError,
     CorruptImageError,
@@ -30,3 +33,13 @@ __all__ = [
     "UnknownFormatError", "UnsupportedImageError", "create", "driver_for", "formats", "open",
     "probe",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``disks.vdi`` etc. without an explicit import (the modules load lazily)."""
+    if name in _DRIVER_MODULE_NAMES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_DRIVER_MODULE_NAMES = ("raw", "vdi", "vhdx", "vmdk", "vpc")

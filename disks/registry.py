@@ -7,6 +7,7 @@ this?" -- it asks the table.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,24 @@ PROBE_TAIL = 512
 _drivers: dict[str, type[Image]] = {}
 _aliases: dict[str, str] = {}
 
+# The modules that register drivers, by the format names and aliases they register,
+# imported on first use (QEMU keeps the same kind of table for its loadable block
+# drivers): naming a format loads one module; probing or listing loads them all.
+DRIVER_MODULES: dict[str, str] = {
+    "raw": "disks.raw", "img": "disks.raw",
+    "vdi": "disks.vdi",
+    "vpc": "disks.vpc", "vhd": "disks.vpc",
+    "vmdk": "disks.vmdk",
+    "vhdx": "disks.vhdx",
+}
+
+
+def load_drivers(name: str | None = None) -> None:
+    """Import the module registering format ``name`` (every driver module if None)."""
+    modules = sorted(set(DRIVER_MODULES.values())) if name is None else [DRIVER_MODULES[name]]
+    for module in modules:
+        importlib.import_module(module)
+
 
 def register(driver: type[Image]) -> type[Image]:
     """Add a driver class to the table (usable as a class decorator)."""
@@ -41,11 +60,14 @@ def register(driver: type[Image]) -> type[Image]:
 
 def formats() -> list[str]:
     """Registered format names."""
+    load_drivers()
     return sorted(_drivers)
 
 
 def driver_for(name: str, path: str | None = None) -> type[Image]:
     """The driver class for a format name or alias."""
+    if _aliases.get(name, name) not in _drivers:
+        load_drivers(name if name in DRIVER_MODULES else None)
     canonical = _aliases.get(name, name)
     try:
         return _drivers[canonical]
@@ -71,6 +93,7 @@ def probe(path: str | os.PathLike[str]) -> str:
 
 
 def _best_driver(data: ProbeInput) -> type[Image]:
+    load_drivers()
     scored = sorted(((drv.probe(data), drv.format_name, drv) for drv in _drivers.values()),
                     key=lambda item: (-item[0], item[1]))
     if not scored or scored[0][0] <= 0:
@@ -218,5 +241,5 @@ def parse_options(driver: type[Image], options: Mapping[str, Any], path: str) ->
     return parsed
 
 
-__all__ = ["ImageError", "create", "driver_for", "formats", "open", "parse_options", "probe",
-           "register"]
+__all__ = ["DRIVER_MODULES", "ImageError", "create", "driver_for", "formats", "load_drivers",
+           "open", "parse_options", "probe", "register"]
