@@ -4,6 +4,8 @@ backing chains, map(), the host file and the in-kernel copy path."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -327,3 +329,18 @@ def test_long_copy_range_is_split_and_complete(tmp_path: Path) -> None:
     finally:
         source.close()
         target.close()
+
+
+def test_drivers_load_on_first_use(tmp_path: Path) -> None:
+    script = (
+        "import sys, disks\n"
+        "assert not [m for m in ('disks.vdi', 'disks.vmdk') if m in sys.modules]\n"
+        f"disks.create({str(tmp_path / 'x.vdi')!r}, 'vdi', '1M').close()\n"
+        "assert 'disks.vdi' in sys.modules and 'disks.vmdk' not in sys.modules\n"
+        "assert disks.driver_for('vhd').format_name == 'vpc'\n"
+        f"assert disks.probe({str(tmp_path / 'x.vdi')!r}) == 'vdi'\n"
+        "assert 'disks.vmdk' in sys.modules and disks.vmdk.__name__ == 'disks.vmdk'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
