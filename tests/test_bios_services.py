@@ -1050,3 +1050,17 @@ def test_debugcon_is_quiet(guest_disk: DiskImage, emu_machine) -> None:
     """The BIOS itself prints nothing on the debug console: transcripts are the guest's."""
     run = emu_machine(guest_disk, engine="qemu", bios="ours", timeout=60)
     assert run.debugcon.splitlines()[0].startswith("41 ")
+
+
+def test_memory_above_4g_under_qemu(guest_disk: DiskImage, emu_machine) -> None:
+    """4.5 GiB: QEMU keeps 3 GiB below 4 GiB and reports the rest in CMOS 5Bh-5Dh."""
+    run = emu_machine(guest_disk, engine="qemu", bios="ours", timeout=60, memory="4608M")
+    assert run.exit_code == 0, str(run)
+    lines = parse(run.debugcon)
+    assert lines["e801"] == "cf=0 ax=3C00 bx=BF00 cx=3C00 dx=BF00"   # 15 MiB, 3 GiB - 16 MiB
+    assert lines["88"].startswith("cf=0 ax=FFFF ")
+    ram = [(fields(text)["base"], fields(text)["length"]) for name, text in lines.items()
+           if name.startswith("e820_") and fields(text)["type"] == "00000001"]
+    assert sorted(ram) == [("0000000000000000", "000000000009FC00"),
+                           ("0000000000100000", "00000000BFF00000"),
+                           ("0000000100000000", "0000000060000000")]
