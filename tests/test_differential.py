@@ -112,3 +112,18 @@ def test_every_format_is_registered() -> None:
     if missing and not IN_CI:
         pytest.skip(f"drivers not registered yet: {', '.join(missing)}")
     assert not missing
+
+
+@pytest.mark.parametrize("variant", ["vdi", "vhdx"])
+def test_snapshot_run_matches_qemu_and_leaves_the_image_alone(disk_image, emu_machine,
+                                                              variant: str) -> None:
+    """``emu run --snapshot``: the guest sees its writes (same transcript as QEMU's), the
+    image file keeps its old contents."""
+    need_machine()
+    image = disk_image(variant, DISK_SIZE, content=seed_content(40 << 20))
+    before = image.contents()
+    qemu = emu_machine(image, engine="qemu", bios=ATATEST, timeout=120)
+    emu = emu_machine(image, bios=ATATEST, timeout=120, extra_args=["--snapshot"])
+    assert emu.exit_code == 0, str(emu)
+    assert emu.debugcon == qemu.debugcon
+    assert image.contents() == before
