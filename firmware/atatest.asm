@@ -81,6 +81,7 @@ ER_IDNF         equ 0x10
 DEV_MASTER      equ 0xA0
 DEV_SLAVE       equ 0xB0
 DEV_LBA         equ 0x40
+CTL_NIEN        equ 0x02
 CTL_SRST        equ 0x04
 CTL_HOB         equ 0x80
 
@@ -115,6 +116,7 @@ v_bench_left    equ VAR + 0x40      ; dword
 v_bench_lba     equ VAR + 0x44      ; dword
 v_bench_methods equ VAR + 0x48      ; byte: bit 0 PIO, bit 1 MULTIPLE, bit 2 DMA
 v_bench_bit     equ VAR + 0x49      ; byte
+v_irq           equ VAR + 0x4A      ; byte, BM_INTERRUPT when the command raised INTRQ
 
 PRD_TABLE       equ 0x1000          ; up to 512 entries (4 KiB), within one 64 KiB page
 PIO_SEGMENT     equ 0x1000          ; PIO buffer at 0x10000
@@ -145,6 +147,8 @@ F_SIGNATURE     equ 0x20            ; print count and LBA registers (device sign
 F_COUNT_REG     equ 0x40            ; print the sector count register
 F_NO_HASH       equ 0x80            ; data is model-specific (IDENTIFY): no hash
 F_SETS_MULTIPLE equ 0x100           ; SET MULTIPLE MODE: on success, blocks are v_count sectors
+F_IRQ           equ 0x200           ; print whether INTRQ rose (the bus-master interrupt bit)
+F_NIEN          equ 0x400           ; run with nIEN set (the drive must not interrupt)
 
 struc test
     .name:      resw 1
@@ -1031,11 +1035,34 @@ run_test:
 .protocol:
     mov eax, [cs:si + test.seed]
     mov [v_seed], eax
+    ; the bus-master status interrupt bit latches every rising edge of the channel's
+    ; INTRQ (PIO commands too): clear it first to see whether this command raised it
+    mov dx, [v_bm_base]
+    add dx, BM_STATUS
+    mov al, BM_INTERRUPT
+    out dx, al
+    test word [cs:si + test.flags], F_NIEN
+    jz .interrupts_on
+    mov dx, ATA_ALT_STATUS
+    mov al, CTL_NIEN
+    out dx, al
+.interrupts_on:
     movzx bx, byte [cs:si + test.protocol]
     shl bx, 1
     call [cs:bx + protocol_handlers]
     mov si, [v_test]
     mov bx, [cs:si + test.flags]
+    test bx, F_IRQ
+    jz .irq_checked
+    mov dx, [v_bm_base]
+    add dx, BM_STATUS
+    in al, dx
+    and al, BM_INTERRUPT
+    mov [v_irq], al
+    mov dx, ATA_ALT_STATUS
+    xor al, al
+    out dx, al                          ; nIEN off again
+.irq_checked:
     test bx, F_SETS_MULTIPLE
     jz .report
     test byte [v_status], ST_ERR
@@ -1044,6 +1071,12 @@ run_test:
     mov [v_multiple], ax
 .report:
     call print_status
+    test bx, F_IRQ
+    jz .no_irq
+    PRINT " irq="
+    mov al, [v_irq]
+    call hex8
+.no_irq:
     cmp byte [cs:si + test.protocol], P_DMA_IN
     jb .no_bm
     PRINT " bm="
@@ -1434,6 +1467,15 @@ tests:
     TEST "IDLE IMMEDIATE", 0xE1, A_NONE, P_NONE, 0, 0, 0, 0, 0, 0
     TEST "NATIVE MAX", 0xF8, A_LBA28, P_NONE, 0, F_REGS, 0, 0, 0, 0
     TEST "NATIVE MAX EXT", 0x27, A_LBA48, P_NONE, 0, F_REGS | F_REGS_HOB, 0, 0, 0, 0
+    ; INTRQ: raised at the end of a non-data command, a PIO read's and write's blocks and
+    ; a DMA transfer (the "bm=04" of DMA lines); an error too; never while nIEN is set
+    TEST "IRQ flush", 0xE7, A_NONE, P_NONE, 0, F_IRQ, 0, 0, 0, 0
+    TEST "IRQ R28", 0x20, A_LBA28, P_PIO_IN, 0, F_IRQ, 2000, 0, 2, 0
+    TEST "IRQ W28", 0x30, A_LBA28, P_PIO_OUT, 0, F_IRQ, 7100, 0, 2, 0x5A5A5A5A
+    TEST "IRQ bad opcode", 0x01, A_NONE, P_NONE, 0, F_IRQ, 0, 0, 0, 0
+    TEST "nIEN flush", 0xE7, A_NONE, P_NONE, 0, F_IRQ | F_NIEN, 0, 0, 0, 0
+    TEST "nIEN R28", 0x20, A_LBA28, P_PIO_IN, 0, F_IRQ | F_NIEN, 2000, 0, 2, 0
+    TEST "nIEN W28", 0x30, A_LBA28, P_PIO_OUT, 0, F_IRQ | F_NIEN, 7102, 0, 2, 0x5A5A5A5A
     TEST "DIAGNOSTIC", 0x90, A_NONE, P_NONE, 0, F_SIGNATURE, 0, 0, 0, 0
     TEST "R28 after diag", 0x20, A_LBA28, P_PIO_IN, 0, 0, 2000, 0, 5, 0
     dw 0
