@@ -11,9 +11,10 @@ registers, wide registers).
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from typing import Any
 
-from unicorn import Uc, UcError
+from unicorn import UC_HOOK_INSN, Uc, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_TB_REMOVE_CACHE
 
@@ -39,6 +40,12 @@ UC_CTL_IO_WRITE = 1
 REMOVE_CACHE_REQUEST = UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE
 
 
+_PORT_IN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32,
+                                     ctypes.c_int, ctypes.c_void_p)
+_PORT_OUT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                      ctypes.c_uint32, ctypes.c_void_p)
+
+
 class _TableRegister(ctypes.Structure):
     """uc_x86_mmr: selector, base, limit, flags (as Unicorn lays it out)."""
 
@@ -59,6 +66,7 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         self._fast = _uclib is not None
         self._batches: dict[tuple[Any, ...], Any] = {}
         self._table = _TableRegister()
+        self._direct_callbacks: list[Any] = []
         self._table_ref = ctypes.byref(self._table)
 
     def reg_read(self, reg_id: int, aux: Any = None) -> Any:
@@ -102,6 +110,48 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         if status:
             raise UcError(status)
         return list(values)
+
+    def hook_port_io(self, on_in: Callable[[int, int], int],
+                     on_out: Callable[[int, int, int], None]) -> None:
+        """IN/OUT hooks as bare C callbacks: ``on_in(port, size)``, ``on_out(port, size,
+        value)``.  Skips the binding's per-call layers; an exception stops emulation and
+        is raised from ``emu_start`` as the binding does."""
+        if not self._fast:
+            self.hook_add(UC_HOOK_INSN, lambda uc, port, size, _: on_in(port, size),
+                          None, 1, 0, X.UC_X86_INS_IN)
+            self.hook_add(UC_HOOK_INSN,
+                          lambda uc, port, size, value, _: on_out(port, size, value),
+                          None, 1, 0, X.UC_X86_INS_OUT)
+            return
+
+        def port_in(handle: int, port: int, size: int, _: int) -> int:
+            try:
+                return on_in(port, size)
+            except BaseException as error:  # noqa: BLE001 (re-raised by emu_start)
+                self._fail(error)
+                return 0
+
+        def port_out(handle: int, port: int, size: int, value: int, _: int) -> None:
+            try:
+                on_out(port, size, value)
+            except BaseException as error:  # noqa: BLE001 (re-raised by emu_start)
+                self._fail(error)
+
+        for kind, function in ((X.UC_X86_INS_IN, _PORT_IN_CALLBACK(port_in)),
+                               (X.UC_X86_INS_OUT, _PORT_OUT_CALLBACK(port_out))):
+            handle = ctypes.c_size_t()
+            status = _uclib.uc_hook_add(self._uch, ctypes.byref(handle), UC_HOOK_INSN,
+                                        ctypes.cast(function, ctypes.c_void_p),
+                                        ctypes.c_void_p(0), ctypes.c_uint64(1),
+                                        ctypes.c_uint64(0), ctypes.c_int(kind))
+            if status:
+                raise UcError(status)
+            self._direct_callbacks.append(function)  # keep the thunk alive
+
+    def _fail(self, error: BaseException) -> None:
+        if self._hook_exception is None:
+            self._hook_exception = error  # type: ignore[assignment]
+        self.emu_stop()
 
     def remove_cache(self, begin: int, end: int) -> None:
         """Drop translated code for ``[begin, end)`` (``ctl_remove_cache``, without the

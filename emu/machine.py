@@ -454,8 +454,7 @@ class Machine:
 
     def _install_hooks(self) -> None:
         uc = self.uc
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_port_io(self._on_in, self._on_out)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid_instruction)
@@ -538,7 +537,7 @@ class Machine:
             return None
         return self.bus.owner(port, size)
 
-    def _on_in(self, uc: Uc, port: int, size: int, _: Any) -> int:
+    def _on_in(self, port: int, size: int) -> int:
         self.clock.ns += NS_PER_PORT_ACCESS
         value: int | None = None
         device = self._string_candidate(port, size)
@@ -550,7 +549,7 @@ class Machine:
             self._after_io()
         return value
 
-    def _on_out(self, uc: Uc, port: int, size: int, value: int, _: Any) -> None:
+    def _on_out(self, port: int, size: int, value: int) -> None:
         self.clock.ns += NS_PER_PORT_ACCESS
         device = self._string_candidate(port, size)
         if device is None or self._fast_string_io(port, size, device, value) is None:

@@ -505,3 +505,23 @@ handler21:
 """
     result = run_machine(bios=build_rom(tmp_path, body), timeout=60)
     assert result.exit_code == 1, result.report
+
+
+def test_a_device_bug_stops_the_run_as_an_internal_error(tmp_path: Path) -> None:
+    class Broken:
+        def io_ports(self):
+            return [(0x500, 1)]
+
+        def read(self, port: int, size: int) -> int:
+            raise RuntimeError("device exploded")
+
+        def write(self, port: int, size: int, value: int) -> None:
+            pass
+
+    body = STACK_SETUP + "    mov dx, 0x500\n    in al, dx\n    mov al, 0\n    out 0xF4, al\n"
+    with Machine(bios=build_rom(tmp_path, body), timeout=60) as machine:
+        machine.bus.attach(Broken())
+        result = machine.run()
+    assert result.reason is StopReason.INTERNAL_ERROR
+    assert result.exit_code == 121
+    assert "device exploded" in result.report
