@@ -1,4 +1,5 @@
-"""INT 10h text output (screen cells and the COM1 mirror) and the timer tick (INT 1Ah/1Ch).
+"""INT 10h text output (screen cells and the COM1 mirror), the timer tick (INT 1Ah/1Ch) and
+the INT 15h AH=87h block move.
 
 The text buffer is checked under emu only: QEMU started with ``-nodefaults`` has no VGA,
 so B800:0000 reads back nothing useful there.  The COM1 mirror and the timer are checked
@@ -207,3 +208,82 @@ def test_timer_ticks_and_int1c_chain(engine: str, nasm, disk_image, emu_machine)
     """IRQ 0 advances the BDA count at 18.2 Hz (seen through INT 1Ah) and calls INT 1Ch."""
     run = boot(engine, nasm, disk_image, emu_machine, TIMER_GUEST)
     assert run.debugcon == "tc\n", str(run)
+
+
+BLOCK_MOVE_GUEST = r"""
+DBG equ 0xE9
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    cld
+    mov di, 0x8000              ; 1 KiB of pattern at 0x8000
+    mov cx, 1024
+    xor al, al
+.fill:
+    stosb
+    add al, 37
+    loop .fill
+    mov eax, 0x8000             ; copy it to 2 MiB + 3 (above the A20 wrap)
+    mov ebx, 0x200003
+    call move
+    mov eax, 0x200003           ; and back to 0x9000
+    mov ebx, 0x9000
+    call move
+    mov si, 0x8000
+    mov di, 0x9000
+    mov cx, 1024
+    repe cmpsb
+    mov al, 'd'
+    jne .report
+    mov al, 'm'
+.report:
+    out DBG, al
+    mov al, 10
+    out DBG, al
+    xor al, al
+    out 0xF4, al
+    cli
+    hlt
+
+; EAX = source, EBX = target (linear): 512 words with INT 15h AH=87h
+move:
+    mov [gdt + 0x10 + 2], ax    ; source base 0-15
+    shr eax, 16
+    mov [gdt + 0x10 + 4], al    ; base 16-23
+    mov [gdt + 0x10 + 7], ah    ; base 24-31
+    mov [gdt + 0x18 + 2], bx
+    shr ebx, 16
+    mov [gdt + 0x18 + 4], bl
+    mov [gdt + 0x18 + 7], bh
+    mov si, gdt
+    mov cx, 512
+    mov ah, 0x87
+    int 0x15
+    jc .failed
+    test ah, ah
+    jnz .failed
+    ret
+.failed:
+    mov al, 'F'
+    out DBG, al
+    mov al, 1
+    out 0xF4, al
+    hlt
+
+gdt:
+    times 16 db 0
+    dw 0xFFFF, 0                ; 10h: source, limit 64 KiB
+    db 0, 0x93, 0, 0
+    dw 0xFFFF, 0                ; 18h: destination
+    db 0, 0x93, 0, 0
+    times 16 db 0
+"""
+
+
+@pytest.mark.parametrize("engine", ["qemu", "emu"])
+def test_block_move_copies_above_1m(engine: str, nasm, disk_image, emu_machine) -> None:
+    """INT 15h AH=87h: to 2 MiB and back, through the caller's descriptors."""
+    run = boot(engine, nasm, disk_image, emu_machine, BLOCK_MOVE_GUEST)
+    assert run.debugcon == "m\n", str(run)
