@@ -40,9 +40,10 @@ marker are written out on flush/close (and cut off again by the next write).
 Descriptor text is kept line by line: keys we change (CID, parentCID) are
 rewritten in place, unknown keys and comments survive.  The CID changes once per
 writable open, on the first write, when hosted sparse headers also get their
-``uncleanShutdown`` byte set (cleared at a clean close, as VMware does).  Extent and parent file names are resolved
-in the descriptor's folder; absolute names or names leading out of it are
-refused unless the caller opens with ``options={"allow_unsafe_paths": True}``.
+``uncleanShutdown`` byte set (cleared at a clean close, as VMware does).
+Extent and parent file names are resolved in the descriptor's folder; absolute
+names or names leading out of it are refused unless the caller opens with
+``options={"allow_unsafe_paths": True}``.
 """
 
 from __future__ import annotations
