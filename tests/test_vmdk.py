@@ -668,7 +668,7 @@ handle.close()
 
 
 @pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized", "monolithicFlat",
-                                       "twoGbMaxExtentSparse", "vmfs"])
+                                       "twoGbMaxExtentSparse", "vmfs", "vmfsSparse"])
 def test_libvmdk_reads_our_data(tmp_path: Path, subformat: str) -> None:
     """libvmdk (Debian python3-libvmdk) reads every byte of our images as we wrote them."""
     python3 = "/usr/bin/python3"
