@@ -67,6 +67,7 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         self._batches: dict[tuple[Any, ...], Any] = {}
         self._table = _TableRegister()
         self._direct_callbacks: list[Any] = []
+        self._pairs: dict[tuple[int, int], Any] = {}
         self._table_ref = ctypes.byref(self._table)
 
     def reg_read(self, reg_id: int, aux: Any = None) -> Any:
@@ -103,13 +104,14 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
                 *(ctypes.addressof(values) + 8 * i for i in range(len(reg_ids))))
             batch = self._batches[reg_ids] = (ids, pointers, values)
         ids, pointers, values = batch
-        ctypes.memset(values, 0, ctypes.sizeof(values))
         if not self._fast:
             return [super(FastUc, self).reg_read(reg) for reg in reg_ids]
+        # Each slot always receives the same register, so narrower registers (16-bit
+        # selectors) leave the zeroed upper bytes of their slot alone: no clearing needed.
         status = _uclib.uc_reg_read_batch(self._uch, ids, pointers, len(reg_ids))
         if status:
             raise UcError(status)
-        return list(values)
+        return values[:]
 
     def hook_port_io(self, on_in: Callable[[int, int], int],
                      on_out: Callable[[int, int, int], None]) -> None:
@@ -161,6 +163,28 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
             return
         status = _uclib.uc_ctl(self._uch, REMOVE_CACHE_REQUEST, ctypes.c_uint64(begin),
                                ctypes.c_uint64(end))
+        if status:
+            raise UcError(status)
+
+    def reg_write_pair(self, first: int, first_value: int, second: int,
+                       second_value: int) -> None:
+        """Two plain integer registers in one call (the string I/O fast path's)."""
+        if not self._fast:
+            super().reg_write(first, first_value)
+            super().reg_write(second, second_value)
+            return
+        key = (first, second)
+        batch = self._pairs.get(key)
+        if batch is None:
+            values = (ctypes.c_uint64 * 2)()
+            ids = (ctypes.c_int * 2)(first, second)
+            pointers = (ctypes.c_void_p * 2)(ctypes.addressof(values),
+                                             ctypes.addressof(values) + 8)
+            batch = self._pairs[key] = (ids, pointers, values)
+        ids, pointers, values = batch
+        values[0] = first_value & 0xFFFF_FFFF_FFFF_FFFF
+        values[1] = second_value & 0xFFFF_FFFF_FFFF_FFFF
+        status = _uclib.uc_reg_write_batch(self._uch, ids, pointers, 2)
         if status:
             raise UcError(status)
 

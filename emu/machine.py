@@ -139,6 +139,7 @@ STI = 0xFB
 INPUT_WAIT_S = 0.05
 MAX_IDLE_NS = 60 * 1_000_000_000  # a virtual minute halted while timers fire into masks
 UD_VECTOR = 6
+MISSING: Any = object()
 STRING_IO_REGISTERS = (X.UC_X86_REG_CR0, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS,
                        X.UC_X86_REG_EIP, X.UC_X86_REG_ECX, X.UC_X86_REG_EDI, X.UC_X86_REG_ESI,
                        X.UC_X86_REG_ES, X.UC_X86_REG_DS)
@@ -346,6 +347,7 @@ class Machine:
         self.fast_string_io = True  # tests turn it off to compare with the slow path
         # per port: misses so far, -1 once string I/O was seen, GIVE_UP = never look
         self.string_port_misses: dict[int, int] = {}
+        self.decoded_string_io: dict[tuple[bytes, bool], x86.StringIo | None] = {}
         self.pending_serial_input = bytearray(serial_input)
         self.trace_path = Path(trace) if trace is not None else None
         self.tracer: Any = None
@@ -664,10 +666,16 @@ class Machine:
         if cr0 & x86.CR0_PG:
             return None
         protected = bool(cr0 & x86.CR0_PE) and not eflags & x86.FLAG_VM
-        code_segment = x86.Segment(cs, cs << 4, 0xFFFF, False) if not protected else \
-            x86.segment(uc, "cs", protected)
-        code = self.memory.peek((code_segment.base + eip) & 0xFFFF_FFFF, 15)
-        decoded = x86.decode_rep_string_io(code, code_segment.big)
+        if protected:
+            code_segment = x86.segment(uc, "cs", protected)
+            code_base, code_32 = code_segment.base, code_segment.big
+        else:
+            code_base, code_32 = cs << 4, False
+        code = self.memory.peek((code_base + eip) & 0xFFFF_FFFF, 15)
+        key = (code, code_32)
+        decoded = self.decoded_string_io.get(key, MISSING)
+        if decoded is MISSING:
+            decoded = self.decoded_string_io[key] = x86.decode_rep_string_io(code, code_32)
         if decoded is None or decoded.is_input != (out_value is None):
             misses = self.string_port_misses
             if misses.get(port, 0) >= 0:  # a status/command port gives up after a while
@@ -725,9 +733,9 @@ class Machine:
             result = out_value if out_value is not None else 0
         skipped = moved - 1
         if skipped:
-            uc.reg_write_many(((index_register,
-                                (full_index & ~mask) | ((index + skipped * step) & mask)),
-                               (X.UC_X86_REG_ECX, (ecx & ~mask) | ((ecx - skipped) & mask))))
+            uc.reg_write_pair(index_register,
+                              (full_index & ~mask) | ((index + skipped * step) & mask),
+                              X.UC_X86_REG_ECX, (ecx & ~mask) | ((ecx - skipped) & mask))
         return result
 
     def _record_string_io(self, kind: str, port: int, size: int, items: int) -> None:
