@@ -705,3 +705,35 @@ def test_grain_table_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
             assert image.read(table * 32 * MiB, 512) == bytes([table + 1]) * 512
             assert len(extent.tables.cache) <= 4
         assert sum(e.length for e in image.map() if e.kind is RunKind.DATA) == 16 * GRAIN
+
+
+LIBVMDK_CHAIN = """
+import sys, pyvmdk
+parent = pyvmdk.handle()
+parent.open(sys.argv[1])
+parent.open_extent_data_files()
+child = pyvmdk.handle()
+child.open(sys.argv[2])
+child.open_extent_data_files()
+assert child.get_parent_content_identifier() == parent.get_content_identifier()
+child.set_parent(parent)
+sys.stdout.buffer.write(child.read_buffer(int(sys.argv[3])))
+"""
+
+
+def test_libvmdk_reads_our_parent_chain(tmp_path: Path) -> None:
+    python3 = "/usr/bin/python3"
+    if subprocess.run([python3, "-c", "import pyvmdk"], capture_output=True).returncode:
+        need_tool("python3-libvmdk (pyvmdk module)")
+    base, child = tmp_path / "base.vmdk", tmp_path / "child.vmdk"
+    with disks.create(base, "vmdk", 8 * MiB) as image:
+        image.write(0, b"\x10" * 4 * GRAIN)
+    with disks.create(child, "vmdk", backing=base) as image:
+        image.write(GRAIN + 100, b"\x20" * 100)
+        image.write(3 * GRAIN, bytes(GRAIN))
+    expected = bytearray(b"\x10" * 4 * GRAIN)
+    expected[GRAIN + 100:GRAIN + 200] = b"\x20" * 100
+    expected[3 * GRAIN:] = bytes(GRAIN)
+    proc = subprocess.run([python3, "-c", LIBVMDK_CHAIN, base, child, str(4 * GRAIN)],
+                          capture_output=True, check=True)
+    assert proc.stdout == bytes(expected)
