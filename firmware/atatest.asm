@@ -24,6 +24,12 @@
 ;
 ; Data written is a pattern the host can recompute: dword i of the sector at
 ; LBA L written with seed S is ((L * 128 + i) * 0x9E3779B1 + S) mod 2^32.
+; Active after a rejected command: when the drive aborts a DMA command before
+; moving data, a PIIX keeps the bus-master Active bit set (it clears only at the
+; end of the PRD table or when the host clears Start) and QEMU clears it; those
+; lines print the interrupt and error bits only.  A long PRD table leaves Active
+; set in both; a short one ends with Active clear and no interrupt.
+;
 ; Each addressed test prints "@LLLLLLLLLLLL+NNNNNNNN" (48-bit LBA and sector count,
 ; hex) so the host can recompute every hash from its model of the disk.
 ; The data hash folds dwords: h = 0x811C9DC5; h = rol32((h ^ d) * 0x01000193, 5).
@@ -124,6 +130,8 @@ DMA_BUFFER      equ 0x20000         ; DMA buffers 0x20000..0x8FFFF
 DMA_BUFFER_END  equ 0x90000
 SCATTER_CHUNK   equ 1536            ; small DMA transfers use 1.5 KiB PRD entries...
 SCATTER_GAP     equ 512             ; ...with gaps between them
+SPARE_BUFFER    equ 0x1F000         ; the extra entry of a long PRD table
+SPARE_BYTES     equ 2048
 
 ; ---------------------------------------------------------------- test table
 ; address modes
@@ -149,6 +157,8 @@ F_NO_HASH       equ 0x80            ; data is model-specific (IDENTIFY): no hash
 F_SETS_MULTIPLE equ 0x100           ; SET MULTIPLE MODE: on success, blocks are v_count sectors
 F_IRQ           equ 0x200           ; print whether INTRQ rose (the bus-master interrupt bit)
 F_NIEN          equ 0x400           ; run with nIEN set (the drive must not interrupt)
+F_PRD_LONG      equ 0x800           ; DMA: the PRD table describes more than the transfer
+F_PRD_SHORT     equ 0x1000          ; DMA: ...less (the result is read after an SRST)
 
 struc test
     .name:      resw 1
@@ -854,6 +864,18 @@ build_prd:
     sub eax, ecx
     jnz .large
 .end_of_table:
+    mov si, [v_test]
+    test word [cs:si + test.flags], F_PRD_LONG
+    jz .not_long
+    ; a long table: one more entry than the transfer needs (Active must stay set)
+    mov dword [di], SPARE_BUFFER
+    mov dword [di + 4], SPARE_BYTES
+    add di, 8
+.not_long:
+    test word [cs:si + test.flags], F_PRD_SHORT
+    jz .not_short
+    sub di, 8                           ; a short table: the last entry left out
+.not_short:
     or word [di - 2], 0x8000
     popad
     ret
@@ -971,13 +993,20 @@ dma:
     jnz .poll
     jmp fatal_timeout
 .finished:
+    in al, dx                           ; the status before stopping: Active still shows
+    mov [v_bm_status], al
     mov dx, [v_bm_base]
     mov al, bl
     out dx, al                          ; clear the start bit
-    add dx, BM_STATUS
-    in al, dx
-    mov [v_bm_status], al
+    mov si, [v_test]
+    test word [cs:si + test.flags], F_PRD_SHORT
+    jz .drive_result
+    ; the drive still wants data that no PRD describes: recover with a software reset
+    call soft_reset
+    jmp .drive_done
+.drive_result:
     call read_result
+.drive_done:
     mov dx, [v_bm_base]
     add dx, BM_STATUS
     mov al, BM_ERROR | BM_INTERRUPT
@@ -1082,6 +1111,10 @@ run_test:
     PRINT " bm="
     mov al, [v_bm_status]
     and al, BM_ACTIVE | BM_ERROR | BM_INTERRUPT
+    test bl, F_REJECT
+    jz .bm_bits
+    and al, ~BM_ACTIVE                  ; see "Active after a rejected command" above
+.bm_bits:
     call hex8
 .no_bm:
     cmp byte [cs:si + test.protocol], P_NONE
@@ -1140,8 +1173,10 @@ do_dma_out:
     jmp hash_prd
 
 ; ---------------------------------------------------------------- reset, identify, probe
-reset_channel:
-    PRINT "RESET"
+; soft_reset: SRST pulse on the device control register, then the result registers
+soft_reset:
+    push ax
+    push dx
     mov dx, ATA_ALT_STATUS
     mov al, CTL_SRST
     out dx, al
@@ -1151,6 +1186,13 @@ reset_channel:
     call delay400
     call wait_not_busy
     call read_result
+    pop dx
+    pop ax
+    ret
+
+reset_channel:
+    PRINT "RESET"
+    call soft_reset
     xor bl, bl
     call print_status
     call print_signature
@@ -1467,6 +1509,10 @@ tests:
     TEST "IDLE IMMEDIATE", 0xE1, A_NONE, P_NONE, 0, 0, 0, 0, 0, 0
     TEST "NATIVE MAX", 0xF8, A_LBA28, P_NONE, 0, F_REGS, 0, 0, 0, 0
     TEST "NATIVE MAX EXT", 0x27, A_LBA48, P_NONE, 0, F_REGS | F_REGS_HOB, 0, 0, 0, 0
+    ; PRD tables longer (Active stays set) and shorter (no interrupt) than the transfer
+    TEST "RDMA long PRD", 0xC8, A_LBA28, P_DMA_IN, 0, F_PRD_LONG | F_NO_HASH, 2000, 0, 4, 0
+    TEST "RDMA short PRD", 0xC8, A_LBA28, P_DMA_IN, 0, F_PRD_SHORT | F_NO_HASH, 2000, 0, 8, 0
+    TEST "R28 after short PRD", 0x20, A_LBA28, P_PIO_IN, 0, 0, 2000, 0, 2, 0
     ; INTRQ: raised at the end of a non-data command, a PIO read's and write's blocks and
     ; a DMA transfer (the "bm=04" of DMA lines); an error too; never while nIEN is set
     TEST "IRQ flush", 0xE7, A_NONE, P_NONE, 0, F_IRQ, 0, 0, 0, 0
