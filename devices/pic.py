@@ -102,7 +102,7 @@ class Pic8259:
 
     def set_irq(self, irq: int, level: bool) -> None:
         bit = 1 << irq
-        if self._is_level(irq):
+        if self.level_triggered or self.elcr & bit:
             if level:
                 self.irr |= bit
             else:
@@ -125,19 +125,26 @@ class Pic8259:
         return None
 
     def pending_irq(self) -> int | None:
-        """The level that would be forwarded to the CPU now, or None."""
+        """The level that would be forwarded to the CPU now, or None.
+
+        Bits are rotated so that the highest-priority level is bit 0; the lowest set
+        bit is then the most urgent request (or in-service level).
+        """
         requests = self.irr & ~self.imr
         if not requests:
             return None
-        for level in self._priority_order():
-            bit = 1 << level
-            if self.isr & bit:
-                if not self.special_mask:
-                    return None  # an equal or higher priority level is in service
-                continue         # special mask mode: in-service levels only block themselves
-            if requests & bit:
-                return level
-        return None
+        first = (self.lowest_priority + 1) & 7
+        if self.special_mask:  # in-service levels only block themselves
+            requests &= ~self.isr
+            if not requests:
+                return None
+        rotated = ((requests >> first) | (requests << (8 - first))) & 0xFF
+        request_rank = (rotated & -rotated).bit_length() - 1
+        if self.isr and not self.special_mask:
+            in_service = ((self.isr >> first) | (self.isr << (8 - first))) & 0xFF
+            if (in_service & -in_service).bit_length() - 1 <= request_rank:
+                return None  # an equal or higher priority level is in service
+        return (request_rank + first) & 7
 
     def acknowledge_level(self, level: int) -> None:
         """INTA for ``level``: IRR -> ISR (or just clear IRR in auto-EOI mode)."""

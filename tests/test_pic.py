@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from devices.pic import PicPair
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devices.pic import PRIORITY_ORDERS, Pic8259, PicPair
 
 
 def initialised(master_base: int = 0x08, slave_base: int = 0x70, *, auto_eoi: bool = False,
@@ -136,3 +139,25 @@ def test_reinitialisation_clears_state() -> None:
     pic.write(0x21, 1, 0xFF)
     pic = initialised()
     assert pic.read(0x21, 1) == 0 and not pic.interrupt_pending
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255), st.integers(0, 7),
+       st.booleans())
+def test_priority_resolution_matches_the_datasheet_walk(irr: int, imr: int, isr: int,
+                                                       lowest: int, special_mask: bool) -> None:
+    """The bit-rotation shortcut equals walking the levels from the highest priority."""
+    chip = Pic8259("test", 0)
+    chip.irr, chip.imr, chip.isr = irr, imr, isr
+    chip.lowest_priority, chip.special_mask = lowest, special_mask
+    expected = None
+    for level in PRIORITY_ORDERS[lowest]:
+        bit = 1 << level
+        if isr & bit:
+            if not special_mask:
+                break
+            continue
+        if irr & ~imr & bit:
+            expected = level
+            break
+    assert chip.pending_irq() == expected
