@@ -381,9 +381,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
-    return any(name in marker.args[0] if isinstance(marker.args[0], str)
-               else name in marker.args[0]
-               for marker in metafunc.definition.iter_markers("parametrize"))
+    """Whether the test parametrizes ``name`` itself (then the plugin leaves it alone)."""
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if isinstance(names, str):
+            names = [part.strip() for part in names.split(",")]
+        if name in names:
+            return True
+    return False
 
 
 @pytest.fixture

@@ -108,3 +108,8 @@ def test_guest_program_frame_reports_checks(nasm, disk_image, emu_machine) -> No
     assert run.exit_code == 2, str(run)
     assert "G: ok AH=15h says hard disk" in run.debugcon
     assert "G: FAIL a check meant to fail" in run.debugcon
+
+
+@pytest.mark.parametrize("disk_format", ["vhdx"])
+def test_a_test_may_choose_its_own_formats(disk_image, disk_format: str) -> None:
+    assert disk_image(disk_format, "4M").format == "vhdx"
