@@ -257,9 +257,12 @@ def parse_memory_size(value: int | str) -> int:
 def load_bios(bios: str | Path | bytes | None) -> bytes:
     if bios is None:
         import firmware
-        bios = firmware.path("bios.bin")
-        if not Path(bios).exists():
-            raise MachineConfigError(f"the built-in BIOS {bios} is missing "
+        try:
+            bios = firmware.path("bios.bin")
+        except FileNotFoundError:
+            bios = None
+        if bios is None or not Path(bios).exists():
+            raise MachineConfigError("the built-in BIOS firmware/bios.bin is missing "
                                      "(build it with python -m firmware.build)")
     if isinstance(bios, bytes):
         image = bios
