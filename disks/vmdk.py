@@ -1550,6 +1550,8 @@ class VmdkImage(Image):
                                         field="extent")
             extent_file = HostFile(host_path, writable=writable)
             try:
+                if writable:
+                    extent_file.lock()   # the same writer's lock as the descriptor's
                 if line.type in ("SPARSE", "VMFSSPARSE"):
                     self.extents.append(_open_sparse_file(extent_file, line, host_path,
                                                           writable=writable))

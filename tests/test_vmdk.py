@@ -737,3 +737,14 @@ def test_libvmdk_reads_our_parent_chain(tmp_path: Path) -> None:
     proc = subprocess.run([python3, "-c", LIBVMDK_CHAIN, base, child, str(4 * GRAIN)],
                           capture_output=True, check=True)
     assert proc.stdout == bytes(expected)
+
+
+def test_extent_files_are_locked_for_one_writer(tmp_path: Path) -> None:
+    path = tmp_path / "flat.vmdk"
+    with disks.create(path, "vmdk", MiB, subformat="monolithicFlat"):
+        other = tmp_path / "other.vmdk"       # a second descriptor naming the same extent
+        other.write_text(path.read_text().replace("CID=", "# copy\nCID="))
+        with pytest.raises(disks.ImageLockedError):
+            disks.open(other)
+        with disks.open(other, readonly=True) as reader:
+            assert reader.read(0, 512) == bytes(512)
