@@ -23,11 +23,15 @@ SECTOR = 512
 DISK_SIZE = 16 << 20
 PARAMETER_LBA = 199
 PATTERN_LBA, PATTERN_SECTORS = 200, 64
-# What each program leaves on the disk: (first LBA, sectors) holding the pattern XOR 0xFF.
+# What each program leaves on its disks: disk index -> (first LBA, sectors, pattern XOR).
 GUEST_WRITES = {
-    "int13": [(300, 3), (310, 1)],
-    "ata": [(400, 4), (410, 2), (420, 8)],
+    "int13": {0: [(300, 3, 0xFF), (310, 1, 0xFF)]},
+    "ata": {0: [(400, 4, 0xFF), (410, 2, 0xFF), (420, 8, 0xFF)]},
+    "twodisks": {1: [(500, 2, 0xAA)]},
 }
+# Programs that want more disks: extra disks' (size, pattern XOR), attached in order
+# (primary slave, secondary master, secondary slave).
+EXTRA_DISKS = {"twodisks": [(8 << 20, 0x55)]}
 
 
 def pattern(lba: int, count: int, xor: int = 0) -> bytes:
@@ -35,12 +39,22 @@ def pattern(lba: int, count: int, xor: int = 0) -> bytes:
                     for sector in range(lba, lba + count))
 
 
-def disk_content(program: bytes) -> dict[int, bytes]:
-    return {
-        0: program,
-        PARAMETER_LBA * SECTOR: struct.pack("<I", DISK_SIZE // SECTOR).ljust(SECTOR, b"\0"),
-        PATTERN_LBA * SECTOR: pattern(PATTERN_LBA, PATTERN_SECTORS),
+def disk_content(program: bytes, size: int = DISK_SIZE, xor: int = 0) -> dict[int, bytes]:
+    content = {
+        PARAMETER_LBA * SECTOR: struct.pack("<I", size // SECTOR).ljust(SECTOR, b"\0"),
+        PATTERN_LBA * SECTOR: pattern(PATTERN_LBA, PATTERN_SECTORS, xor),
     }
+    if program:
+        content[0] = program
+    return content
+
+
+def make_disks(disk_image, variant: str, name: str, code: bytes) -> list[DiskImage]:
+    disks = [disk_image(variant, DISK_SIZE, content=disk_content(code))]
+    for index, (size, xor) in enumerate(EXTRA_DISKS.get(name, []), start=1):
+        disks.append(disk_image(variant, size, content=disk_content(b"", size, xor),
+                                name=f"extra{index}-{variant}.img"))
+    return disks
 
 
 def guest_lines(run: GuestRun) -> list[str]:
@@ -62,13 +76,13 @@ def need(condition: bool, reason: str) -> None:
         pytest.skip(reason)
 
 
-def assert_passed(run: GuestRun, image: DiskImage, name: str) -> None:
+def assert_passed(run: GuestRun, name: str) -> None:
     assert run.exit_code == 0, str(run)
-    assert guest_lines(run)[-1] == "G: PASS", str(run)
-    disk = run.disks[0]
-    for lba, count in GUEST_WRITES.get(name, []):
-        assert disk.read(lba * SECTOR, count * SECTOR) == pattern(lba, count, 0xFF), \
-            f"LBA {lba}+{count} after the run"
+    assert guest_lines(run)[-1:] == ["G: PASS"], str(run)
+    for index, writes in GUEST_WRITES.get(name, {}).items():
+        for lba, count, xor in writes:
+            assert run.disks[index].read(lba * SECTOR, count * SECTOR) == \
+                pattern(lba, count, xor), f"disk {index} LBA {lba}+{count} after the run"
 
 
 @pytest.fixture(params=[p.stem for p in PROGRAMS])
@@ -82,9 +96,9 @@ def test_program_in_qemu(program, bios: str, disk_image, emu_machine) -> None:
     """The programs themselves are right: they pass in QEMU."""
     need(bios != "ours" or firmware_file("bios.bin").exists(), "firmware/bios.bin not built")
     name, code = program
-    image = disk_image("raw", DISK_SIZE, content=disk_content(code))
-    run = emu_machine(image, engine="qemu", bios=bios, timeout=60)
-    assert_passed(run, image, name)
+    run = emu_machine(*make_disks(disk_image, "raw", name, code), engine="qemu", bios=bios,
+                      timeout=60)
+    assert_passed(run, name)
 
 
 @pytest.mark.parametrize("bios", ["ours", "seabios"])
@@ -92,10 +106,10 @@ def test_program_in_emu(program, bios: str, disk_format: str, disk_image, emu_ma
     need(machine_available(), "emu run is not written yet")
     need(bios != "ours" or firmware_file("bios.bin").exists(), "firmware/bios.bin not built")
     name, code = program
-    image = disk_image(disk_format, DISK_SIZE, content=disk_content(code))
-    qemu = emu_machine(image, engine="qemu", bios=bios, timeout=60)
-    assert_passed(qemu, image, name)
-    emu = emu_machine(image, bios=bios, timeout=120)
-    assert_passed(emu, image, name)
+    disks = make_disks(disk_image, disk_format, name, code)
+    qemu = emu_machine(*disks, engine="qemu", bios=bios, timeout=60)
+    assert_passed(qemu, name)
+    emu = emu_machine(*disks, bios=bios, timeout=120)
+    assert_passed(emu, name)
     assert emu.exit_code == qemu.exit_code
     assert guest_lines(emu) == guest_lines(qemu)
