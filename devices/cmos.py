@@ -99,7 +99,7 @@ HOURS_PM = 0x80
 CHECKSUM_RANGE = range(0x10, 0x2E)
 
 BOOT_DEVICE_CODES = {"floppy": 1, "disk": 2, "cdrom": 3, "network": 4}
-TRANSLATION_CODES = {"none": 0, "lba": 1, "large": 2}
+TRANSLATION_CODES = {"none": 0, "lba": 1, "large": 2, "rechs": 3}
 DISK_TYPE_USER = 47           # "user defined" type: parameters in the drive table
 
 CLOCK_FIELD_NAMES = {Reg.SECONDS: "second", Reg.MINUTES: "minute", Reg.HOURS: "hour",
@@ -301,11 +301,16 @@ class CmosLayout:
         self.ram[Reg.EQUIPMENT] = value  # video bits 5:4 = 00: EGA/VGA with its own BIOS
 
     def disk(self, index: int, cylinders: int, heads: int, sectors: int,
-             translation: str) -> None:
-        """Describe ATA drive ``index`` (0..3: ata0 master/slave, ata1 master/slave)."""
+             translation: str | int) -> None:
+        """Describe ATA drive ``index`` (0..3: ata0 master/slave, ata1 master/slave).
+
+        ``translation`` is a name of :data:`TRANSLATION_CODES` or the 2-bit code itself
+        (3 = revised ECHS).
+        """
         shift = index * 2
+        code = TRANSLATION_CODES[translation] if isinstance(translation, str) else translation
         self.ram[Reg.TRANSLATION] = (self.ram[Reg.TRANSLATION] & ~(3 << shift)
-                                     | TRANSLATION_CODES[translation] << shift) & 0xFF
+                                     | (code & 3) << shift) & 0xFF
         if index > 1:
             return  # only the first controller's drives have type bytes and tables
         nibble_shift = 4 if index == 0 else 0

@@ -444,12 +444,11 @@ class Machine:
         layout.memory(self.ram_size)
         layout.equipment()
         for bus_index, unit, image in self.images:
-            logical = disk_geometry.logical_geometry(image)
-            translation = disk_geometry.bios_translation(image).name.lower()
-            if translation not in ("none", "lba", "large"):
-                translation = "lba"
-            layout.disk(bus_index * 2 + unit, logical.cylinders, logical.heads,
-                        logical.sectors, translation)
+            # As QEMU and Bochs: the drive's own geometry in the type-47 tables, and the
+            # translation the BIOS should apply on top of it in 0x39.
+            drive = disk_geometry.drive_geometry(image)
+            layout.disk(bus_index * 2 + unit, drive.cylinders, drive.heads, drive.sectors,
+                        int(disk_geometry.bios_translation(image)))
         layout.boot_order()
         layout.checksum()
 

@@ -418,3 +418,21 @@ def test_code_loaded_by_pio_and_dma_replaces_translated_code(tmp_path: Path) -> 
     with Machine(bios=rom, disks=[f"{path},format=raw"], timeout=60) as machine:
         result = machine.run()
     assert result.exit_code == 0x32, result.report
+
+
+def test_cmos_describes_the_drives_like_qemu(tmp_path: Path) -> None:
+    small, large = tmp_path / "small.raw", tmp_path / "large.vpc"
+    make_disk(small, "raw")                       # 8 MiB: 16 x 16 x 63, no translation
+    with disks.create(large, "vpc", 2 << 30):     # 2 GiB: more than 1024 cylinders
+        pass
+    rom = build_rom(tmp_path, "    mov al, 0\n    out 0xF4, al\n")
+    with Machine(bios=rom, disks=[f"{small},format=raw", f"{large},format=vpc,bus=1,unit=0"]
+                 ) as machine:
+        ram = machine.cmos.ram
+        large_geometry = machine.channels[1].units[0].drive.geometry
+    assert ram[0x12] == 0xF0 and ram[0x19] == 47 and ram[0x1A] == 0
+    assert (ram[0x1B] | ram[0x1C] << 8, ram[0x1D], ram[0x23]) == (16, 16, 63)
+    assert ram[0x39] & 0x03 == 0                  # ata0 master: none
+    assert ram[0x39] >> 4 & 0x03 in (1, 2)        # ata1 master: LBA or LARGE
+    assert large_geometry.cylinders > 1024
+    assert ram[0x2E] << 8 | ram[0x2F] == sum(ram[0x10:0x2E])
