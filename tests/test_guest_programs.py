@@ -28,10 +28,12 @@ GUEST_WRITES = {
     "int13": {0: [(300, 3, 0xFF), (310, 1, 0xFF)]},
     "ata": {0: [(400, 4, 0xFF), (410, 2, 0xFF), (420, 8, 0xFF)]},
     "twodisks": {1: [(500, 2, 0xAA)]},
+    "fourdisks": {n: [(500, 1, 0xA0 + n)] for n in (1, 2, 3)},
 }
 # Programs that want more disks: extra disks' (size, pattern XOR), attached in order
 # (primary slave, secondary master, secondary slave).
-EXTRA_DISKS = {"twodisks": [(8 << 20, 0x55)]}
+EXTRA_DISKS = {"twodisks": [(8 << 20, 0x55)],
+               "fourdisks": [(size << 20, n * 0x11) for n, size in ((1, 8), (2, 12), (3, 6))]}
 
 
 def pattern(lba: int, count: int, xor: int = 0) -> bytes:
