@@ -88,6 +88,25 @@ class HostFile:
                 ) from exc
             raise ImageIOError(self.path, f"cannot lock: {exc.strerror}") from exc
 
+    def try_lock_shared(self) -> bool:
+        """Take a reader's advisory lock if no writer holds the file (True when taken).
+
+        For a read-only file only: on a file this process opened for writing the
+        writer's lock is already held, and flock would turn it into a shared one."""
+        if self.writable:
+            raise ValueError("try_lock_shared is for read-only files")
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def unlock(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            raise ImageIOError(self.path, f"cannot unlock: {exc.strerror}") from exc
+
     # -- positional I/O ----------------------------------------------------
     def size(self) -> int:
         try:
@@ -184,7 +203,8 @@ class HostFile:
         """A read-only memory map covering ``[offset, offset+length)``.
 
         Yields ``(map, index of offset in map)``, or None when the range is not wholly
-        inside the file (mapping past the end would fault) or cannot be mapped.
+        inside the file (mapping past the end would fault) or cannot be mapped.  The
+        caller must keep writers from shrinking the file meanwhile (a lock).
         """
         if offset + length > self._mapped_size:  # fstat only when the range is not known
             self._mapped_size = self.size()          # to be inside the file
