@@ -174,7 +174,23 @@ def copy_image(src: disks.Image, dst: disks.Image,
     unit = max(512, dst.allocation_unit())
     chunk = max(CONVERT_CHUNK, unit) // unit * unit
     pieces = list(_copy_pieces(src, unit, chunk))
-    hosts = [src.host_range(pos, step) for pos, step in pieces]
+    # Mapping the source is safe only while no writer can shrink it: a writable ``src``
+    # is ours; a read-only one needs the readers' lock (else every piece is read).
+    shared = src.readonly and src.file.try_lock_shared()
+    if src.readonly and not shared:
+        hosts: list[int | None] = [None] * len(pieces)
+    else:
+        hosts = [src.host_range(pos, step) for pos, step in pieces]
+    try:
+        _copy_pieces_to(src, dst, pieces, hosts, unit, chunk, progress)
+    finally:
+        if shared:
+            src.file.unlock()
+
+
+def _copy_pieces_to(src: disks.Image, dst: disks.Image, pieces: list[tuple[int, int]],
+                    hosts: list[int | None], unit: int, chunk: int,
+                    progress: Callable[[int, int], None] | None) -> None:
     buffers = [bytearray(chunk) for _ in range(READ_AHEAD + 1)]
     zero_unit = bytes(unit)
     total = src.size
