@@ -81,10 +81,41 @@ DBG equ 0xE9
     call cell                   ; 'Z' moved up to row 23
     mov dx, 0x040A
     call cell                   ; 'X' 1Fh (was at row 5)
+    ; 13h: "ok" in attribute 4Eh at 2,3, cursor moved after it
+    push es
+    push cs
+    pop es
+    mov bp, string
+    mov ax, 0x1301
+    mov bx, 0x004E
+    mov cx, 2
+    mov dx, 0x0203
+    int 0x10
+    pop es
+    mov ah, 0x03
+    xor bh, bh
+    int 0x10
+    mov ax, dx
+    call hex16                  ; cursor: row 2, column 5
+    mov dx, 0x0204
+    call cell                   ; 'k' 4Eh
+    ; INT 14h: COM1 status, then one byte straight to COM1
+    mov ah, 0x03
+    xor dx, dx
+    int 0x14
+    and ah, 0x60                ; transmitter empty and ready
+    mov al, ah
+    xor ah, ah
+    call hex16
+    mov ax, 0x0121
+    xor dx, dx
+    int 0x14
     xor al, al
     out 0xF4, al
     cli
     hlt
+
+string: db "ok"
 
 goto:
     mov ah, 0x02
@@ -122,6 +153,8 @@ EXPECTED_CELLS = [
     "1F58", "2020", "1F58",
     "3020", "1F58",
     "1800", "075A", "1F58",
+    "0205", "4E6B",
+    "0060",
 ]
 
 TIMER_GUEST = r"""
@@ -196,9 +229,11 @@ def test_text_output_reaches_screen_and_com1(engine: str, nasm, disk_image,
                                              emu_machine) -> None:
     run = boot(engine, nasm, disk_image, emu_machine, VIDEO_GUEST)
     # every character written by 0Eh and 09h is mirrored on COM1, in order
-    assert run.serial == "HiXXXZ", str(run)
+    # (then 13h's "ok", and "!" sent with INT 14h)
+    assert run.serial == "HiXXXZok!", str(run)
     lines = run.debugcon.splitlines()
-    assert lines[0] == "0002" and lines[10] == "1800"      # cursors: no screen needed
+    for index in (0, 10, 13, 15):                           # cursors and COM1 status
+        assert lines[index] == EXPECTED_CELLS[index], str(run)
     if engine == "emu":
         assert lines == EXPECTED_CELLS, str(run)
 
