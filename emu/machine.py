@@ -46,8 +46,11 @@ resolves this with a code hook on each address seen before such a stop: the
 hook fires only when the byte there is executed as an instruction, i.e. a
 HLT.  The first time an address is seen a stop with IF=1 is taken as HLT (a
 harmless idle skip if wrong) and one with IF=0 as HLT only in the ``cli; hlt``
-idiom; later stops there are exact.  A HLT with IF=1 waits: the clock jumps to
-the next timer deadline and the interrupt is delivered.  With IF=0, or with
+idiom; later stops there are exact.  An address whose hook stays silent through a
+few such stops is proven a tail byte and unwatched (every code hook costs a check
+per executed instruction; at most :data:`MAX_HLT_SITES` are watched).  A HLT
+with IF=1 waits: the clock jumps to the next timer deadline and the interrupt is
+delivered.  With IF=0, or with
 no timer armed, nothing can wake the CPU and the machine stops.
 
 **Fast string I/O.**  A ``rep insw/insd/outsw/...`` on a
@@ -143,6 +146,8 @@ MISSING: Any = object()
 STRING_IO_REGISTERS = (X.UC_X86_REG_CR0, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS,
                        X.UC_X86_REG_EIP, X.UC_X86_REG_ECX, X.UC_X86_REG_EDI, X.UC_X86_REG_ESI,
                        X.UC_X86_REG_ES, X.UC_X86_REG_DS)
+MAX_HLT_SITES = 32            # watched possible-HLT addresses (each costs every instruction)
+HLT_SITE_PROOF = 3            # stops at a watched address without its hook firing: not a HLT
 STRING_PORT_GIVE_UP = 64      # plain IN/OUTs on a port before the fast path stops looking
 
 
@@ -234,6 +239,15 @@ class RunResult:
     @property
     def debugcon_text(self) -> str:
         return self.debugcon.decode("latin-1")
+
+
+@dataclass
+class _HltSite:
+    """A code hook watching an address that might hold a HLT (see module docstring)."""
+
+    hook: int
+    fired: bool = False
+    silent_stops: int = 0
 
 
 @dataclass
@@ -341,7 +355,8 @@ class Machine:
         self._stop: _Stop | None = None
         self.instructions = 0
         self.slices = 0
-        self.hlt_sites: set[int] = set()
+        self.hlt_sites: dict[int, _HltSite] = {}   # watched addresses of a possible HLT
+        self.not_hlt_sites: set[int] = set()        # 0xF4 bytes proven not to be HLTs
         self.hlt_fired: int | None = None
         self.scratch_pages = 0
         self.exception_streak: tuple[tuple[int, int] | None, int] = (None, 0)
@@ -800,11 +815,25 @@ class Machine:
             if pc == 0 or self.memory.byte(pc - 1) != HLT:
                 return False
             site = pc - 1
-            if site in self.hlt_sites:
-                return self.hlt_fired == site
-            self.hlt_sites.add(site)
-            uc.hook_add(UC_HOOK_CODE, self._on_hlt_site, None, site, site)
-            uc.remove_cache(site, site + 1)  # blocks translated before the hook skip it
+            if site in self.not_hlt_sites:
+                return False
+            watch = self.hlt_sites.get(site)
+            if watch is not None:
+                if self.hlt_fired == site:
+                    watch.fired = True
+                    return True
+                watch.silent_stops += 1
+                if not watch.fired and watch.silent_stops >= HLT_SITE_PROOF:
+                    # The byte is the tail of another instruction: stop watching it (every
+                    # code hook costs a check on every instruction executed).
+                    uc.hook_del(watch.hook)
+                    del self.hlt_sites[site]
+                    self.not_hlt_sites.add(site)
+                return False
+            if len(self.hlt_sites) < MAX_HLT_SITES:
+                hook = uc.hook_add(UC_HOOK_CODE, self._on_hlt_site, None, site, site)
+                uc.remove_cache(site, site + 1)  # blocks translated before the hook skip it
+                self.hlt_sites[site] = _HltSite(hook)
             if uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
                 return True
             return pc >= 2 and self.memory.byte(pc - 2) == CLI

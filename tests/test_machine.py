@@ -525,3 +525,23 @@ def test_a_device_bug_stops_the_run_as_an_internal_error(tmp_path: Path) -> None
     assert result.reason is StopReason.INTERNAL_ERROR
     assert result.exit_code == 121
     assert "device exploded" in result.report
+
+
+def test_f4_tail_bytes_at_slice_ends_are_not_taken_for_hlt(tmp_path: Path) -> None:
+    # With IF=0 a HLT would end the run (125).  Slices end after every instruction of this
+    # 3-instruction loop in turn, including after "mov al, 0xF4" (B0 F4), whose last byte
+    # reads as HLT: the machine must find out that no HLT executed there.
+    body = STACK_SETUP + """
+    mov ecx, 1000000
+.loop:
+    mov al, 0xF4
+    dec ecx
+    jnz .loop
+    mov al, 7
+    out 0xF4, al
+"""
+    with Machine(bios=build_rom(tmp_path, body), timeout=60) as machine:
+        result = machine.run()
+        assert result.exit_code == 7, result.report
+        assert machine.not_hlt_sites          # proven, and no longer watched
+        assert not machine.hlt_sites
