@@ -191,7 +191,7 @@ def copy_image(src: disks.Image, dst: disks.Image,
 def _copy_pieces_to(src: disks.Image, dst: disks.Image, pieces: list[tuple[int, int]],
                     hosts: list[int | None], unit: int, chunk: int,
                     progress: Callable[[int, int], None] | None) -> None:
-    buffers = [bytearray(chunk) for _ in range(READ_AHEAD + 1)]
+    buffers: list[bytearray] = []  # made only if some piece must be read
     zero_unit = bytes(unit)
     total = src.size
 
@@ -220,6 +220,7 @@ def _copy_pieces_to(src: disks.Image, dst: disks.Image, pieces: list[tuple[int, 
             if progress:
                 progress(pos + step, total)
     else:
+        buffers.extend(bytearray(chunk) for _ in range(READ_AHEAD + 1))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emu-img-read") as reader:
             in_flight = deque(reader.submit(fetch, i)
                               for i in range(min(READ_AHEAD, len(pieces))))
