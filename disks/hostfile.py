@@ -169,7 +169,8 @@ class HostFile:
             self._copy_part(source, source_offset, length, offset)
             return
         parts = min(COPY_THREADS, length // COPY_PART)
-        part = max(COPY_PART, -(-length // parts) // 4096 * 4096)
+        per_thread = -(-length // parts)
+        part = -(-per_thread // 4096) * 4096  # page-aligned; at most `parts` pieces
         pieces = [(at, min(part, length - at)) for at in range(0, length, part)]
         pool = _copy_pool()
         futures = [pool.submit(self._copy_part, source, source_offset + at, size, offset + at)
