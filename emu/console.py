@@ -61,19 +61,33 @@ class FileBackend(CharBackend):
 
 
 class StdioBackend(CharBackend):
-    """stdout for output; with ``interactive``, raw-mode stdin with Ctrl-A x to quit."""
+    """stdout for output; with ``interactive``, stdin as input with Ctrl-A x to quit.
+
+    A terminal is put in raw mode (keys go to the guest as typed) with output
+    post-processing kept, as QEMU does, so a guest's bare LF still starts a new
+    line; the previous mode is restored on close.  A pipe is read as it comes and
+    dropped at end of file.
+    """
 
     def __init__(self, interactive: bool) -> None:
         self.out = sys.stdout.buffer
         self.fd: int | None = None
         self.saved_mode: list | None = None  # type: ignore[type-arg]
         self.escape_pending = False
-        if interactive and sys.stdin.isatty():
+        if not interactive:
+            return
+        try:
+            self.fd = sys.stdin.fileno()
+        except (OSError, ValueError):
+            return
+        if os.isatty(self.fd):
             import termios
             import tty
-            self.fd = sys.stdin.fileno()
             self.saved_mode = termios.tcgetattr(self.fd)
             tty.setraw(self.fd)
+            mode = termios.tcgetattr(self.fd)
+            mode[1] |= termios.OPOST | termios.ONLCR
+            termios.tcsetattr(self.fd, termios.TCSANOW, mode)
             self.interactive = True
 
     def wait_input(self, seconds: float) -> None:
@@ -81,8 +95,6 @@ class StdioBackend(CharBackend):
             select.select([self.fd], [], [], seconds)
 
     def write(self, data: bytes) -> None:
-        if self.saved_mode is not None:
-            data = data.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
         self.out.write(data)
         self.out.flush()
 
@@ -93,6 +105,9 @@ class StdioBackend(CharBackend):
         if not readable:
             return b""
         typed = os.read(self.fd, 256)
+        if not typed:  # end of a piped input
+            self.fd = None
+            return b""
         forwarded = bytearray()
         for key in typed:
             if self.escape_pending:

@@ -545,3 +545,24 @@ def test_f4_tail_bytes_at_slice_ends_are_not_taken_for_hlt(tmp_path: Path) -> No
         assert result.exit_code == 7, result.report
         assert machine.not_hlt_sites          # proven, and no longer watched
         assert not machine.hlt_sites
+
+
+def test_serial_stdio_reads_piped_input(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    body = STACK_SETUP + """
+.poll:
+    mov dx, 0x3FD
+    in al, dx
+    test al, 1
+    jz .poll
+    mov dx, 0x3F8
+    in al, dx
+    out 0xF4, al
+"""
+    rom = build_rom(tmp_path, body)
+    proc = subprocess.run([sys.executable, "-m", "emu", "run", "--bios", str(rom),
+                           "--serial", "stdio", "--timeout", "60"],
+                          input=b"Q", capture_output=True, timeout=120)
+    assert proc.returncode == ord("Q"), proc.stderr.decode()
