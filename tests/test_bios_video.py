@@ -322,3 +322,29 @@ def test_block_move_copies_above_1m(engine: str, nasm, disk_image, emu_machine) 
     """INT 15h AH=87h: to 2 MiB and back, through the caller's descriptors."""
     run = boot(engine, nasm, disk_image, emu_machine, BLOCK_MOVE_GUEST)
     assert run.debugcon == "m\n", str(run)
+
+
+OWN_SERIAL_CONSOLE_GUEST = r"""
+    mov ax, 0x0E61              ; mirrored on COM1
+    int 0x10
+    mov dx, 0x3FA               ; the guest turns the FIFOs on: a serial console of its own
+    mov al, 0x07
+    out dx, al
+    mov ax, 0x0E62              ; on the screen only
+    int 0x10
+    mov dx, 0x3F8
+    mov al, 'c'                 ; the guest's own output
+    out dx, al
+    xor al, al
+    out 0xF4, al
+    cli
+    hlt
+"""
+
+
+@pytest.mark.parametrize("engine", ["qemu", "emu"])
+def test_no_mirror_once_the_guest_drives_com1(engine: str, nasm, disk_image,
+                                              emu_machine) -> None:
+    """GRUB's and SYSLINUX's serial consoles would otherwise print everything twice."""
+    run = boot(engine, nasm, disk_image, emu_machine, OWN_SERIAL_CONSOLE_GUEST)
+    assert run.serial == "ac", str(run)
