@@ -264,3 +264,42 @@ def test_int16_reads_com1_under_emu(tmp_path: Path, nasm) -> None:
     result = machine.run()
     assert result.exit_code == 0, result
     assert result.debugcon_text == EXPECTED_KEYS
+
+
+WRITE_STATUS_GUEST = r"""
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov ax, 0x0301              ; write LBA 4 from the boot sector
+    mov cx, 0x0005
+    xor dh, dh
+    mov bx, 0x7C00
+    int 0x13
+    mov al, '0'
+    adc al, 0                   ; carry
+    out 0xE9, al
+    mov al, ah
+    shr al, 4
+    add al, '0'
+    out 0xE9, al
+    mov al, ah
+    and al, 15
+    add al, '0'
+    out 0xE9, al
+    xor al, al
+    out 0xF4, al
+    cli
+    hlt
+"""
+
+
+def test_write_to_a_read_only_disk_is_write_protected(tmp_path: Path, nasm,
+                                                      emu_machine) -> None:
+    """emu's readonly=on drive aborts writes; INT 13h says 03h (write protected)."""
+    need_machine()
+    image = make_disk_image(tmp_path / "disks", "raw", "1M",
+                            content=nasm.boot_sector(WRITE_STATUS_GUEST))
+    run = emu_machine(image, bios="ours", timeout=60, readonly=True)
+    assert run.exit_code == 0, str(run)
+    assert run.debugcon == "103", str(run)
+    assert image.read(4 * 512, 512) == bytes(512)
