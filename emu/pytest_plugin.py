@@ -231,11 +231,16 @@ def firmware_file(name: str) -> Path:
     return Path(firmware.__file__).resolve().parent / name
 
 
-def run_machine(folder: Path, *disk_images: DiskImage, engine: str = "emu",
+def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu",
                 bios: str | Path | None = None, timeout: float = 60.0,
                 memory: str = "64M", readonly: bool = False,
                 extra_args: Sequence[str] = ()) -> GuestRun:
-    """Boot ``disk_images`` (primary master first) under ``engine`` and wait for the end."""
+    """Boot ``disk_images`` under ``engine`` and wait for the end.
+
+    Disks attach in the order primary master, primary slave, secondary master,
+    secondary slave; ``None`` leaves a position empty.  The run's ``disks`` are the
+    attached ones, in that order.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     run_id = len(list(folder.glob("run-*")))
     work = folder / f"run-{run_id}-{engine}"
@@ -249,9 +254,11 @@ def run_machine(folder: Path, *disk_images: DiskImage, engine: str = "emu",
         if rom is not None:
             argv += ["--bios", str(rom)]
         for index, image in enumerate(disk_images):
+            if image is None:
+                continue
             spec = f"{image.path},format={image.format},bus={index // 2},unit={index % 2}"
             argv += ["--disk", spec + (",readonly=on" if readonly else "")]
-        used = list(disk_images)
+        used = [image for image in disk_images if image is not None]
     elif engine == "qemu":
         argv, used = _qemu_argv(work, disk_images, rom, memory, serial, debugcon)
     else:
@@ -269,7 +276,8 @@ def run_machine(folder: Path, *disk_images: DiskImage, engine: str = "emu",
     return GuestRun(engine, code, _text(serial), _text(debugcon), used, argv, stderr)
 
 
-def _qemu_argv(work: Path, disk_images: Sequence[DiskImage], rom: Path | None, memory: str,
+def _qemu_argv(work: Path, disk_images: Sequence[DiskImage | None], rom: Path | None,
+               memory: str,
                serial: Path, debugcon: Path) -> tuple[list[str], list[DiskImage]]:
     qemu = need_tool("qemu-system-i386")
     if rom is None:
@@ -283,6 +291,8 @@ def _qemu_argv(work: Path, disk_images: Sequence[DiskImage], rom: Path | None, m
             "-device", "isa-debugcon,iobase=0x402,chardev=debugcon", *QEMU_DEBUG_EXIT]
     used = []
     for index, image in enumerate(disk_images):
+        if image is None:
+            continue
         # QEMU gets a raw copy with the geometry emu's drive uses, so both guests see the
         # same disk; the copy is what we compare afterwards.
         raw = DiskImage(image.to_raw(work / f"disk{index}.raw"), "raw")
@@ -402,7 +412,7 @@ def disk_image(tmp_path: Path) -> Callable[..., DiskImage]:
 @pytest.fixture
 def emu_machine(tmp_path: Path) -> Callable[..., GuestRun]:
     """Factory: ``emu_machine(*disk_images, engine="emu", bios=None, timeout=60)``."""
-    def factory(*disk_images: DiskImage, **kwargs: Any) -> GuestRun:
+    def factory(*disk_images: DiskImage | None, **kwargs: Any) -> GuestRun:
         return run_machine(tmp_path / "machines", *disk_images, **kwargs)
     return factory
 

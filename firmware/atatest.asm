@@ -55,15 +55,16 @@ DEBUG_EXIT      equ 0xF4
 PCI_ADDRESS     equ 0xCF8
 PCI_DATA        equ 0xCFC
 
-ATA_DATA        equ 0x1F0
-ATA_ERROR       equ 0x1F1           ; features when written
-ATA_COUNT       equ 0x1F2
-ATA_LBA_LOW     equ 0x1F3
-ATA_LBA_MID     equ 0x1F4
-ATA_LBA_HIGH    equ 0x1F5
-ATA_DEVICE      equ 0x1F6
-ATA_STATUS      equ 0x1F7           ; command when written
-ATA_ALT_STATUS  equ 0x3F6           ; device control when written
+; task-file registers, offsets from the channel's command block (0x1F0 / 0x170)
+REG_DATA        equ 0
+REG_ERROR       equ 1               ; features when written
+REG_COUNT       equ 2
+REG_LBA_LOW     equ 3
+REG_LBA_MID     equ 4
+REG_LBA_HIGH    equ 5
+REG_DEVICE      equ 6
+REG_STATUS      equ 7               ; command when written
+; the control block (0x3F6 / 0x376) holds the alternate status / device control
 
 ; bus-master registers, offsets from BAR4
 BM_COMMAND      equ 0
@@ -90,6 +91,11 @@ DEV_LBA         equ 0x40
 CTL_NIEN        equ 0x02
 CTL_SRST        equ 0x04
 CTL_HOB         equ 0x80
+
+PRIMARY_COMMAND     equ 0x1F0
+PRIMARY_CONTROL     equ 0x3F6
+SECONDARY_COMMAND   equ 0x170
+SECONDARY_CONTROL   equ 0x376
 
 PIIX3_IDE_ID    equ 0x70108086
 BM_BASE_PORT    equ 0xC000
@@ -123,6 +129,11 @@ v_bench_lba     equ VAR + 0x44      ; dword
 v_bench_methods equ VAR + 0x48      ; byte: bit 0 PIO, bit 1 MULTIPLE, bit 2 DMA
 v_bench_bit     equ VAR + 0x49      ; byte
 v_irq           equ VAR + 0x4A      ; byte, BM_INTERRUPT when the command raised INTRQ
+v_command_base  equ VAR + 0x4C      ; word, the drive under test's command block
+v_control_base  equ VAR + 0x4E      ; word, ...its control block
+v_device        equ VAR + 0x50      ; byte, DEV_MASTER or DEV_SLAVE
+v_position      equ VAR + 0x52      ; word, entry of `positions` being tried
+v_found         equ VAR + 0x54      ; word, the last entry with a device
 
 PRD_TABLE       equ 0x1000          ; up to 512 entries (4 KiB), within one 64 KiB page
 PIO_SEGMENT     equ 0x1000          ; PIO buffer at 0x10000
@@ -200,6 +211,19 @@ endstruc
     PRINT {%1, 10}
 %endmacro
 
+; ATA_DX REG: DX = that task-file register of the drive under test; CONTROL_DX: its
+; alternate status / device control register
+%macro ATA_DX 1
+    mov dx, [v_command_base]
+%if %1 != 0
+    add dx, %1
+%endif
+%endmacro
+
+%macro CONTROL_DX 0
+    mov dx, [v_control_base]
+%endmacro
+
 section .text start=0
 section .names follows=.text
 
@@ -215,7 +239,9 @@ start:
     mov es, ax
     mov byte [v_bench_mode], 0
     PRINT_LINE "ATATEST 1"
+    mov word [v_found], 0
     call pci_setup
+    call find_drive
     call reset_channel
     call identify
     call check_bench
@@ -227,7 +253,7 @@ start:
     add si, test_size
     jmp .next
 .done:
-    call slave_probe
+    call other_unit_probe
     PRINT_LINE "ATATEST done"
     xor al, al
     jmp exit
@@ -430,7 +456,7 @@ pci_setup:
 delay400:
     push ax
     push dx
-    mov dx, ATA_ALT_STATUS
+    CONTROL_DX
     in al, dx
     in al, dx
     in al, dx
@@ -444,7 +470,7 @@ wait_not_busy:
     push ecx
     push dx
     mov ecx, WAIT_LOOPS
-    mov dx, ATA_ALT_STATUS
+    CONTROL_DX
 .poll:
     in al, dx
     test al, ST_BSY
@@ -460,7 +486,7 @@ wait_not_busy:
 ; select: AL = device register value (with wait)
 select:
     push dx
-    mov dx, ATA_DEVICE
+    ATA_DX REG_DEVICE
     out dx, al
     pop dx
     call delay400
@@ -471,10 +497,10 @@ read_result:
     push ax
     push dx
     call wait_not_busy
-    mov dx, ATA_STATUS
+    ATA_DX REG_STATUS
     in al, dx
     mov [v_status], al
-    mov dx, ATA_ERROR
+    ATA_DX REG_ERROR
     in al, dx
     mov [v_error], al
     pop dx
@@ -510,12 +536,12 @@ print_registers:
     push dx
     test bl, F_REGS_HOB
     jz .current
-    mov dx, ATA_ALT_STATUS
+    CONTROL_DX
     mov al, CTL_HOB
     out dx, al
     PRINT " hob="
     call .lba
-    mov dx, ATA_ALT_STATUS
+    CONTROL_DX
     xor al, al
     out dx, al
 .current:
@@ -525,13 +551,13 @@ print_registers:
     pop ax
     ret
 .lba:
-    mov dx, ATA_LBA_HIGH
+    ATA_DX REG_LBA_HIGH
     in al, dx
     call hex8
-    mov dx, ATA_LBA_MID
+    ATA_DX REG_LBA_MID
     in al, dx
     call hex8
-    mov dx, ATA_LBA_LOW
+    ATA_DX REG_LBA_LOW
     in al, dx
     jmp hex8
 
@@ -540,21 +566,24 @@ print_signature:
     push ax
     push dx
     PRINT " er="
-    mov dx, ATA_ERROR
+    ATA_DX REG_ERROR
     in al, dx
     call hex8
     PRINT " sig="
-    mov dx, ATA_COUNT
+    ATA_DX REG_COUNT
+    push cx
+    mov cx, REG_LBA_HIGH - REG_COUNT + 1
 .next:
     in al, dx
     call hex8
     inc dx
-    cmp dx, ATA_LBA_HIGH
-    ja .end
+    dec cx
+    jz .end
     mov al, ' '
     call putc
     jmp .next
 .end:
+    pop cx
     pop dx
     pop ax
     ret
@@ -624,12 +653,12 @@ load_taskfile:
     cmp al, A_LBA28
     je .lba28
     ; non-data commands: count register only
-    mov al, DEV_MASTER
+    mov al, [v_device]
     call select
-    mov dx, ATA_ERROR
+    ATA_DX REG_ERROR
     mov al, [cs:si + test.features]
     out dx, al
-    mov dx, ATA_COUNT
+    ATA_DX REG_COUNT
     mov al, [v_count]
     out dx, al
     jmp .end
@@ -637,28 +666,30 @@ load_taskfile:
     mov eax, [v_lba]
     shr eax, 24
     and al, 0x0F
-    or al, DEV_MASTER | DEV_LBA
+    or al, [v_device]
+    or al, DEV_LBA
     call select
     mov eax, [v_lba]
     call .low_registers
     jmp .end
 .lba48:
-    mov al, DEV_MASTER | DEV_LBA
+    mov al, [v_device]
+    or al, DEV_LBA
     call select
     ; first the "previous" (HOB) bytes: count 15:8, LBA 31:24, 39:32, 47:40
-    mov dx, ATA_ERROR
+    ATA_DX REG_ERROR
     xor al, al
     out dx, al
-    mov dx, ATA_COUNT
+    ATA_DX REG_COUNT
     mov al, [v_count + 1]
     out dx, al
-    mov dx, ATA_LBA_LOW
+    ATA_DX REG_LBA_LOW
     mov al, [v_lba + 3]
     out dx, al
-    mov dx, ATA_LBA_MID
+    ATA_DX REG_LBA_MID
     mov al, [v_lba_high]
     out dx, al
-    mov dx, ATA_LBA_HIGH
+    ATA_DX REG_LBA_HIGH
     mov al, [v_lba_high + 1]
     out dx, al
     mov eax, [v_lba]
@@ -678,21 +709,21 @@ load_taskfile:
     mov bh, al
     mov cl, ah                          ; cylinder high byte
     mov al, dl
-    or al, DEV_MASTER
+    or al, [v_device]
     call select
-    mov dx, ATA_ERROR
+    ATA_DX REG_ERROR
     mov al, [cs:si + test.features]
     out dx, al
-    mov dx, ATA_COUNT
+    ATA_DX REG_COUNT
     mov al, [v_count]
     out dx, al
-    mov dx, ATA_LBA_LOW
+    ATA_DX REG_LBA_LOW
     mov al, bl
     out dx, al
-    mov dx, ATA_LBA_MID
+    ATA_DX REG_LBA_MID
     mov al, bh
     out dx, al
-    mov dx, ATA_LBA_HIGH
+    ATA_DX REG_LBA_HIGH
     mov al, cl
     out dx, al
 .end:
@@ -701,20 +732,20 @@ load_taskfile:
 ; features, count 7:0, LBA 7:0, 15:8, 23:16 from EAX / v_count
 .low_registers:
     push eax
-    mov dx, ATA_ERROR
+    ATA_DX REG_ERROR
     mov al, [cs:si + test.features]
     out dx, al
-    mov dx, ATA_COUNT
+    ATA_DX REG_COUNT
     mov al, [v_count]
     out dx, al
     pop eax
-    mov dx, ATA_LBA_LOW
+    ATA_DX REG_LBA_LOW
     out dx, al
     shr eax, 8
-    mov dx, ATA_LBA_MID
+    ATA_DX REG_LBA_MID
     out dx, al
     shr eax, 8
-    mov dx, ATA_LBA_HIGH
+    ATA_DX REG_LBA_HIGH
     out dx, al
     ret
 
@@ -722,7 +753,7 @@ load_taskfile:
 issue:
     push ax
     push dx
-    mov dx, ATA_STATUS
+    ATA_DX REG_STATUS
     mov al, [cs:si + test.opcode]
     out dx, al
     call delay400
@@ -744,7 +775,7 @@ pio_in:
     jz .end
     call block_words                    ; CX = words in this block
     xor di, di
-    mov dx, ATA_DATA
+    ATA_DX REG_DATA
     rep insw
     call block_words
     shr cx, 1
@@ -775,10 +806,10 @@ pio_out:
     call fill_pattern
     call block_words
     xor si, si
+    ATA_DX REG_DATA                     ; (before DS moves to the buffer)
     push ds
     push es
     pop ds
-    mov dx, ATA_DATA
     rep outsw
     pop ds
     mov si, [v_test]
@@ -1072,7 +1103,7 @@ run_test:
     out dx, al
     test word [cs:si + test.flags], F_NIEN
     jz .interrupts_on
-    mov dx, ATA_ALT_STATUS
+    CONTROL_DX
     mov al, CTL_NIEN
     out dx, al
 .interrupts_on:
@@ -1088,7 +1119,7 @@ run_test:
     in al, dx
     and al, BM_INTERRUPT
     mov [v_irq], al
-    mov dx, ATA_ALT_STATUS
+    CONTROL_DX
     xor al, al
     out dx, al                          ; nIEN off again
 .irq_checked:
@@ -1132,7 +1163,7 @@ run_test:
     test bl, F_COUNT_REG
     jz .no_count
     PRINT " count="
-    mov dx, ATA_COUNT
+    ATA_DX REG_COUNT
     in al, dx
     call hex8
 .no_count:
@@ -1177,7 +1208,7 @@ do_dma_out:
 soft_reset:
     push ax
     push dx
-    mov dx, ATA_ALT_STATUS
+    CONTROL_DX
     mov al, CTL_SRST
     out dx, al
     call delay400
@@ -1306,28 +1337,103 @@ identify_words:
 identify_test:
     TEST "IDENTIFY", 0xEC, A_NONE, P_PIO_IN, 0, F_NO_HASH, 0, 0, 1, 0
 
-; slave_probe: an absent slave reads status 0 (what SeaBIOS's probe relies on)
-slave_probe:
-    PRINT "SLAVE"
-    mov dx, ATA_DEVICE
-    mov al, DEV_SLAVE
+; other_unit_probe: the other device on the channel -- an absent one reads status 0,
+; which SeaBIOS's probe relies on -- then the drive under test again
+other_unit_probe:
+    PRINT "OTHER UNIT"
+    ATA_DX REG_DEVICE
+    mov al, [v_device]
+    xor al, DEV_MASTER ^ DEV_SLAVE
     out dx, al
     call delay400
-    mov dx, ATA_STATUS
-    in al, dx
-    PRINT " st="
-    call hex8
-    mov dx, ATA_DEVICE
-    mov al, DEV_MASTER
-    out dx, al
-    call delay400
-    mov dx, ATA_STATUS
+    ATA_DX REG_STATUS
     in al, dx
     and al, STATUS_MASK
-    PRINT " master st="
+    PRINT " st="
+    call hex8
+    ATA_DX REG_DEVICE
+    mov al, [v_device]
+    out dx, al
+    call delay400
+    ATA_DX REG_STATUS
+    in al, dx
+    and al, STATUS_MASK
+    PRINT " back st="
     call hex8
     mov al, 10
     jmp putc
+
+; find_drive: the drive under test is the last position whose status reads as a
+; device (not 00h/7Fh/FFh, what absent devices and channels read as); the
+; bus-master registers of the secondary channel are 8 ports up
+find_drive:
+    mov word [v_position], positions
+.try:
+    mov bx, [v_position]
+    mov ax, [cs:bx]
+    test ax, ax
+    jz .chosen
+    mov [v_command_base], ax
+    mov ax, [cs:bx + 2]
+    mov [v_control_base], ax
+    mov al, [cs:bx + 4]
+    mov [v_device], al
+    ATA_DX REG_DEVICE
+    out dx, al
+    call delay400
+    ATA_DX REG_STATUS
+    in al, dx
+    cmp al, 0x00
+    je .absent
+    cmp al, 0x7F
+    je .absent
+    cmp al, 0xFF
+    je .absent
+    mov [v_found], bx
+.absent:
+    add word [v_position], 6
+    jmp .try
+.chosen:
+    mov bx, [v_found]
+    test bx, bx
+    jnz .found
+    PRINT_LINE "DRIVE none"
+    mov al, 2
+    jmp exit
+.found:
+    mov ax, [cs:bx]
+    mov [v_command_base], ax
+    mov ax, [cs:bx + 2]
+    mov [v_control_base], ax
+    mov al, [cs:bx + 4]
+    mov [v_device], al
+    PRINT "DRIVE "
+    mov ax, [v_command_base]
+    call hex16
+    mov al, ' '
+    call putc
+    mov al, [v_device]
+    call hex8
+    mov al, 10
+    call putc
+    cmp word [v_command_base], SECONDARY_COMMAND
+    jne .primary
+    add word [v_bm_base], 8
+.primary:
+    ; select it and wait, so the tests start from a settled drive
+    mov al, [v_device]
+    jmp select
+
+positions:
+    dw PRIMARY_COMMAND, PRIMARY_CONTROL
+    db DEV_MASTER, 0
+    dw PRIMARY_COMMAND, PRIMARY_CONTROL
+    db DEV_SLAVE, 0
+    dw SECONDARY_COMMAND, SECONDARY_CONTROL
+    db DEV_MASTER, 0
+    dw SECONDARY_COMMAND, SECONDARY_CONTROL
+    db DEV_SLAVE, 0
+    dw 0
 
 ; ---------------------------------------------------------------- bench mode
 check_bench:

@@ -127,3 +127,31 @@ def test_snapshot_run_matches_qemu_and_leaves_the_image_alone(disk_image, emu_ma
     assert emu.exit_code == 0, str(emu)
     assert emu.debugcon == qemu.debugcon
     assert image.contents() == before
+
+
+# Where the disk under test sits (the ROM tests the last position with a device):
+# the positions before it, None = empty, "dummy" = a small blank disk that must stay blank.
+POSITIONS = {
+    "primary slave": (["dummy"], "DRIVE 01F0 B0"),
+    "secondary master": ([None, None], "DRIVE 0170 A0"),
+    "secondary slave": ([None, None, "dummy"], "DRIVE 0170 B0"),
+}
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_emu_matches_qemu_at_every_position(position: str, disk_image, emu_machine) -> None:
+    """The same ROM on a slave and on the secondary channel (IRQ 15, bus-master base + 8)."""
+    need_machine()
+    before_positions, drive_line = POSITIONS[position]
+    image = disk_image("raw", DISK_SIZE, content=seed_content(40 << 20))
+    before = image.contents()
+    attached = [disk_image("raw", "1M", name=f"dummy{index}.img") if kind == "dummy" else None
+                for index, kind in enumerate(before_positions)]
+    qemu = emu_machine(*attached, image, engine="qemu", bios=ATATEST, timeout=120)
+    emu = emu_machine(*attached, image, bios=ATATEST, timeout=120)
+    assert drive_line in qemu.debugcon.splitlines(), str(qemu)
+    assert emu.debugcon == qemu.debugcon
+    model = check_transcript(emu, before)
+    assert emu.disks[-1].contents() == qemu.disks[-1].contents() == bytes(model)
+    for dummy in emu.disks[:-1]:
+        assert dummy.contents() == bytes(1 << 20)
