@@ -1,4 +1,4 @@
-; atatest.asm -- a ROM that drives the PC's primary IDE/ATA channel directly.
+; atatest.asm -- a ROM that drives the PC's IDE/ATA controller directly.
 ;
 ; Theory of operation
 ; -------------------
@@ -10,11 +10,13 @@
 ;
 ; It finds the PIIX3 IDE function on PCI (8086:7010) by configuration
 ; mechanism #1, gives it a bus-master I/O base (BAR4) and enables I/O and bus
-; mastering, then runs a table of ATA commands (`tests:` below) on the primary
-; master: IDENTIFY, CHS / LBA28 / LBA48 PIO reads and writes, READ/WRITE
-; MULTIPLE, READ/WRITE DMA with multi-entry PRD tables, READ VERIFY, FLUSH,
-; power and diagnostic commands, and error cases (out-of-range addresses and
-; invalid commands).  Every line of the transcript it prints on the debug
+; mastering, picks the drive under test -- the last of primary master, primary
+; slave, secondary master, secondary slave whose status reads as a device -- and
+; runs a table of ATA commands on it (`tests:` below): IDENTIFY, CHS / LBA28 /
+; LBA48 PIO reads and writes, READ/WRITE MULTIPLE, READ/WRITE DMA with
+; multi-entry, long and short PRD tables, READ VERIFY, FLUSH, power and
+; diagnostic commands, INTRQ and nIEN, and error cases (out-of-range addresses
+; and invalid commands).  Every line of the transcript it prints on the debug
 ; console (port 0xE9) holds only what two correct IDE implementations must
 ; agree on: status bits BSY/DRDY/DF/DRQ/ERR (DSC, CORR and IDX are obsolete and
 ; masked), error bytes, and a hash of the data moved.  Model, serial and
@@ -24,6 +26,7 @@
 ;
 ; Data written is a pattern the host can recompute: dword i of the sector at
 ; LBA L written with seed S is ((L * 128 + i) * 0x9E3779B1 + S) mod 2^32.
+;
 ; Active after a rejected command: when the drive aborts a DMA command before
 ; moving data, a PIIX keeps the bus-master Active bit set (it clears only at the
 ; end of the PRD table or when the host clears Start) and QEMU clears it; those
