@@ -21,6 +21,8 @@ from disks.image import Extent, RunKind
 CONVERT_CHUNK = 8 << 20
 READ_AHEAD = 2  # source pieces read ahead of the writer during convert
 FIND_BELOW_UNIT = 64 << 10  # zero units smaller than this are searched for with find()
+SMALL_UNIT = 64 << 10       # destinations allocating less at once are copied through ...
+BUFFERED_CHUNK = 512 << 10  # ... a buffer this size (it stays in a CPU cache)
 # qemu-img's cache modes; convert defaults to "unsafe" (no fsync at the end), as qemu-img does
 CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 
@@ -165,13 +167,21 @@ def copy_image(src: disks.Image, dst: disks.Image,
                progress: Callable[[int, int], None] | None = None) -> None:
     """Copy every non-zero allocation unit of ``src`` into a fresh, zero ``dst``.
 
-    Pieces the source holds as one plain stretch of its own file are memory-mapped
-    for the zero scan and copied in the kernel (``Image.copy_from_host``).  When some
-    pieces must be read through the driver instead, a thread keeps ``READ_AHEAD`` of
-    them in flight while this one writes (the system calls release the GIL); ``src``
-    is used only by that thread once the pieces are listed.
+    Destinations with small allocation units (raw: 4 KiB) are copied through one
+    cache-sized buffer.  For the others, pieces the source holds as one plain stretch
+    of its own file are memory-mapped for the zero scan and copied in the kernel
+    (``Image.copy_from_host``); pieces that must be read through the driver are read
+    by a thread that keeps ``READ_AHEAD`` of them in flight while this one writes (the
+    system calls release the GIL); ``src`` is used only by that thread once the pieces
+    are listed.
     """
     unit = max(512, dst.allocation_unit())
+    if unit < SMALL_UNIT:
+        # A fine-grained destination needs every byte scanned for zero units; mapping
+        # all those pages costs more than the kernel copy saves, and reading pieces
+        # that fit a CPU cache then writing them from there is cheaper (measured).
+        _copy_buffered(src, dst, unit, max(BUFFERED_CHUNK, unit) // unit * unit, progress)
+        return
     chunk = max(CONVERT_CHUNK, unit) // unit * unit
     pieces = list(_copy_pieces(src, unit, chunk))
     # Mapping the source is safe only while no writer can shrink it: a writable ``src``
@@ -186,6 +196,22 @@ def copy_image(src: disks.Image, dst: disks.Image,
     finally:
         if shared:
             src.file.unlock()
+
+
+def _copy_buffered(src: disks.Image, dst: disks.Image, unit: int, chunk: int,
+                   progress: Callable[[int, int], None] | None) -> None:
+    """Read each piece into one cache-sized buffer and write its non-zero units."""
+    buffer = bytearray(chunk)
+    view = memoryview(buffer)
+    zero_unit = bytes(unit)
+    for pos, step in _copy_pieces(src, unit, chunk):
+        src.readinto(pos, view[:step])
+        for start, end in _nonzero_stretches(buffer, 0, step, pos, unit, zero_unit):
+            dst.write(pos + start, view[start:end])
+        if progress:
+            progress(pos + step, src.size)
+    if progress:
+        progress(src.size, src.size)
 
 
 def _copy_pieces_to(src: disks.Image, dst: disks.Image, pieces: list[tuple[int, int]],

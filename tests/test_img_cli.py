@@ -285,21 +285,19 @@ def test_nonzero_stretches_keep_every_nonzero_unit(unit: int, offset: int, lengt
 
 def test_convert_of_an_image_in_use_reads_instead_of_mapping(tmp_path: Path) -> None:
     from emu.img import copy_image
-    source = tmp_path / "busy.vdi"
-    with disks.create(source, "vdi", "4M") as img:
-        img.write(MiB + 5, b"\x42" * (2 * MiB))
-    with disks.open(source, readonly=True) as img:
-        expected = img.read(0, 4 * MiB)
-    with disks.open(source):                             # a writer holds the lock
-        with disks.open(source, readonly=True) as src:
+    source = tmp_path / "busy.raw"
+    pattern_raw(source, {1: 0x42, 2: 0x43}, size=4 * MiB)
+    expected = source.read_bytes()
+    with disks.open(source, format="raw"):               # a writer holds the lock
+        with disks.open(source, format="raw", readonly=True) as src:
             assert not src.file.try_lock_shared()
-            with disks.create(tmp_path / "out.raw", "raw", src.size) as dst:
+            with disks.create(tmp_path / "out.vdi", "vdi", src.size) as dst:
                 copy_image(src, dst)
-    assert (tmp_path / "out.raw").read_bytes() == expected
-    with disks.open(source, readonly=True) as src:      # no writer: mapped, lock released
-        with disks.create(tmp_path / "out2.raw", "raw", src.size) as dst:
+                assert dst.read(0, dst.size) == expected
+    with disks.open(source, format="raw", readonly=True) as src:   # mapped, lock released
+        with disks.create(tmp_path / "out2.vdi", "vdi", src.size) as dst:
             copy_image(src, dst)
+            assert dst.read(0, dst.size) == expected
         assert src.file.try_lock_shared()
-    assert (tmp_path / "out2.raw").read_bytes() == expected
-    with disks.open(source):                             # and the lock was not kept
+    with disks.open(source, format="raw"):              # and the lock was not kept
         pass
