@@ -123,6 +123,7 @@ TWO_GB_EXTENT_BYTES = 2047 << 20       # largest piece of a twoGbMaxExtent* disk
 COWD_GTES_PER_GT = 4096
 COWD_HEADER_BYTES = 2048
 STREAM_COMPRESS_LEVEL = 6
+STREAM_READ_WINDOW = 1 << 20           # bytes read at once when inflating stream grains
 _LITTLE = sys.byteorder == "little"
 
 # The "KDMV" hosted sparse extent header (spec section 3, SparseExtentHeader).
@@ -681,6 +682,7 @@ class SparseExtent(Extent):
         self.stream_appending = False                # tables cut off, grains being appended
         self.stream_dirty = False
         self._grain_cache: tuple[int, bytes] | None = None
+        self._window: tuple[int, bytes] | None = None   # read-ahead of compressed grains
 
     # -- opening ----------------------------------------------------------
     def _load_directory(self) -> GrainTables:
@@ -760,13 +762,24 @@ class SparseExtent(Extent):
         within = rel - grain * self.grain_bytes
         out[:] = data[within:within + len(out)]
 
+    def _fetch(self, host: int, length: int) -> memoryview:
+        """``length`` bytes at ``host`` (fewer at end of file), from a read-ahead window:
+        a stream's grains lie one after another, so one read serves many of them."""
+        window = self._window
+        if window is not None and window[0] <= host and \
+                host + length <= window[0] + len(window[1]):
+            return memoryview(window[1])[host - window[0]:host - window[0] + length]
+        data = self.file.pread(max(length, STREAM_READ_WINDOW), host)
+        self._window = (host, data)
+        return memoryview(data)[:length]
+
     def _grain(self, grain: int, host: int) -> bytes:
         cached = self._grain_cache
         if cached is not None and cached[0] == host:
             return cached[1]
         path = self.filename
         # marker and deflated grain in one read (a grain rarely deflates to more than itself)
-        blob = self.file.pread(GRAIN_MARKER.size + self.grain_bytes + SECTOR, host)
+        blob = self._fetch(host, GRAIN_MARKER.size + self.grain_bytes + SECTOR)
         if len(blob) < GRAIN_MARKER.size:
             raise CorruptImageError(path, f"grain marker at {host} beyond end of file",
                                     field="grainMarker")
@@ -779,11 +792,11 @@ class SparseExtent(Extent):
             raise CorruptImageError(path, f"compressed grain at {host} of {size} bytes is "
                                     "implausible", field="grainMarker")
         if GRAIN_MARKER.size + size > len(blob):
-            blob = self.file.pread(GRAIN_MARKER.size + size, host)
+            blob = self._fetch(host, GRAIN_MARKER.size + size)
             if GRAIN_MARKER.size + size > len(blob):
                 raise CorruptImageError(path, f"compressed grain at {host} runs past the end "
                                         "of the file", field="grainMarker")
-        packed = memoryview(blob)[GRAIN_MARKER.size:GRAIN_MARKER.size + size]
+        packed = blob[GRAIN_MARKER.size:GRAIN_MARKER.size + size]
         try:
             inflater = zlib.decompressobj()
             data = inflater.decompress(packed, self.grain_bytes)
@@ -940,6 +953,7 @@ class SparseExtent(Extent):
             if tables.gd[index] * SECTOR >= last_grain_end:
                 tables.gd[index] = 0
         self.file.truncate(last_grain_end)
+        self._window = None
         self.end = last_grain_end
         self.stream_appending = True
         self.stream_dirty = True
@@ -994,6 +1008,7 @@ class SparseExtent(Extent):
                 self.tables.adopt(index, table)
             table[grain % self.gtes] = sector
         self._grain_cache = None
+        self._window = None
         self.stream_dirty = True
 
     def _stream_finish(self) -> None:
@@ -1015,6 +1030,7 @@ class SparseExtent(Extent):
             buffers.append(_table_bytes(table).ljust(gt_span, b"\0"))
             pos += gt_span
         tail = _stream_tail(header, gd, pos)
+        self._window = None
         _pwritev(self.file, buffers + tail, self.end)
         self.file.truncate(pos + sum(len(b) for b in tail))
         if header.gd_offset != GD_AT_END:   # e.g. a stream qemu-img wrote: GD in the header
