@@ -50,7 +50,8 @@ idiom; later stops there are exact.  An address whose hook stays silent through 
 few such stops is proven a tail byte and unwatched (every code hook costs a check
 per executed instruction; at most :data:`MAX_HLT_SITES` are watched).  A HLT
 with IF=1 waits: the clock jumps to the next timer deadline and the interrupt is
-delivered.  With IF=0, or with
+delivered (when the serial port is an interactive terminal the wait is paced to
+wall time instead, so a boot menu's countdown leaves time to press a key).  With IF=0, or with
 no timer armed, nothing can wake the CPU and the machine stops.
 
 **Fast string I/O.**  A ``rep insw/insd/outsw/...`` on a
@@ -362,6 +363,7 @@ class Machine:
         self.exception_streak: tuple[tuple[int, int] | None, int] = (None, 0)
         self.reboot_requested: str | None = None
         self.deadline: float | None = None
+        self.wall_start = 0.0
         self.fast_string_io = True  # tests turn it off to compare with the slow path
         # per port: misses so far, -1 once string I/O was seen, GIVE_UP = never look
         self.string_port_misses: dict[int, int] = {}
@@ -763,7 +765,8 @@ class Machine:
 
     # --- the run loop -----------------------------------------------------------
     def run(self) -> RunResult:
-        self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        self.wall_start = time.monotonic()
+        self.deadline = None if self.timeout is None else self.wall_start + self.timeout
         uc = self.uc
         try:
             while self._stop is None:
@@ -860,7 +863,18 @@ class Machine:
                 if deadlines:
                     if self._timed_out():
                         return
-                    self.clock.advance_to(min(deadlines))
+                    target = min(deadlines)
+                    if self.serial_backend.interactive:
+                        # Someone is typing: idle in real time, so the guest's timeouts
+                        # (a boot menu) last as long for them as on a real machine.
+                        ahead_ns = target - int((time.monotonic() - self.wall_start) * 1e9)
+                        if ahead_ns > 0:
+                            self.serial_backend.wait_input(min(ahead_ns / 1e9, INPUT_WAIT_S))
+                            self._poll_input()
+                            if self._stop is not None:
+                                return
+                            continue
+                    self.clock.advance_to(target)
                     for timer in self.timers:
                         timer.update()
                 elif self.serial_backend.interactive:
