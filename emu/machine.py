@@ -90,6 +90,7 @@ from unicorn import (
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
+    UC_PROT_WRITE,
     Uc,
     UcError,
 )
@@ -594,7 +595,7 @@ class Machine:
         last = (address + size - 1) & ~(PAGE - 1)
         for page in range(first, last + PAGE, PAGE):
             try:
-                uc.mem_map(page, PAGE, UC_PROT_READ | 2)  # read + write
+                uc.mem_map(page, PAGE, UC_PROT_READ | UC_PROT_WRITE)
                 uc.mem_write(page, b"\xff" * PAGE)
                 self.scratch_pages += 1
             except UcError:
@@ -673,8 +674,10 @@ class Machine:
         return x86.protected_mode(self.uc) and self.uc.reg_read(X.UC_X86_REG_IDTR)[2] == 0
 
     def _cpu_fault(self, detail: str) -> None:
-        self._on_reset(detail) if self.reboot else self._request_stop(StopReason.CPU_FAULT,
-                                                                      detail)
+        if self.reboot:
+            self._on_reset(detail)
+        else:
+            self._request_stop(StopReason.CPU_FAULT, detail)
 
     # --- fast string I/O ---------------------------------------------------------
     def _fast_string_io(self, port: int, size: int, device: Any, out_value: int | None
@@ -690,7 +693,10 @@ class Machine:
             code_base, code_32 = code_segment.base, code_segment.big
         else:
             code_base, code_32 = cs << 4, False
-        code = self.memory.peek((code_base + eip) & 0xFFFF_FFFF, 15)
+        try:
+            code = self.memory.peek((code_base + eip) & 0xFFFF_FFFF, 15)
+        except UcError:
+            return None  # the instruction straddles the end of mapped memory
         key = (code, code_32)
         decoded = self.decoded_string_io.get(key, MISSING)
         if decoded is MISSING:
