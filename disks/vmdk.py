@@ -1764,10 +1764,15 @@ class VmdkImage(Image):
     def _check(self, report: CheckReport, repair: bool) -> None:
         for extent in self.extents:
             extent.check(report)
-        if self.descriptor is not None:
-            total = sum(e.line.sectors for e in self.extents)
-            if total * SECTOR != self.size:
-                report.corrupt("extent sizes do not add up to the disk size")
+        if self.embedded is not None and self.embedded.unclean_shutdown:
+            message = (f"{self.path}: uncleanShutdown is set (the last writer did not close "
+                       "the disk; grains it was allocating may be unused)")
+            if repair and not report.corruptions:
+                self.embedded.unclean_shutdown = 0
+                self.file.pwrite(b"\0", UNCLEAN_SHUTDOWN_OFFSET)
+                report.repaired.append(message + ": cleared after a clean check")
+            else:
+                report.leak(message)
 
     def _info(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"extents": [e.info() for e in self.extents]}

@@ -748,3 +748,20 @@ def test_extent_files_are_locked_for_one_writer(tmp_path: Path) -> None:
             disks.open(other)
         with disks.open(other, readonly=True) as reader:
             assert reader.read(0, 512) == bytes(512)
+
+
+def test_unclean_shutdown_is_reported_and_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "u.vmdk"
+    with disks.create(path, "vmdk", 4 * MiB) as image:
+        image.write(0, b"u" * 512)
+    data = bytearray(path.read_bytes())
+    data[72] = 1                          # as a writer that died leaves it
+    path.write_bytes(bytes(data))
+    with disks.open(path, readonly=True) as image:
+        report = image.check()
+        assert not report.corruptions and any("uncleanShutdown" in m for m in report.leaks)
+    with disks.open(path) as image:
+        assert image.check(repair=True).repaired
+    assert path.read_bytes()[72] == 0
+    with disks.open(path, readonly=True) as image:
+        assert image.check().clean
