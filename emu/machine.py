@@ -495,6 +495,8 @@ class Machine:
         isa_size = min(len(self.bios), ISA_BIOS_MAX)
         self.memory.write(MiB - isa_size, self.bios[-isa_size:])
         uc.reg_write(X.UC_X86_REG_CR0, 0x6000_0010)  # CD NW ET, real mode
+        uc.reg_write(X.UC_X86_REG_CR3, 0)
+        uc.reg_write(X.UC_X86_REG_CR4, 0)
         uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
         for name in ("ds", "es", "ss", "fs", "gs"):
             uc.reg_write(x86.SEGMENT_REGISTERS[name], 0)
