@@ -494,3 +494,150 @@ def test_random_reads_match_the_image(engine: str, seed: int, tmp_path: Path, na
     run = emu_machine(image, engine=engine, bios="ours", timeout=120)
     assert run.exit_code == 0, str(run)
     compare_reads(run.debugcon, expected)
+
+
+WRITES_GUEST = r"""
+DBG equ 0xE9
+TABLE equ 0x7E00
+K_REQUEST equ 0x01000193
+K_DWORD equ 0x9E3779B1
+
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    cld
+    mov [drive], dl
+    mov ah, 0x42                    ; the request table at LBA 1
+    mov word [packet + 2], 1
+    mov word [packet + 4], TABLE
+    mov dword [packet + 8], 1
+    mov si, packet
+    int 0x13
+    mov si, TABLE + 2
+    xor bp, bp                      ; request number
+.request:
+    cmp bp, [TABLE]
+    jae .done
+    mov eax, [si]
+    mov [packet + 8], eax
+    mov ax, [si + 4]
+    mov [packet + 2], ax
+    mov ax, [si + 6]
+    mov [packet + 4], ax
+    mov ax, [si + 8]
+    mov [packet + 6], ax
+    push si
+    ; fill: dword i = (k + 1) * K_REQUEST + i * K_DWORD
+    movzx ecx, word [packet + 2]
+    shl ecx, 7
+    lea eax, [bp + 1]
+    imul eax, eax, K_REQUEST
+    les di, [packet + 4]
+    jecxz .filled
+.dword:
+    mov [es:di], eax
+    add eax, K_DWORD
+    add di, 4
+    cmp di, 0x8000
+    jb .next
+    mov bx, di
+    shr bx, 4
+    mov dx, es
+    add dx, bx
+    mov es, dx
+    and di, 15
+.next:
+    dec ecx
+    jnz .dword
+.filled:
+    xor ax, ax
+    mov es, ax
+    mov ah, 0x43
+    xor al, al
+    mov dl, [drive]
+    mov si, packet
+    int 0x13
+    mov al, ah
+    call hex8
+    mov ax, [packet + 2]
+    call hex16
+    mov al, 10
+    out DBG, al
+    pop si
+    add si, 10
+    inc bp
+    jmp .request
+.done:
+    xor al, al
+    out 0xF4, al
+    cli
+    hlt
+
+hex8:
+    push ax
+    shr al, 4
+    call nibble
+    pop ax
+nibble:
+    and al, 15
+    add al, '0'
+    cmp al, '9'
+    jbe .out
+    add al, 7
+.out:
+    out DBG, al
+    ret
+
+hex16:
+    push ax
+    xchg al, ah
+    call hex8
+    pop ax
+    jmp hex8
+
+drive: db 0
+packet: db 16, 0
+    dw 0, 0, 0
+    dq 0
+"""
+
+
+def written_data(request: int, count: int) -> bytes:
+    first = (request + 1) * 0x01000193
+    return b"".join(struct.pack("<I", (first + i * 0x9E3779B1) & 0xFFFFFFFF)
+                    for i in range(count * 128))
+
+
+@pytest.mark.parametrize(("engine", "seed", "variant"), [
+    ("qemu", 4, "raw"), ("qemu", 5, "raw"),
+    ("emu", 4, "raw"), ("emu", 5, "vpc"), ("emu", 6, "vdi"), ("emu", 7, "vmdk"),
+    ("emu", 8, "vhdx"), ("emu", 9, "vpc-fixed"),
+])
+def test_random_writes_reach_the_image(engine: str, seed: int, variant: str, tmp_path: Path,
+                                       nasm, emu_machine) -> None:
+    """43h writes land where the model says, in every image format emu runs on."""
+    if engine == "emu":
+        need_machine()
+    requests = [(max(lba, 2), count, offset, segment)          # keep the boot sectors
+                for lba, count, offset, segment in random_requests(seed)]
+    table = struct.pack("<H", len(requests)) + b"".join(
+        struct.pack("<IHHH", *request) for request in requests)
+    boot = nasm.boot_sector(WRITES_GUEST)
+    image = make_disk_image(tmp_path / "disks", variant, READS_DISK_SECTORS * 512,
+                            content={0: boot, 512: table})
+    model = bytearray(READS_DISK_SECTORS * 512)
+    model[0:512] = boot
+    model[512:512 + len(table)] = table
+    expected = []
+    for number, (lba, count, _, _) in enumerate(requests):
+        if lba + count > READS_DISK_SECTORS:
+            expected.append("040000")
+            continue
+        model[lba * 512:(lba + count) * 512] = written_data(number, count)
+        expected.append(f"00{count:04X}")
+    run = emu_machine(image, engine=engine, bios="ours", timeout=120)
+    assert run.exit_code == 0, str(run)
+    assert run.debugcon.splitlines() == expected, str(run)
+    assert run.disk == bytes(model)
