@@ -253,6 +253,8 @@ main:
     mov dl, [drive]
     int 0x13
     call dump
+    mov [geometry_cx], cx
+    mov [geometry_dh], dh
 
     PUTS "08b"
     mov ah, 0x08
@@ -821,12 +823,48 @@ main:
     PUTS " zf="
     call hex4
     call newline
+    ; the last BIOS CHS address, and cylinder 513 (bit 9 of the cylinder in CL), head 1,
+    ; sector 2: what is there (the host tags those sectors in the translation test)
+    PUTS "chslast"
+    mov cx, [geometry_cx]
+    mov dh, [geometry_dh]
+    call read_tag
+    PUTS "chs513"
+    mov cx, 0x0182
+    mov dh, 1
+    call read_tag
     PUTS "done"
     call newline
     xor al, al
     out EXIT, al
     cli
     hlt
+
+; read CHS CX/DH into BUF; print the call and the first 8 bytes there
+read_tag:
+    mov dword [BUF], 0
+    mov dword [BUF + 4], 0
+    mov ax, 0x0201
+    mov dl, [drive]
+    mov bx, BUF
+    int 0x13
+    call dump
+    PUTS "  tag="
+    mov si, BUF
+    mov cx, 8
+.byte:
+    lodsb
+    cmp al, ' '
+    ja .print
+    mov al, '.'
+.print:
+    out DBG, al
+    loop .byte
+    call newline
+    ret
+
+geometry_cx: dw 0
+geometry_dh: db 0
 
 print_same:
     jne .differ
@@ -1040,6 +1078,20 @@ def test_translation_agrees_with_seabios(nasm, tmp_path: Path, sectors: int,
     # 15h counts every BIOS-addressable sector; EDD gives the true capacity and geometry
     total = int(fields(ours["15"])["cx"], 16) << 16 | int(fields(ours["15"])["dx"], 16)
     assert total == (our_cylinder + 1) * our_heads * our_sectors <= sectors
+    # CHS addresses reach the sectors the geometry says: tag them and boot again
+    last = (our_cylinder + 1) * our_heads * our_sectors - 1
+    tags = {last: b"LASTCHS!"}
+    if our_cylinder >= 513:
+        tags[(513 * our_heads + 1) * our_sectors + 1] = b"CYL513!!"
+    with open(disk, "r+b") as image:
+        for lba, tag in tags.items():
+            image.seek(lba * 512)
+            image.write(tag)
+    tagged = run_qemu(firmware_file("bios.bin"), disk, geometry, translation, tmp_path)
+    tagged_lines = tagged.splitlines()
+    assert "  tag=LASTCHS!" in tagged_lines, tagged
+    if our_cylinder >= 513:
+        assert "  tag=CYL513!!" in tagged_lines, tagged
     edd = fields(ours["edd"])
     assert int(edd["sectors"], 16) == sectors
     assert (int(edd["cyl"], 16), int(edd["heads"], 16), int(edd["spt"], 16)) == geometry
