@@ -47,9 +47,14 @@ data is accepted (a fixed ATA disk has no write-protect status; ABRT is what
 hypervisors report for a read-only backend), image errors UNC (reads) or ABRT
 (writes, flush, trim): no :class:`disks.ImageError` escapes to the machine.
 
-Not modelled: timing, the standby timer, ATAPI packet devices (a present
-ATAPI drive would need its own class; disks abort PACKET and IDENTIFY PACKET
-DEVICE the way SeaBIOS's probe expects), security, SMART, queued commands.
+Hard disks abort PACKET and IDENTIFY PACKET DEVICE, which is how SeaBIOS's
+probe tells them from ATAPI devices.  :class:`AtapiDrive` is an ATAPI CD-ROM
+with an empty tray: ATAPI signature (0x14/0xEB) after reset, IDENTIFY PACKET
+DEVICE, the PIO PACKET protocol (interrupt reason in the count register, byte
+count limit in LBA mid/high) and SCSI answers for no medium.
+
+Not modelled: timing, the standby timer (SLEEP is treated as STANDBY), CD
+media, ATAPI DMA, security, SMART, queued commands.
 An empty channel reads 0 from every register and an absent device 1 reads 0
 from status and error, so BIOS probes skip it (what QEMU does and SeaBIOS's
 ``ata_detect`` relies on).
@@ -119,7 +124,17 @@ DEVICE_ALWAYS_ONE = 0xA0         # obsolete bits 7 and 5 read as one
 
 # Signatures left in count / LBA low / LBA mid / LBA high after reset or diagnostics.
 ATA_SIGNATURE = (0x01, 0x01, 0x00, 0x00)
+ATAPI_SIGNATURE = (0x01, 0x01, 0x14, 0xEB)
 ABSENT_SIGNATURE = (0x01, 0x01, 0xFF, 0xFF)
+
+# ATAPI: the interrupt reason in the count register, SCSI sense (key, ASC, ASCQ).
+ATAPI_PACKET_BYTES = 12
+REASON_COMMAND = 0x01           # CoD: the host is to send the packet
+REASON_TO_HOST = 0x02           # IO: data flows to the host
+REASON_STATUS = REASON_COMMAND | REASON_TO_HOST
+ATAPI_DEFAULT_BYTE_LIMIT = 0xFFFE
+SENSE_NO_MEDIUM = (0x02, 0x3A, 0x00)       # NOT READY, MEDIUM NOT PRESENT
+SENSE_INVALID_OPCODE = (0x05, 0x20, 0x00)  # ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE
 
 # CHECK POWER MODE answers.
 POWER_ACTIVE = 0xFF
@@ -317,6 +332,48 @@ class AtaDrive:
         return bytes(data)
 
 
+class AtapiDrive:
+    """An ATAPI CD-ROM drive with no medium: enough for probes and boot menus to see it.
+
+    It answers the ATAPI signature, IDENTIFY PACKET DEVICE and the PACKET
+    protocol (PIO only); every SCSI command that needs a disc reports NOT READY,
+    MEDIUM NOT PRESENT (sense 02h/3Ah), as an empty tray does.
+    """
+
+    def __init__(self, *, model: str = "EMU DVD-ROM", serial: str = "EMU-ATAPI") -> None:
+        self.model = model
+        self.serial = serial
+        self.sense = SENSE_NO_MEDIUM
+
+    def identify_packet(self, unit: int) -> bytes:
+        """IDENTIFY PACKET DEVICE data (ATA/ATAPI-6 table 30)."""
+        words = [0] * 256
+        words[0] = 0x85C0            # ATAPI, CD-ROM, removable, DRQ within 50 us, 12-byte packets
+        words[49] = 0x0200           # LBA (DMA not offered)
+        words[50] = 0x4000
+        words[53] = 0x0006
+        words[64] = 0x0003
+        words[65] = words[66] = words[67] = words[68] = 120
+        words[80] = 0x01F0
+        words[82] = 0x4010           # NOP, PACKET feature set
+        words[83] = words[84] = words[87] = 0x4000
+        words[85] = 0x4010
+        words[93] = 0x600B if unit == 0 else 0x6300
+        data = bytearray(struct.pack("<256H", *words))
+        data[20:40] = _ata_string(self.serial, 20)
+        data[46:54] = _ata_string(FIRMWARE_REVISION, 8)
+        data[54:94] = _ata_string(self.model, 40)
+        data[510] = 0xA5
+        data[511] = -sum(data[:511]) & 0xFF
+        return bytes(data)
+
+    def inquiry(self) -> bytes:
+        """Standard INQUIRY data: a removable CD/DVD device (SPC, MMC)."""
+        header = bytes([0x05, 0x80, 0x00, 0x32, 31, 0, 0, 0])
+        return (header + b"EMU".ljust(8) + self.model.encode("ascii", "replace")[:16].ljust(16)
+                + FIRMWARE_REVISION.encode()[:4].ljust(4))
+
+
 @dataclass(frozen=True, slots=True)
 class AtaCommand:
     """One row of the command table."""
@@ -353,7 +410,8 @@ class _PioTransfer:
     """The data phase of a PIO command: one staged chunk, the current DRQ block."""
 
     __slots__ = ("command", "writing", "first_lba", "sectors", "next_lba", "left",
-                 "block_sectors", "buffer", "pos", "block_end", "chs", "flushed_lba")
+                 "block_sectors", "buffer", "pos", "block_end", "chs", "flushed_lba",
+                 "on_done")
 
     def __init__(self, command: AtaCommand, first_lba: int, sectors: int,
                  block_sectors: int, chs: bool) -> None:
@@ -369,6 +427,7 @@ class _PioTransfer:
         self.pos = 0
         self.block_end = 0
         self.chs = chs
+        self.on_done: Callable[[], None] | None = None   # a one-block transfer's continuation
 
 
 class _Unit:
@@ -378,7 +437,7 @@ class _Unit:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.drive: AtaDrive | None = None
+        self.drive: AtaDrive | AtapiDrive | None = None
         self.regs = TaskFile()
         self.status = 0
         self.error = 0
@@ -450,6 +509,41 @@ COMMAND_LIST = [
 COMMANDS: dict[int, AtaCommand] = {command.opcode: command for command in COMMAND_LIST}
 UNKNOWN_COMMAND = AtaCommand(-1, "unknown", Protocol.NON_DATA, "_cmd_abort")
 
+# An ATAPI device's own ATA command set (ATA/ATAPI-6 clause 8: the PACKET feature set).
+ATAPI_COMMAND_LIST = [
+    AtaCommand(0x00, "NOP", Protocol.NON_DATA, "_cmd_abort"),
+    AtaCommand(0x08, "DEVICE RESET", Protocol.NON_DATA, "_atapi_device_reset"),
+    AtaCommand(0x90, "EXECUTE DEVICE DIAGNOSTIC", Protocol.NON_DATA, "_cmd_diagnostic"),
+    AtaCommand(0xA0, "PACKET", Protocol.PIO_OUT, "_atapi_packet"),
+    AtaCommand(0xA1, "IDENTIFY PACKET DEVICE", Protocol.PIO_IN, "_atapi_identify"),
+    AtaCommand(0xE0, "STANDBY IMMEDIATE", Protocol.NON_DATA, "_atapi_accept"),
+    AtaCommand(0xE1, "IDLE IMMEDIATE", Protocol.NON_DATA, "_atapi_accept"),
+    AtaCommand(0xE5, "CHECK POWER MODE", Protocol.NON_DATA, "_atapi_check_power_mode"),
+    AtaCommand(0xE6, "SLEEP", Protocol.NON_DATA, "_atapi_accept"),
+    AtaCommand(0xEC, "IDENTIFY DEVICE", Protocol.NON_DATA, "_atapi_refuse_identify"),
+    AtaCommand(0xEF, "SET FEATURES", Protocol.NON_DATA, "_atapi_set_features"),
+]
+ATAPI_COMMANDS: dict[int, AtaCommand] = {command.opcode: command
+                                         for command in ATAPI_COMMAND_LIST}
+
+# SCSI operation codes an empty drive answers (MMC) -> AtaChannel method.
+ATAPI_PACKET_COMMANDS = {
+    0x00: "_scsi_needs_medium",     # TEST UNIT READY
+    0x03: "_scsi_request_sense",
+    0x12: "_scsi_inquiry",
+    0x1B: "_scsi_needs_medium",     # START STOP UNIT
+    0x1E: "_scsi_good",             # PREVENT ALLOW MEDIUM REMOVAL
+    0x25: "_scsi_needs_medium",     # READ CAPACITY
+    0x28: "_scsi_needs_medium",     # READ (10)
+    0x43: "_scsi_needs_medium",     # READ TOC
+    0x46: "_scsi_needs_medium",     # GET CONFIGURATION
+    0x4A: "_scsi_needs_medium",     # GET EVENT STATUS NOTIFICATION
+    0x51: "_scsi_needs_medium",     # READ DISC INFORMATION
+    0x5A: "_scsi_needs_medium",     # MODE SENSE (10)
+    0xA8: "_scsi_needs_medium",     # READ (12)
+    0xBD: "_scsi_needs_medium",     # MECHANISM STATUS
+}
+
 # SET FEATURES subcommands (features register) -> AtaChannel method.
 SET_FEATURES = {
     0x02: "_feature_write_cache_on",
@@ -512,7 +606,7 @@ class AtaChannel:
         }
 
     # --- wiring -------------------------------------------------------------
-    def attach(self, unit: int, drive: AtaDrive) -> None:
+    def attach(self, unit: int, drive: AtaDrive | AtapiDrive) -> None:
         if unit not in (0, 1):
             raise ValueError(f"unit {unit} is not 0 (master) or 1 (slave)")
         self.units[unit].drive = drive
@@ -524,7 +618,7 @@ class AtaChannel:
     def reset(self) -> None:
         """Hardware reset (machine reset): every drive back to power-on settings."""
         for unit in self.units:
-            if unit.drive is not None:
+            if isinstance(unit.drive, AtaDrive):
                 unit.drive.power_on_defaults()
         self.control = 0
         self._software_reset_done()
@@ -690,14 +784,16 @@ class AtaChannel:
             unit.regs.set_signature(ABSENT_SIGNATURE)
             unit.status = unit.error = 0
             return
-        unit.regs.set_signature(ATA_SIGNATURE)
-        unit.status = STATUS_READY
+        atapi = isinstance(unit.drive, AtapiDrive)
+        unit.regs.set_signature(ATAPI_SIGNATURE if atapi else ATA_SIGNATURE)
+        unit.status = 0 if atapi else STATUS_READY   # ATAPI devices leave DRDY clear
         unit.error = DIAGNOSTIC_PASSED
 
     def _abandon(self, unit: _Unit) -> None:
         """Stop a data phase; sectors the host already wrote still reach the image."""
         pio = unit.pio
-        if pio is not None and pio.writing and unit.drive is not None:
+        if pio is not None and pio.writing and isinstance(unit.drive, AtaDrive) \
+                and pio.command.handler == "_cmd_transfer":
             done = pio.sectors - pio.left - (pio.flushed_lba - pio.first_lba)
             if done > 0:
                 try:
@@ -713,15 +809,17 @@ class AtaChannel:
         if self._busy():
             return
         self.control &= ~CTRL_HOB
-        command = COMMANDS.get(opcode, UNKNOWN_COMMAND)
         unit = self.selected
-        if unit.drive is None and command.handler != "_cmd_diagnostic":
+        drive = unit.drive
+        table = ATAPI_COMMANDS if isinstance(drive, AtapiDrive) else COMMANDS
+        command = table.get(opcode, UNKNOWN_COMMAND)
+        if drive is None and command.handler != "_cmd_diagnostic":
             return  # an absent device ignores commands
         self._clear_irq()
         self._abandon(unit)
-        if unit.drive is not None and unit.drive.power != POWER_ACTIVE \
+        if isinstance(drive, AtaDrive) and drive.power != POWER_ACTIVE \
                 and command.handler in ("_cmd_transfer", "_cmd_verify"):
-            unit.drive.power = POWER_ACTIVE
+            drive.power = POWER_ACTIVE
         try:
             getattr(self, command.handler)(unit, command)
         except CommandFailed as failure:
@@ -741,7 +839,7 @@ class AtaChannel:
 
     @staticmethod
     def _drive(unit: _Unit) -> AtaDrive:
-        assert unit.drive is not None
+        assert isinstance(unit.drive, AtaDrive)
         return unit.drive
 
     # --- addressing ---------------------------------------------------------
@@ -829,6 +927,10 @@ class AtaChannel:
         self._assert_irq()
 
     def _pio_in_block_done(self, unit: _Unit, pio: _PioTransfer) -> None:
+        if pio.on_done is not None:
+            unit.pio = None
+            pio.on_done()
+            return
         block = min(pio.block_sectors, pio.left)
         pio.left -= block
         if pio.left:
@@ -852,6 +954,10 @@ class AtaChannel:
             self._assert_irq()
 
     def _pio_out_block_done(self, unit: _Unit, pio: _PioTransfer) -> None:
+        if pio.on_done is not None:
+            unit.pio = None
+            pio.on_done()
+            return
         pio.left -= min(pio.block_sectors, pio.left)
         drive = self._drive(unit)
         if pio.pos >= len(pio.buffer):
@@ -1108,3 +1214,106 @@ class AtaChannel:
         if attribute != "pio_mode":  # one DMA mode is selected at a time (words 63/88)
             drive.mwdma_mode = drive.udma_mode = None
         setattr(drive, attribute, count & 0x07)
+
+    # --- ATAPI (PACKET feature set) -------------------------------------------
+    @staticmethod
+    def _atapi(unit: _Unit) -> AtapiDrive:
+        assert isinstance(unit.drive, AtapiDrive)
+        return unit.drive
+
+    def _atapi_identify(self, unit: _Unit, command: AtaCommand) -> None:
+        pio = _PioTransfer(command, 0, 1, 1, False)
+        pio.buffer = self._atapi(unit).identify_packet(unit.index)
+        unit.pio = pio
+        self._pio_in_next_block(unit, pio)
+
+    def _atapi_refuse_identify(self, unit: _Unit, command: AtaCommand) -> None:
+        """ATAPI devices abort IDENTIFY DEVICE and post their signature (ATA-6 8.15)."""
+        unit.regs.set_signature(ATAPI_SIGNATURE)
+        raise CommandFailed(ERROR_ABRT)
+
+    def _atapi_device_reset(self, unit: _Unit, command: AtaCommand) -> None:
+        """DEVICE RESET: this device only, signature posted, no interrupt."""
+        self._reset_unit(unit)
+
+    def _atapi_accept(self, unit: _Unit, command: AtaCommand) -> None:
+        self._complete(unit)
+
+    def _atapi_check_power_mode(self, unit: _Unit, command: AtaCommand) -> None:
+        unit.regs.count = POWER_ACTIVE
+        self._complete(unit)
+
+    def _atapi_set_features(self, unit: _Unit, command: AtaCommand) -> None:
+        regs = unit.regs
+        if regs.feature != 0x03 or regs.count & 0xF8 not in (0x00, 0x08) \
+                or regs.count & 0xF8 == 0x08 and regs.count & 0x07 > 4:
+            raise CommandFailed(ERROR_ABRT)   # only PIO modes: no DMA offered
+        self._complete(unit)
+
+    def _atapi_packet(self, unit: _Unit, command: AtaCommand) -> None:
+        regs = unit.regs
+        if regs.feature & 0x01:               # DMA data phase requested: not offered
+            raise CommandFailed(ERROR_ABRT)
+        limit = (regs.lba_high << 8 | regs.lba_mid) & ~1 or ATAPI_DEFAULT_BYTE_LIMIT
+        pio = _PioTransfer(command, 0, 1, 1, False)
+        pio.buffer = bytearray(ATAPI_PACKET_BYTES)
+        pio.block_end = ATAPI_PACKET_BYTES
+        pio.on_done = lambda: self._atapi_execute(unit, bytes(pio.buffer), limit)
+        unit.pio = pio
+        regs.count = REASON_COMMAND
+        unit.status = STATUS_DATA             # no interrupt before the packet (word 0 bits 6:5)
+
+    def _atapi_execute(self, unit: _Unit, packet: bytes, limit: int) -> None:
+        handler = ATAPI_PACKET_COMMANDS.get(packet[0], "_scsi_invalid")
+        result = getattr(self, handler)(self._atapi(unit), packet)
+        if isinstance(result, tuple):
+            self._atapi_check_condition(unit, result)
+        else:
+            self._atapi_send(unit, result, limit)
+
+    def _atapi_send(self, unit: _Unit, data: bytes, limit: int) -> None:
+        """PIO data-in of ATAPI: DRQ blocks of at most ``limit`` bytes, then status."""
+        if not data:
+            self._atapi_status(unit, 0)
+            return
+        block, rest = data[:limit], data[limit:]
+        pio = _PioTransfer(ATAPI_COMMANDS[0xA0], 0, 1, 1, False)
+        pio.writing = False
+        pio.buffer = block
+        pio.block_end = len(block)
+        pio.on_done = lambda: self._atapi_send(unit, rest, limit)
+        unit.pio = pio
+        regs = unit.regs
+        regs.count = REASON_TO_HOST
+        regs.lba_mid, regs.lba_high = len(block) & 0xFF, len(block) >> 8
+        unit.status = STATUS_DATA
+        self._assert_irq()
+
+    def _atapi_status(self, unit: _Unit, error: int) -> None:
+        unit.regs.count = REASON_STATUS
+        unit.status = STATUS_ERROR if error else STATUS_READY
+        unit.error = error
+        self._assert_irq()
+
+    def _atapi_check_condition(self, unit: _Unit, sense: tuple[int, int, int]) -> None:
+        self._atapi(unit).sense = sense
+        self._atapi_status(unit, sense[0] << 4)
+
+    # SCSI commands: data to return, or a sense triple for CHECK CONDITION.
+    def _scsi_needs_medium(self, drive: AtapiDrive, packet: bytes) -> tuple[int, int, int]:
+        return SENSE_NO_MEDIUM
+
+    def _scsi_invalid(self, drive: AtapiDrive, packet: bytes) -> tuple[int, int, int]:
+        return SENSE_INVALID_OPCODE
+
+    def _scsi_good(self, drive: AtapiDrive, packet: bytes) -> bytes:
+        return b""
+
+    def _scsi_request_sense(self, drive: AtapiDrive, packet: bytes) -> bytes:
+        key, asc, ascq = drive.sense
+        sense = bytes([0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
+        drive.sense = SENSE_NO_MEDIUM         # the tray stays empty
+        return sense[:packet[4]]
+
+    def _scsi_inquiry(self, drive: AtapiDrive, packet: bytes) -> bytes:
+        return drive.inquiry()[:packet[3] << 8 | packet[4]]

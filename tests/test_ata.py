@@ -29,6 +29,7 @@ from devices.ata import (
     ERROR_UNC,
     AtaChannel,
     AtaDrive,
+    AtapiDrive,
     Protocol,
 )
 from devices.busmaster import BusMasterIde
@@ -252,8 +253,8 @@ def seabios_pio_identify(host: Host, slave: bool, opcode: int) -> list[int] | No
         host.outb(CONTROL, HD15)
 
 
-def seabios_detect(host: Host) -> dict[int, list[int]]:
-    """SeaBIOS ata_detect for one channel: the IDENTIFY words of each drive it accepts."""
+def seabios_detect(host: Host) -> dict[int, tuple[str, list[int]]]:
+    """SeaBIOS ata_detect for one channel: ("ata" or "atapi", IDENTIFY words) per drive."""
     found = {}
     did_reset = False
     for slave in (False, True):
@@ -270,14 +271,16 @@ def seabios_detect(host: Host) -> dict[int, list[int]]:
         if not did_reset:
             seabios_reset(host, slave)
             did_reset = True
-        if seabios_pio_identify(host, slave, 0xA1) is not None:
-            pytest.fail("a hard disk accepted IDENTIFY PACKET DEVICE")
+        packet_words = seabios_pio_identify(host, slave, 0xA1)
+        if packet_words is not None:
+            found[int(slave)] = ("atapi", packet_words)
+            continue
         if not host.status():
             continue                                     # "Status not set"
         assert host.status() & DRDY
         words = seabios_pio_identify(host, slave, 0xEC)
         assert words is not None
-        found[int(slave)] = words
+        found[int(slave)] = ("ata", words)
         if not slave and words[93] & 0xDF61 == 0x4041:
             break                                        # device 0 answers for device 1
     assert not host.irq.level                            # no interrupt left pending
@@ -287,7 +290,8 @@ def seabios_detect(host: Host) -> dict[int, list[int]]:
 def test_seabios_probe_finds_the_master_and_skips_the_absent_slave(host: Host) -> None:
     found = seabios_detect(host)
     assert list(found) == [0]
-    words = found[0]
+    kind, words = found[0]
+    assert kind == "ata"
     assert words[0] & 0x8000 == 0                          # ATA device
     assert words[60] | words[61] << 16 == (8 << 20) // SECTOR
     assert words[80] >> 4 & 1                              # "ATA-n" SeaBIOS prints
@@ -298,8 +302,8 @@ def test_seabios_probe_finds_master_and_slave(disk: disks.Image, tmp_path: Path)
     with make_disk(tmp_path / "slave.raw", 4 << 20) as slave_image:
         host.channel.attach(1, AtaDrive(slave_image))
         found = seabios_detect(host)
-        assert list(found) == [0, 1]
-        assert found[1][60] == (4 << 20) // SECTOR
+        assert [kind for kind, _ in found.values()] == ["ata", "ata"]
+        assert found[1][1][60] == (4 << 20) // SECTOR
 
 
 def test_empty_channel_fails_the_register_echo_test() -> None:
@@ -938,3 +942,90 @@ def test_a_dword_read_straddling_the_block_end_stays_in_its_block(host: Host) ->
     last = host.channel.read(DATA, 4)                    # the last word, zero-extended
     assert last == int.from_bytes(pattern(0)[-2:], "little")
     assert host.insw(256) == pattern(1)                  # block 2 starts where it should
+
+
+# --- an ATAPI device (empty CD-ROM) ------------------------------------------------------
+
+def send_packet(host: Host, packet: bytes, *, limit: int = 0xFFFE) -> tuple[int, bytes]:
+    """SeaBIOS ata_atapi_process_op: PACKET, the 12-byte CDB, then the data blocks."""
+    host.outb(DEVICE, DEV1)
+    host.outb(FEATURES, 0)
+    host.outb(LBA_MID, limit & 0xFF)
+    host.outb(LBA_HIGH, limit >> 8)
+    host.outb(COMMAND, 0xA0)
+    status = host.status()
+    assert status & DRQ and host.inb(COUNT) == 0x01      # CoD: send the command packet
+    host.outsw(packet.ljust(12, b"\0"))
+    data = b""
+    while True:
+        status = host.status()
+        if not status & DRQ:
+            break
+        assert host.inb(COUNT) == 0x02                   # IO: data to the host
+        length = host.inb(LBA_MID) | host.inb(LBA_HIGH) << 8
+        assert length <= limit
+        data += host.insw(length // 2)
+    assert host.inb(COUNT) == 0x03                       # status phase
+    return status, data
+
+
+@pytest.fixture
+def cdrom_host(disk: disks.Image) -> Host:
+    host = attach(disk)
+    host.channel.attach(1, AtapiDrive())
+    return host
+
+
+def test_atapi_signature_after_reset_and_seabios_probe(cdrom_host: Host) -> None:
+    host = cdrom_host
+    host.outb(CONTROL, SRST)
+    host.outb(CONTROL, 0)
+    host.outb(DEVICE, DEV1)
+    assert (host.inb(COUNT), host.inb(LBA_LOW), host.inb(LBA_MID), host.inb(LBA_HIGH)) == \
+        (1, 1, 0x14, 0xEB)
+    assert host.status() == 0                            # DRDY clear on an ATAPI device
+    words = seabios_pio_identify(host, True, 0xA1)
+    assert words is not None
+    assert words[0] >> 14 == 2 and words[0] >> 8 & 0x1F == 0x05   # ATAPI, CD-ROM
+    assert sum(struct.pack("<256H", *words)) % 256 == 0
+    found = seabios_detect(host)
+    assert found[0][0] == "ata" and found[1][0] == "atapi"
+
+
+def test_atapi_refuses_identify_device_with_its_signature(cdrom_host: Host) -> None:
+    host = cdrom_host
+    host.outb(DEVICE, DEV1)
+    host.outb(LBA_MID, 0)
+    host.outb(COMMAND, 0xEC)
+    assert host.status() == DRDY | ERR and host.error() == ERROR_ABRT
+    assert (host.inb(LBA_MID), host.inb(LBA_HIGH)) == (0x14, 0xEB)
+
+
+def test_atapi_packets_on_an_empty_tray(cdrom_host: Host) -> None:
+    host = cdrom_host
+    status, data = send_packet(host, bytes([0x00]))                # TEST UNIT READY
+    assert status & ERR and host.error() >> 4 == 0x02 and data == b""
+    status, data = send_packet(host, bytes([0x03, 0, 0, 0, 18]))   # REQUEST SENSE
+    assert status & (ERR | DRQ) == 0
+    assert data[0] == 0x70 and data[2] == 0x02 and (data[12], data[13]) == (0x3A, 0x00)
+    status, data = send_packet(host, bytes([0x12, 0, 0, 0, 36]))   # INQUIRY
+    assert status & ERR == 0 and len(data) == 36
+    assert data[0] == 0x05 and data[1] & 0x80 and data[8:11] == b"EMU"
+    status, data = send_packet(host, bytes([0x12, 0, 0, 0, 36]), limit=16)
+    assert len(data) == 36                                         # in 16-byte DRQ blocks
+    status, data = send_packet(host, bytes([0xFF]))                # not an MMC command
+    assert status & ERR and host.error() >> 4 == 0x05
+    host.outb(FEATURES, 0x01)                                      # DMA is not offered
+    host.outb(COMMAND, 0xA0)
+    assert host.status() & ERR and host.error() == ERROR_ABRT
+
+
+def test_atapi_device_reset(cdrom_host: Host) -> None:
+    host = cdrom_host
+    host.outb(DEVICE, DEV1)
+    host.outb(COMMAND, 0x08)
+    assert not host.irq.level
+    assert (host.inb(LBA_MID), host.inb(LBA_HIGH)) == (0x14, 0xEB)
+    host.outb(DEVICE, DEV0)
+    host.outb(COMMAND, 0x08)                              # a hard disk aborts it
+    assert host.error() == ERROR_ABRT
