@@ -1595,8 +1595,9 @@ class VmdkImage(Image):
             return
         folder = os.path.dirname(os.path.abspath(self.path))
         child = self.path
+        portable = hint.replace("\\", "/")   # hints written on Windows use backslashes
         try:
-            parent_path: str | None = resolve_path(hint, folder, self.path,
+            parent_path: str | None = resolve_path(portable, folder, self.path,
                                                    allow_unsafe=self.allow_unsafe,
                                                    what="parentFileNameHint")
             shown = hint
@@ -1606,6 +1607,11 @@ class VmdkImage(Image):
             # Not opened; an explicit backing file from the caller still may be.
             parent_path = None
             shown = f"{hint} (refused: {exc.reason})"
+        # A parent of that name beside the child is always safe to try (VMware on another
+        # host wrote an absolute hint; the disks were then moved together).
+        base_name = portable.rsplit("/", 1)[-1]
+        beside = os.path.join(folder, base_name)
+        candidates = (beside,) if base_name and beside != parent_path else ()
 
         def validate(parent: Image) -> None:
             own = getattr(parent, "cid", None)
@@ -1616,7 +1622,8 @@ class VmdkImage(Image):
                                         f"image was made from CID {parent_cid:08x}",
                                         field="parentCID")
 
-        self.backing_spec = BackingSpec(parent_path, None, validate=validate, display_name=shown)
+        self.backing_spec = BackingSpec(parent_path, None, candidates, validate=validate,
+                                        display_name=shown)
         for extent in self.extents:
             extent.has_parent = True
 

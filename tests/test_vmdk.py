@@ -765,3 +765,21 @@ def test_unclean_shutdown_is_reported_and_repaired(tmp_path: Path) -> None:
     assert path.read_bytes()[72] == 0
     with disks.open(path, readonly=True) as image:
         assert image.check().clean
+
+
+@pytest.mark.parametrize("hint", [r"C:\VMs\base.vmdk", "/elsewhere/base.vmdk"])
+def test_parent_hint_from_another_host_found_beside_the_child(tmp_path: Path, hint: str) -> None:
+    base, child = tmp_path / "base.vmdk", tmp_path / "child.vmdk"
+    with disks.create(base, "vmdk", 4 * MiB) as image:
+        image.write(0, b"b" * 512)
+    with disks.create(child, "vmdk", backing=base):
+        pass
+    data = bytearray(child.read_bytes())
+    area = bytes(data[512:21 * 512])                    # the embedded descriptor
+    text = area.split(b"\0", 1)[0].replace(b'parentFileNameHint="base.vmdk"',
+                                           f'parentFileNameHint="{hint}"'.encode())
+    data[512:21 * 512] = text.ljust(len(area), b"\0")
+    child.write_bytes(bytes(data))
+    with disks.open(child, readonly=True) as image:
+        assert image.read(0, 512) == b"b" * 512
+        assert image.backing is not None and image.backing.path == str(base)
