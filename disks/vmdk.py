@@ -6,15 +6,16 @@ A VMDK disk is a *descriptor* (a small text file, or text embedded in a sparse
 extent) listing *extents* that lie back to back in the virtual disk (VMware's
 "Virtual Disk Format 1.1", section 2).  Each extent line says its access (RW,
 RDONLY, NOACCESS), its length in sectors, its kind and, but for ZERO extents, a
-file name (plus a start sector for FLAT/VMFS extents).  The kinds are:
+file name (plus a start sector for FLAT extents).  The kinds are:
 
 * FLAT / VMFS: the bytes lie in the named file from a sector offset on;
 * ZERO: reads as zeros, takes no file (it still takes its place in the disk);
 * SPARSE: a hosted sparse extent ("KDMV" header, section 3): a grain directory
   (GD) of uint32 sector numbers of grain tables (GTs), each GT holding
   ``numGTEsPerGT`` uint32 sector numbers of grains.  GTE 0 is "not here" (the
-  parent answers), GTE 1 is a zeroed grain when the header has that flag.  A
-  redundant GD/GT set (RGD) mirrors the first and is kept in step;
+  parent answers), GTE 1 a zeroed grain (written only when the header has the
+  zeroed-grain flag).  A redundant GD/GT set (RGD) mirrors the first and is kept
+  in step;
 * SPARSE with the compressed + markers flags: streamOptimized (section 4).
   Grains are deflate streams behind a 12-byte grain marker (lba, size); GTs and
   the GD sit behind 512-byte markers, usually at the end, with a footer (a copy
@@ -33,9 +34,10 @@ and then the GD entries; each redundant copy is written before its primary.  A
 crash therefore leaks space (or leaves the redundant copy ahead, which
 ``check()`` reports as a leak) but never publishes a pointer to unwritten data.
 Grain entries that point into the metadata area are refused, never written
-through.  Stream-optimized extents open for
-writing only append compressed grains; their tables, footer and end-of-stream
-marker are written out on flush/close (and cut off again by the next write).
+through.  Stream-optimized extents open for writing only append compressed
+grains; their tables, footer and end-of-stream marker are written out on
+flush/close (and cut off again by the next write).  A stream without a footer
+is read by walking its markers.
 
 Descriptor text is kept line by line: keys we change (CID, parentCID) are
 rewritten in place, unknown keys and comments survive.  The CID changes once per
