@@ -783,3 +783,22 @@ def test_parent_hint_from_another_host_found_beside_the_child(tmp_path: Path, hi
     with disks.open(child, readonly=True) as image:
         assert image.read(0, 512) == b"b" * 512
         assert image.backing is not None and image.backing.path == str(base)
+
+
+def test_rdonly_and_noaccess_extents_keep_their_place(tmp_path: Path) -> None:
+    for name, fill in (("a.bin", b"a"), ("b.bin", b"b"), ("c.bin", b"c")):
+        (tmp_path / name).write_bytes(fill * MiB)
+    desc = tmp_path / "modes.vmdk"
+    desc.write_text('version=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
+                    'RW 2048 FLAT "a.bin" 0\nNOACCESS 2048 FLAT "b.bin" 0\n'
+                    'RDONLY 2048 FLAT "c.bin" 0\n')
+    with disks.open(desc) as image:
+        assert image.size == 3 * MiB
+        assert image.read(MiB - 1, 1) == b"a" and image.read(2 * MiB, 1) == b"c"
+        with pytest.raises(disks.ImageError, match="NOACCESS"):
+            image.read(MiB, 512)
+        with pytest.raises(disks.ReadOnlyImageError):
+            image.write(2 * MiB, b"x")
+        image.write(0, b"x")
+    assert (tmp_path / "c.bin").read_bytes() == b"c" * MiB
+    assert (tmp_path / "a.bin").read_bytes()[:1] == b"x"
