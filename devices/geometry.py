@@ -93,9 +93,18 @@ def geometry_from_mbr(image: Image) -> Geometry | None:
 
 
 def default_geometry(sectors: int) -> Geometry:
-    """The standard 16-head, 63-sector shape for a disk of ``sectors`` sectors."""
-    cylinders = sectors // (MAX_ATA_HEADS * MAX_ATA_SECTORS)
-    return Geometry(max(1, min(cylinders, MAX_ATA_CYLINDERS)), MAX_ATA_HEADS, MAX_ATA_SECTORS)
+    """The standard 16-head, 63-sector shape for a disk of ``sectors`` sectors.
+
+    A disk smaller than one such cylinder gets fewer heads (and, under one
+    track, fewer sectors per track) so the CHS capacity never exceeds the disk.
+    """
+    per_cylinder = MAX_ATA_HEADS * MAX_ATA_SECTORS
+    if sectors >= per_cylinder:
+        cylinders = min(sectors // per_cylinder, MAX_ATA_CYLINDERS)
+        return Geometry(cylinders, MAX_ATA_HEADS, MAX_ATA_SECTORS)
+    per_track = min(MAX_ATA_SECTORS, max(1, sectors))
+    heads = max(1, min(MAX_ATA_HEADS, sectors // per_track))
+    return Geometry(1, heads, per_track)
 
 
 def guess_geometry(image: Image) -> Geometry:

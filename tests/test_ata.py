@@ -1029,3 +1029,17 @@ def test_atapi_device_reset(cdrom_host: Host) -> None:
     host.outb(DEVICE, DEV0)
     host.outb(COMMAND, 0x08)                              # a hard disk aborts it
     assert host.error() == ERROR_ABRT
+
+
+@pytest.mark.parametrize(("size", "expected"), [
+    (200 * SECTOR, disks.Geometry(1, 3, 63)),
+    (10 * SECTOR, disks.Geometry(1, 1, 10)),
+    (16 * 63 * SECTOR, disks.Geometry(1, 16, 63)),
+    (40 << 30, disks.Geometry(16383, 16, 63)),
+])
+def test_default_geometry_never_exceeds_the_disk(tmp_path: Path, size: int,
+                                                 expected: disks.Geometry) -> None:
+    with make_disk(tmp_path / "t.raw", size, fill=False) as image:
+        assert drive_geometry(image) == expected
+        words = attach(image).identify()
+        assert words[57] | words[58] << 16 <= size // SECTOR
