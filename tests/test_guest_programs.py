@@ -115,3 +115,30 @@ def test_program_in_emu(program, bios: str, disk_format: str, disk_image, emu_ma
     assert_passed(emu, name)
     assert emu.exit_code == qemu.exit_code
     assert guest_lines(emu) == guest_lines(qemu)
+
+
+RESETS = {
+    "port 92h": "mov al, 1\n    out 0x92, al",
+    "port CF9h": "mov dx, 0xCF9\n    mov al, 0x06\n    out dx, al",
+    "8042": "mov al, 0xFE\n    out 0x64, al",
+    "triple fault": "lidt [cs:empty_idt]\n    int 3\nempty_idt: dw 0\n    dd 0",
+}
+
+
+@pytest.mark.parametrize("engine", ["emu", "qemu"])
+@pytest.mark.parametrize("method", RESETS)
+def test_guest_reset_ends_the_run_with_status_0(method: str, engine: str, nasm, disk_image,
+                                                 emu_machine) -> None:
+    """A guest that resets the PC ends ``emu run`` (and QEMU's -no-reboot) with status 0,
+    the same as a guest writing 0 to the debug-exit port: the run stops at the reset."""
+    if engine == "emu":
+        need(machine_available(), "emu run is not written yet")
+        if method == "triple fault":
+            pytest.xfail("emu delivers real-mode interrupts through the IVT without checking "
+                         "the IDTR limit, so INT 3 after LIDT with limit 0 does not fault")
+    program = nasm.guest_program(f'PRINT "resetting"\n    {RESETS[method]}\n'
+                                 '    PRINT "still running"\n    mov al, 9\n    jmp exit')
+    run = emu_machine(disk_image("raw", "4M", content=program), engine=engine,
+                      bios="seabios", timeout=60)
+    assert run.exit_code == 0, str(run)
+    assert guest_lines(run)[-1] == "G: resetting", str(run)
