@@ -318,7 +318,7 @@ class PhysicalMemory:
     def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
         inside = max(0, min(len(data), self.ram_size - address))
         if inside:
-            self.view[address:address + inside] = data[:inside]
+            self.view[address:address + inside] = memoryview(data).cast("B")[:inside]
             self.uc.remove_cache(address, address + inside)
 
     def byte(self, address: int) -> int:
