@@ -198,9 +198,11 @@ class TaskFile:
         self.lba_low, self.lba_mid, self.lba_high = sector, cylinder & 0xFF, cylinder >> 8 & 0xFF
         self.device = (self.device & ~DEVICE_HEAD) | head
 
-    def set_signature(self, signature: tuple[int, int, int, int]) -> None:
+    def set_signature(self, signature: tuple[int, int, int, int], *,
+                      keep_select: bool = False) -> None:
+        """Post a reset signature; the head bits clear, DEV too unless ``keep_select``."""
         self.count, self.lba_low, self.lba_mid, self.lba_high = signature
-        self.device = DEVICE_ALWAYS_ONE
+        self.device = DEVICE_ALWAYS_ONE | (self.device & DEVICE_DEV if keep_select else 0)
 
 
 # Task file registers written through ports 1-5: (current attribute, HOB attribute).
@@ -779,13 +781,14 @@ class AtaChannel:
         self.selected = self.units[0]
         self._clear_irq()
 
-    def _reset_unit(self, unit: _Unit) -> None:
+    def _reset_unit(self, unit: _Unit, *, keep_select: bool = False) -> None:
         if unit.drive is None:
-            unit.regs.set_signature(ABSENT_SIGNATURE)
+            unit.regs.set_signature(ABSENT_SIGNATURE, keep_select=keep_select)
             unit.status = unit.error = 0
             return
         atapi = isinstance(unit.drive, AtapiDrive)
-        unit.regs.set_signature(ATAPI_SIGNATURE if atapi else ATA_SIGNATURE)
+        unit.regs.set_signature(ATAPI_SIGNATURE if atapi else ATA_SIGNATURE,
+                                keep_select=keep_select)
         unit.status = 0 if atapi else STATUS_READY   # ATAPI devices leave DRDY clear
         unit.error = DIAGNOSTIC_PASSED
 
@@ -1229,12 +1232,12 @@ class AtaChannel:
 
     def _atapi_refuse_identify(self, unit: _Unit, command: AtaCommand) -> None:
         """ATAPI devices abort IDENTIFY DEVICE and post their signature (ATA-6 8.15)."""
-        unit.regs.set_signature(ATAPI_SIGNATURE)
+        unit.regs.set_signature(ATAPI_SIGNATURE, keep_select=True)
         raise CommandFailed(ERROR_ABRT)
 
     def _atapi_device_reset(self, unit: _Unit, command: AtaCommand) -> None:
         """DEVICE RESET: this device only, signature posted, no interrupt."""
-        self._reset_unit(unit)
+        self._reset_unit(unit, keep_select=True)
 
     def _atapi_accept(self, unit: _Unit, command: AtaCommand) -> None:
         self._complete(unit)

@@ -1026,6 +1026,7 @@ def test_atapi_device_reset(cdrom_host: Host) -> None:
     host.outb(COMMAND, 0x08)
     assert not host.irq.level
     assert (host.inb(LBA_MID), host.inb(LBA_HIGH)) == (0x14, 0xEB)
+    assert host.inb(DEVICE) == DEV1                       # still the selected device
     host.outb(DEVICE, DEV0)
     host.outb(COMMAND, 0x08)                              # a hard disk aborts it
     assert host.error() == ERROR_ABRT
