@@ -222,7 +222,7 @@ def make_disk(path: Path, fmt: str) -> bytes:
     return content
 
 
-@pytest.mark.parametrize("fmt", ["raw", "vpc", "vdi"])
+@pytest.mark.parametrize("fmt", ["raw", "vpc", "vdi", "vmdk", "vhdx"])
 def test_pio_identify_read_write_and_dma(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / f"disk.{fmt}"
     content = make_disk(path, fmt)
@@ -297,7 +297,7 @@ def need_seabios() -> Path:
     return SEABIOS
 
 
-@pytest.mark.parametrize("fmt", ["raw", "vpc"])
+@pytest.mark.parametrize("fmt", ["raw", "vpc", "vdi", "vmdk", "vhdx"])
 def test_seabios_boots_a_boot_sector(tmp_path: Path, fmt: str) -> None:
     bios = need_seabios()
     path = tmp_path / f"disk.{fmt}"
