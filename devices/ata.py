@@ -802,8 +802,8 @@ class AtaChannel:
                 try:
                     unit.drive.image.write(pio.flushed_lba * SECTOR,
                                            memoryview(pio.buffer)[:done * SECTOR])
-                except ImageError:
-                    pass
+                except (ImageError, OSError):
+                    pass  # the command is being abandoned: there is no one to tell
         unit.pio = None
         unit.dma = None
 
