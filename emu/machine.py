@@ -408,7 +408,9 @@ class Machine:
                 image = disks.open(spec.path, format=spec.format,
                                    readonly=spec.readonly or snapshot)
             except disks.ImageError as error:
-                raise MachineConfigError(f"--disk {spec.path}: {error}") from None
+                text = str(error)  # image errors already name their file
+                prefix = "--disk: " if spec.path in text else f"--disk {spec.path}: "
+                raise MachineConfigError(prefix + text) from None
             except OSError as error:
                 raise MachineConfigError(f"--disk {spec.path}: {error.strerror}") from None
             if snapshot:
