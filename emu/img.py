@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import disks
-from disks.hostfile import HostFile, is_zero
+from disks.hostfile import HostFile, is_zero, zero_fill
 from disks.image import Extent, RunKind
 
 CONVERT_CHUNK = 8 << 20
@@ -200,13 +200,24 @@ def copy_image(src: disks.Image, dst: disks.Image,
 
 def _copy_buffered(src: disks.Image, dst: disks.Image, unit: int, chunk: int,
                    progress: Callable[[int, int], None] | None) -> None:
-    """Read each piece into one cache-sized buffer and write its non-zero units."""
+    """Read each piece into one cache-sized buffer and write its non-zero units
+    (what lies in holes of the source's file is neither read nor scanned)."""
     buffer = bytearray(chunk)
     view = memoryview(buffer)
     zero_unit = bytes(unit)
     for pos, step in _copy_pieces(src, unit, chunk):
-        src.readinto(pos, view[:step])
-        for start, end in _nonzero_stretches(buffer, 0, step, pos, unit, zero_unit):
+        host = src.host_range(pos, step)
+        segments = None if host is None else _host_data_segments(src.file, host, step)
+        if segments is None or segments == [(0, step)]:
+            src.readinto(pos, view[:step])
+        elif not segments:
+            continue  # all in a hole of the source's file: zeros, nothing to read
+        else:
+            assert host is not None
+            zero_fill(view[:step])  # read only what the file holds as data
+            for start, end in segments:
+                src.file.preadinto(view[start:end], host + start)
+        for start, end in _nonzero_stretches(buffer, 0, step, pos, unit, zero_unit, segments):
             dst.write(pos + start, view[start:end])
         if progress:
             progress(pos + step, src.size)

@@ -186,10 +186,11 @@ def test_convert_static_and_unaligned_data(tmp_path: Path,
     qemu_img("compare", "-f", "vdi", "-F", "raw", image, raw)
 
 
-def test_convert_reads_qemu_image_like_qemu(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("static", ["off", "on"])   # static: holes in the file under data
+def test_convert_reads_qemu_image_like_qemu(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            static: str) -> None:
     image = tmp_path / "q.vdi"
-    qemu_img("create", "-f", "vdi", image, "6M")
+    qemu_img("create", "-f", "vdi", "-o", f"static={static}", image, "6M")
     qemu_io(image, "vdi", "write -P 0x21 100k 1500k", "write -P 0x22 5M 4k")
     ours, theirs = tmp_path / "ours.raw", tmp_path / "theirs.raw"
     assert emu_img(capsys, "convert", "-O", "raw", image, ours)[0] == 0
