@@ -479,7 +479,7 @@ def test_pending_irq_is_taken_before_a_software_int_when_if_is_set(tmp_path: Pat
     mov word [0x08*4], tick
     mov word [0x08*4+2], 0xF000
 """ + PIC_INIT.format(master_base=0x08, slave_base=0x70) + PIT_10MS + """
-    mov ecx, 8000000          ; spin with IF=0 past the first PIT period (16 ms)
+    mov ecx, 1000000          ; spin with IF=0 past the first PIT period (~20 ms)
 .spin:
     dec ecx
     jnz .spin
