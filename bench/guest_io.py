@@ -7,9 +7,10 @@ with ``ATABENCH`` it reads ``--size`` bytes with each method, 256 sectors per co
 PRD entries), printing ``BENCH <method> begin`` / ``end`` on the debug console, and exits
 through port 0xF4.  The console is the engine's stdout (both flush every write): this
 script timestamps the marker lines as they arrive, so start-up is not counted.  Both
-engines read the same raw disk (random data) in the same run; best of ``--repeat``.
+engines read the same raw disk (random data) in the same run; the median of
+``--repeat`` runs (host-side timestamps are noisy both ways on a loaded machine).
 
-    .venv/bin/python bench/guest_io.py [--size 32M] [--repeat 2] [--engines emu,qemu]
+    .venv/bin/python bench/guest_io.py [--size 32M] [--repeat 3] [--engines emu,qemu]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -66,22 +68,35 @@ def argv_for(engine: str, disk: Path) -> list[str]:
 
 
 def timed_run(engine: str, disk: Path) -> dict[str, float]:
-    """Seconds between each method's "BENCH <name> begin" and "end" lines, as they arrive."""
+    """Seconds between each method's "BENCH <name> begin" and "end" lines, as they arrive.
+
+    The console is read unbuffered and each chunk timestamped; a method whose begin and
+    end markers arrive in the same chunk (this reader was not scheduled in between) has
+    no valid figure in this run.
+    """
     begun: dict[str, float] = {}
     spans: dict[str, float] = {}
-    transcript = []
+    pending = b""
+    transcript: list[str] = []
     with subprocess.Popen(argv_for(engine, disk), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None
-        for raw in proc.stdout:
+        descriptor = proc.stdout.fileno()
+        while chunk := os.read(descriptor, 65536):
             now = time.perf_counter()
-            line = raw.decode(errors="replace").rstrip()
-            transcript.append(line)
-            if line.startswith("BENCH ") and line.endswith((" begin", " end")):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            in_chunk = set()
+            for raw in lines:
+                line = raw.decode(errors="replace").rstrip()
+                transcript.append(line)
+                if not (line.startswith("BENCH ") and line.endswith((" begin", " end"))):
+                    continue
                 name, _, edge = line[len("BENCH "):].rpartition(" ")
                 if edge == "begin":
                     begun[name] = now
-                else:
+                    in_chunk.add(name)
+                elif name not in in_chunk:
                     spans[name] = now - begun[name]
         stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if "BENCH done" not in transcript:
@@ -91,15 +106,21 @@ def timed_run(engine: str, disk: Path) -> dict[str, float]:
 
 
 def measure(engine: str, disk: Path, repeat: int) -> dict[str, float]:
-    """Seconds per method, best of ``repeat`` runs."""
+    """Seconds per method: the median of the valid figures of ``repeat`` runs."""
     runs = [timed_run(engine, disk) for _ in range(repeat)]
-    return {name: min(run[ROM_NAMES[name]] for run in runs) for name in METHODS}
+    result = {}
+    for name in METHODS:
+        figures = [run[ROM_NAMES[name]] for run in runs if ROM_NAMES[name] in run]
+        if not figures:
+            raise SystemExit(f"{engine}: no valid timing for {name}; try --repeat 5")
+        result[name] = statistics.median(figures)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="32M", help="bytes read per method (default 32M)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per engine (median)")
     parser.add_argument("--engines", default="emu,qemu")
     args = parser.parse_args(argv)
     read_bytes = parse_size(args.size)
@@ -115,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {engine: measure(engine, disk, args.repeat) for engine in engines}
     mib = read_bytes / 1e6
     print(f"guest reads of {read_bytes >> 20} MiB per method, timed between the ROM's "
-          f"debug-console markers (best of {args.repeat})")
+          f"debug-console markers (median of {args.repeat})")
     header = f"{'method':<18}" + "".join(f"{engine + ' MB/s':>12}" for engine in engines)
     if {"emu", "qemu"} <= set(engines):
         header += f"{'emu/qemu':>10}"
