@@ -589,3 +589,27 @@ def test_garbled_headers_give_only_typed_errors(tmp_path: Path, mutations: list[
                 img.discard(0, length)
     except disks.ImageError:
         pass
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(block_size=st.sampled_from([4096, 64 * KiB]),
+       parent_ops=ops(200 * KiB, max_len=60 * KiB), child_ops=ops(200 * KiB, max_len=60 * KiB))
+def test_differencing_random_io_matches_model(tmp_path: Path, block_size: int,
+                                              parent_ops: list[tuple[str, int, int, int]],
+                                              child_ops: list[tuple[str, int, int, int]]) -> None:
+    for old in tmp_path.glob("*.vdi"):
+        old.unlink()
+    size = 200 * KiB
+    model = bytearray(size)
+    parent, child = tmp_path / "parent.vdi", tmp_path / "child.vdi"
+    with disks.create(parent, "vdi", size, block_size=block_size) as img:
+        apply(img, model, parent_ops)
+    parent_bytes = bytes(model)
+    with disks.create(child, "vdi", backing=parent, block_size=block_size // 2) as img:
+        apply(img, model, child_ops)        # reads, writes, discards over the parent
+        assert not img.check().corruptions
+    with disks.open(child, readonly=True) as img:
+        assert img.read(0, size) == bytes(model)
+    with disks.open(parent, readonly=True) as img:
+        assert img.read(0, size) == parent_bytes   # the parent is never written
