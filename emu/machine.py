@@ -675,7 +675,7 @@ class Machine:
                     f"double fault: {second}") from None
 
     def _idt_is_empty(self) -> bool:
-        return x86.protected_mode(self.uc) and self.uc.reg_read(X.UC_X86_REG_IDTR)[2] == 0
+        return bool(self.uc.reg_read(X.UC_X86_REG_IDTR)[2] == 0)
 
     def _cpu_fault(self, detail: str) -> None:
         if self.reboot:

@@ -9,10 +9,11 @@ Unicorn runs instructions but leaves a PC's plumbing to its user:
   EIP already past the instruction), and hardware interrupts do not exist at
   all.  :func:`deliver_interrupt` does what the CPU would: in real mode push
   FLAGS, CS, IP on SS:SP, clear IF/TF/AC and load CS:IP from the IVT at
-  ``vector * 4``; in protected mode read the IDT gate and, for 16/32-bit
-  interrupt and trap gates into a ring-0 (same privilege) code segment, push
-  EFLAGS, CS, EIP (and an error code, which Unicorn does not expose, so 0) and
-  load CS:EIP, clearing IF for interrupt gates.  Task gates, privilege changes
+  ``IDTR.base + vector * 4`` (beyond IDTR.limit: a fault, as on a CPU); in
+  protected mode read the IDT gate and, for 16/32-bit interrupt and trap gates
+  into a ring-0 (same privilege) code segment, push EFLAGS, CS, EIP (and an
+  error code, which Unicorn does not expose, so 0) and load CS:EIP, clearing IF
+  for interrupt gates.  Task gates, privilege changes
   and virtual-8086 mode are not supported: :class:`DeliveryError` says why, and
   the machine stops with a triple-fault report.
 * **Segments.**  Unicorn reports selectors only.  A segment's base and size
@@ -179,9 +180,15 @@ def deliver_interrupt(uc: Any, vector: int, *, error_code: int | None = None) ->
     cs = uc.reg_read(X.UC_X86_REG_CS)
     eip = uc.reg_read(X.UC_X86_REG_EIP)
     if not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PE:
+        # Real mode: the IVT is wherever IDTR says (normally 0/0x3FF), and its limit
+        # holds -- "LIDT with limit 0, then INT" is the classic way to reset a PC.
+        _, ivt_base, ivt_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
+        if vector * 4 + 3 > ivt_limit:
+            raise DeliveryError(f"vector {vector:#x} is beyond the real-mode IDTR limit "
+                                f"{ivt_limit:#x}")
         ss = uc.reg_read(X.UC_X86_REG_SS)
         _push(uc, Segment(ss, ss << 4, 0xFFFF, False), [eflags, cs, eip], 2)
-        target = int.from_bytes(bytes(uc.mem_read(vector * 4, 4)), "little")
+        target = int.from_bytes(bytes(uc.mem_read(ivt_base + vector * 4, 4)), "little")
         uc.reg_write(X.UC_X86_REG_EFLAGS, eflags & ~(FLAG_IF | FLAG_TF | FLAG_AC))
         uc.reg_write(X.UC_X86_REG_CS, target >> 16)
         uc.reg_write(X.UC_X86_REG_EIP, target & 0xFFFF)

@@ -566,3 +566,18 @@ def test_serial_stdio_reads_piped_input(tmp_path: Path) -> None:
                            "--serial", "stdio", "--timeout", "60"],
                           input=b"Q", capture_output=True, timeout=120)
     assert proc.returncode == ord("Q"), proc.stderr.decode()
+
+
+def test_real_mode_lidt_limit_zero_then_int3_resets(tmp_path: Path) -> None:
+    body = STACK_SETUP + """
+    o32 lidt [cs:null_idt]
+    int3
+    mov al, 9
+    out 0xF4, al
+null_idt:
+    dw 0
+    dd 0
+"""
+    result = run_machine(bios=build_rom(tmp_path, body), timeout=60)
+    assert result.reason is StopReason.RESET
+    assert result.exit_code == 0
