@@ -27,7 +27,8 @@ SEEDS = {  # name -> pattern seed, as in the ROM's test table
     "W28": 0x11111111, "W28 noretry": 0x12121212, "WCHS": 0x22222222, "W48": 0x33333333,
     "W48 last": 0x44444444, "WMULT": 0x55555555, "WMULT48": 0x66666666,
     "WDMA": 0x77777777, "WDMA48 count=0100": 0x88888888, "WDMA48 256 across": 0x99999999,
-    "WVERIFY": 0xABCDEF01, "IRQ W28": 0x5A5A5A5A, "nIEN W28": 0x5A5A5A5A, "W28 beyond": 0xDEADBEEF, "WDMA48 beyond": 0xDEADBEEF,
+    "WVERIFY": 0xABCDEF01, "IRQ W28": 0x5A5A5A5A, "nIEN W28": 0x5A5A5A5A,
+    "W28 beyond": 0xDEADBEEF, "WDMA48 beyond": 0xDEADBEEF,
 }
 
 
