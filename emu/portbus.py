@@ -56,8 +56,12 @@ class PortBus:
             del self.devices[port]
 
     def remap(self, device: PortDevice) -> None:
+        """Re-read a guest-programmed device's ranges; ports another device already
+        owns stay with it (a BAR placed over legacy ports must not take them over)."""
         self.detach(device)
-        self.attach(device)
+        for first, count in device.io_ports():
+            for port in range(first, first + count):
+                self.devices.setdefault(port, device)
 
     def owner(self, port: int, size: int) -> PortDevice | None:
         if size == 1 and port in self.byte_overlays:
