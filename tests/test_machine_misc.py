@@ -88,3 +88,43 @@ def test_8042_reset_and_a20_through_the_output_port() -> None:
     assert controller.read(0x60, 1) == 0xDD
     controller.write(0x64, 1, 0xFE)   # pulse reset
     assert resets == ["8042 pulse reset"]
+
+
+class Latch:
+    def __init__(self, ports: list[tuple[int, int]]) -> None:
+        self.ports = ports
+        self.value = 0
+
+    def io_ports(self) -> list[tuple[int, int]]:
+        return self.ports
+
+    def read(self, port: int, size: int) -> int:
+        return self.value
+
+    def write(self, port: int, size: int, value: int) -> None:
+        self.value = value
+
+
+def test_port_bus_dispatch_overlay_conflicts_and_remap() -> None:
+    import pytest
+
+    from emu.portbus import PortBus, PortConflictError
+
+    bus = PortBus()
+    wide, byte = Latch([(0xCF8, 1)]), Latch([(0xCF9, 1)])
+    bus.attach(wide)
+    bus.attach_byte_overlay(byte)
+    assert bus.read(0x1234, 2) == 0xFFFF               # nobody there: floating bus
+    bus.write(0xCF8, 4, 0x8000_0000)
+    bus.write(0xCF9, 1, 0x06)
+    assert wide.value == 0x8000_0000 and byte.value == 0x06
+    assert bus.read(0xCF8, 4) == 0x8000_0000
+    with pytest.raises(PortConflictError):
+        bus.attach(Latch([(0xCF8, 4)]))
+    movable = Latch([(0xC000, 16)])
+    bus.attach(movable)
+    movable.ports = [(0xCF0, 16)]                      # the guest moves it over 0xCF8
+    bus.remap(movable)
+    assert bus.owner(0xCF8, 4) is wide and bus.owner(0xCF0, 1) is movable
+    assert bus.owner(0xC000, 1) is None
+    assert bus.recent[-1][:2] == ("in", 0xCF8)
