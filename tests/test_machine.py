@@ -581,3 +581,45 @@ null_idt:
     result = run_machine(bios=build_rom(tmp_path, body), timeout=60)
     assert result.reason is StopReason.RESET
     assert result.exit_code == 0
+
+
+def test_rtc_periodic_irq8_through_the_slave_pic_wakes_hlt(tmp_path: Path) -> None:
+    body = STACK_SETUP + """
+    mov word [0x70*4], rtc_irq
+    mov word [0x70*4+2], 0xF000
+""" + PIC_INIT.format(master_base=0x08, slave_base=0x70) + """
+    mov al, 0xFB              ; master: only the cascade (IRQ 2)
+    out 0x21, al
+    mov al, 0xFE              ; slave: only IRQ 8
+    out 0xA1, al
+    mov al, 0x0A
+    out 0x70, al
+    mov al, 0x26              ; 1024 Hz
+    out 0x71, al
+    mov al, 0x0B
+    out 0x70, al
+    mov al, 0x42              ; periodic interrupt enable, 24-hour
+    out 0x71, al
+    sti
+.wait:
+    hlt
+    cmp word [0x500], 8
+    jb .wait
+    cli
+    mov al, [0x500]
+    out 0xF4, al
+rtc_irq:
+    push ax
+    inc word [0x500]
+    mov al, 0x0C
+    out 0x70, al
+    in al, 0x71               ; acknowledge at the RTC
+    mov al, 0x20
+    out 0xA0, al
+    out 0x20, al
+    pop ax
+    iret
+"""
+    result = run_machine(bios=build_rom(tmp_path, body), timeout=60)
+    assert result.exit_code == 8, result.report
+    assert 7_000_000 <= result.virtual_ns < 9_000_000   # eight 1/1024 s periods
