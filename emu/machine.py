@@ -566,9 +566,10 @@ class Machine:
     def _on_in(self, port: int, size: int) -> int:
         self.clock.ns += NS_PER_PORT_ACCESS
         value: int | None = None
-        device = self._string_candidate(port, size)
-        if device is not None:
-            value = self._fast_string_io(port, size, device, None)
+        if self.string_port_misses.get(port, 0) < STRING_PORT_GIVE_UP:
+            device = self._string_candidate(port, size)
+            if device is not None:
+                value = self._fast_string_io(port, size, device, None)
         if value is None:
             value = self.bus.read(port, size)
         if self.pic.changed:
@@ -577,8 +578,9 @@ class Machine:
 
     def _on_out(self, port: int, size: int, value: int) -> None:
         self.clock.ns += NS_PER_PORT_ACCESS
-        device = self._string_candidate(port, size)
-        if device is None or self._fast_string_io(port, size, device, value) is None:
+        if self.string_port_misses.get(port, 0) >= STRING_PORT_GIVE_UP or (
+                (device := self._string_candidate(port, size)) is None
+                or self._fast_string_io(port, size, device, value) is None):
             self.bus.write(port, size, value)
         if self.pic.changed:
             self._after_io()
