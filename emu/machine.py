@@ -723,7 +723,8 @@ class Machine:
         backwards = bool(eflags & x86.FLAG_DF)
         # Never let the burst wrap the index register: the slow path handles the rest.
         room = index // size + 1 if backwards else (mask + 1 - index) // size
-        count = min(count, room)
+        if room < count:
+            count = room
         if count < 2:
             return None
         if protected or decoded.segment_name not in ("es", "ds"):
@@ -741,15 +742,20 @@ class Machine:
             if moved == 0:
                 return None
             self._record_string_io("ins", port, size, moved)
-            rest = data[size:moved * size]
-            if rest:
+            if moved > 1:
+                # Items 2..moved go straight into RAM (the range was checked above); the
+                # CPU stores item 1, the hook's return value, itself.
+                length = (moved - 1) * size
                 if backwards:
-                    items = [rest[i:i + size] for i in range(0, len(rest), size)]
-                    rest = b"".join(reversed(items))
-                    self.memory.write((base + index - (moved - 1) * size) & 0xFFFF_FFFF,
-                                      rest)
+                    rest = data[size:size + length]
+                    items = [rest[i:i + size] for i in range(0, length, size)]
+                    self.memory.write((base + index - length) & 0xFFFF_FFFF,
+                                      b"".join(reversed(items)))
                 else:
-                    self.memory.write((base + index + size) & 0xFFFF_FFFF, rest)
+                    address = (base + index + size) & 0xFFFF_FFFF
+                    self.memory.view[address:address + length] = \
+                        memoryview(data)[size:size + length]
+                    uc.remove_cache(address, address + length)
             result = int.from_bytes(data[:size], "little")
         else:
             raw = self.memory.read(start, count * size)
