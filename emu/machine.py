@@ -8,12 +8,14 @@ whenever it resumes in protected mode.  Execution starts at F000:FFF0 (linear
 0xFFFF0, the ROM's reset vector through its alias below 1 MiB; a real CPU starts
 at 0xFFFFFFF0 with a hidden CS base of 0xFFFF0000 and sees the same bytes).
 
-**Memory.**  RAM from 0 to ``memory``.  The firmware image (up to 256 KiB) is
-mapped read-only at 4 GiB - size, and its last 128 KiB (all of it if smaller)
-are copied into RAM just below 1 MiB, as QEMU's ``isa-bios`` alias.  That copy
-is *shadow RAM that is always writable*: SeaBIOS unlocks it through the i440FX
-PAM registers and copies itself from the high alias, which then changes
-nothing.  The VGA window 0xA0000-0xBFFFF is plain RAM too.  Accesses to
+**Memory.**  RAM from 0 to ``memory``, a host buffer Unicorn maps directly
+(:class:`PhysicalMemory`): DMA and fast string I/O copy into it without going
+through Unicorn and then drop any translated code for the range.  The firmware
+image (up to 256 KiB) is mapped read-only at 4 GiB - size, and its last 128 KiB
+(all of it if smaller) are copied into RAM just below 1 MiB, as QEMU's
+``isa-bios`` alias.  That copy is *shadow RAM that is always writable*: SeaBIOS
+unlocks it through the i440FX PAM registers and copies itself from the high
+alias, which then changes nothing.  The VGA window 0xA0000-0xBFFFF is plain RAM too.  Accesses to
 unmapped addresses (above RAM, chipset MMIO such as an HPET probe) get a
 scratch page filled with 0xFF, like a floating bus; executing there is a fault.
 
@@ -51,8 +53,8 @@ few such stops is proven a tail byte and unwatched (every code hook costs a chec
 per executed instruction; at most :data:`MAX_HLT_SITES` are watched).  A HLT
 with IF=1 waits: the clock jumps to the next timer deadline and the interrupt is
 delivered (when the serial port is an interactive terminal the wait is paced to
-wall time instead, so a boot menu's countdown leaves time to press a key).  With IF=0, or with
-no timer armed, nothing can wake the CPU and the machine stops.
+wall time instead, so a boot menu's countdown leaves time to press a key).  With
+IF=0, or with no timer armed, nothing can wake the CPU and the machine stops.
 
 **Fast string I/O.**  A ``rep insw/insd/outsw/...`` on a
 :class:`~devices.interfaces.StringPortDevice` is moved in one step from the
