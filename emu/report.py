@@ -69,6 +69,7 @@ def stop_report(machine: Machine, reason: str, detail: str) -> str:
             lines.append(f"  at: {pc:08x}  (unmapped)")
     except (UcError, x86.DeliveryError) as error:
         lines.append(f"  (CPU state unreadable: {error})")
+    lines.append(f"  POST code (port 0x80): {machine.post.value:#04x}")
     recent = list(machine.bus.recent)
     if recent:
         lines.append("  last ports: " + ", ".join(
