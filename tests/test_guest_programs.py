@@ -133,10 +133,6 @@ def test_guest_reset_ends_the_run_with_status_0(method: str, engine: str, nasm, 
     the same as a guest writing 0 to the debug-exit port: the run stops at the reset."""
     if engine == "emu":
         need(machine_available(), "emu run is not written yet")
-        if method == "triple fault":
-            request.applymarker(pytest.mark.xfail(
-                reason="emu delivers real-mode interrupts through the IVT without checking "
-                       "the IDTR limit, so INT 3 after LIDT with limit 0 does not fault"))
     program = nasm.guest_program(f'PRINT "resetting"\n    {RESETS[method]}\n'
                                  '    PRINT "still running"\n    mov al, 9\n    jmp exit')
     run = emu_machine(disk_image("raw", "4M", content=program), engine=engine,
