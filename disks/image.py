@@ -29,18 +29,18 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import (
-    BackingChainError,
     ImageError,
     InvalidOptionError,
     MissingBackingError,
     OutOfRangeError,
     ReadOnlyImageError,
 )
-from .hostfile import HostFile, is_zero, zero_fill
+from .hostfile import HostFile, zero_fill
 
 MAX_CHAIN_DEPTH = 64
 
@@ -199,6 +199,7 @@ class Image:
     geometry: Geometry | None = None
     backing: Image | None = None
     backing_spec: BackingSpec | None = None
+    _change_depth: int = 0
 
     def __init__(self, file: HostFile, *, readonly: bool) -> None:
         self.file = file
@@ -241,6 +242,15 @@ class Image:
     def _discard(self, offset: int, length: int) -> None:
         """Default discard: the range reads as zeros afterwards."""
         self.write_zeroes(offset, length)
+
+    def _begin_change(self, offset: int, length: int) -> None:
+        """Called once before each public change (write, write_zeroes, discard,
+        copy_from_host) of a non-empty range: a driver's first-write duties (a new CID,
+        new write GUIDs) and access checks go here."""
+
+    def _end_change(self) -> None:
+        """Called after each public change, also one that failed: publish what the
+        request allocated (bitmaps, table entries) after its data."""
 
     def _flush_metadata(self) -> None:
         """Write out any cached metadata (before the fsync of ``flush``)."""
@@ -332,12 +342,32 @@ class Image:
         if inside < len(out):
             zero_fill(out[inside:])
 
+    @contextmanager
+    def _changing(self, offset: int, length: int) -> Iterator[None]:
+        """Frame one public change: checks, then the driver's begin/end hooks, once
+        even when a change is made of others (a discard that writes zeros)."""
+        self._check_writable()
+        self._check_range(offset, length)
+        if self._change_depth or not length:
+            self._change_depth += 1
+            try:
+                yield
+            finally:
+                self._change_depth -= 1
+            return
+        self._begin_change(offset, length)
+        self._change_depth += 1
+        try:
+            yield
+        finally:
+            self._change_depth -= 1
+            self._end_change()
+
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
-        self._check_writable()
-        self._check_range(offset, len(view))
-        if len(view):
-            self._write_from(offset, view)
+        with self._changing(offset, len(view)):
+            if len(view):
+                self._write_from(offset, view)
 
     def _write_from(self, offset: int, view: memoryview) -> None:
         pending: list[memoryview] = []
@@ -386,21 +416,21 @@ class Image:
         already holds as plain data (and, where the driver can, fresh allocations) are
         copied in the kernel without passing through Python.  Used by convert.
         """
-        self._check_writable()
-        self._check_range(offset, length)
-        if type(self)._write_from is not Image._write_from:
-            # the driver has its own write path (a log, a stream): feed it a buffer
-            data = bytearray(length)
-            source.preadinto(memoryview(data), source_offset)
-            self._write_from(offset, memoryview(data))
-            return
-        for run in list(self._map(offset, length)):
-            rel = run.offset - offset
-            if run.kind is RunKind.DATA and not run.special:
-                assert run.host_offset is not None
-                self.file.copy_range(source, source_offset + rel, run.length, run.host_offset)
-            else:
-                self._copy_unallocated(run, source, source_offset + rel)
+        with self._changing(offset, length):
+            if type(self)._write_from is not Image._write_from:
+                # the driver has its own write path (a log, a stream): feed it a buffer
+                data = bytearray(length)
+                source.preadinto(memoryview(data), source_offset)
+                self._write_from(offset, memoryview(data))
+                return
+            for run in list(self._map(offset, length)):
+                rel = run.offset - offset
+                if run.kind is RunKind.DATA and not run.special:
+                    assert run.host_offset is not None
+                    self.file.copy_range(source, source_offset + rel, run.length,
+                                         run.host_offset)
+                else:
+                    self._copy_unallocated(run, source, source_offset + rel)
 
     def _copy_unallocated(self, run: Run, source: HostFile, source_offset: int) -> None:
         """Store host bytes over a zero or unallocated run (default: through a buffer)."""
@@ -410,22 +440,20 @@ class Image:
 
     def write_zeroes(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read as zeros."""
-        self._check_writable()
-        self._check_range(offset, length)
-        chunk = 1 << 20
-        zeros = bytes(min(chunk, length))
-        done = 0
-        while done < length:
-            step = min(chunk, length - done)
-            self._write_from(offset + done, memoryview(zeros)[:step])
-            done += step
+        with self._changing(offset, length):
+            chunk = 1 << 20
+            zeros = bytes(min(chunk, length))
+            done = 0
+            while done < length:
+                step = min(chunk, length - done)
+                self._write_from(offset + done, memoryview(zeros)[:step])
+                done += step
 
     def discard(self, offset: int, length: int) -> None:
         """Tell the image ``[offset, offset+length)`` is no longer needed; it reads as zeros."""
-        self._check_writable()
-        self._check_range(offset, length)
-        if length:
-            self._discard(offset, length)
+        with self._changing(offset, length):
+            if length:
+                self._discard(offset, length)
 
     def flush(self, *, sync: bool = True) -> None:
         """Make every acknowledged write durable: metadata out, then fsync.
@@ -528,6 +556,23 @@ class Image:
         return out
 
 
+def host_data_runs(file: HostFile, offset: int, length: int) -> Iterator[Run]:
+    """Runs of a layout where guest offset = host offset (raw, fixed VHD): data where the
+    host file system holds data, zero over its holes (SEEK_DATA / SEEK_HOLE)."""
+    end = offset + length
+    pos = offset
+    while pos < end:
+        data = file.seek_data(pos)
+        if data is None or data >= end:
+            yield Run(pos, end - pos, RunKind.ZERO)
+            return
+        if data > pos:
+            yield Run(pos, data - pos, RunKind.ZERO)
+        hole = min(file.seek_hole(data), end)
+        yield Run(data, hole - data, RunKind.DATA, data)
+        pos = hole
+
+
 def _extends(a: Extent, b: Extent) -> bool:
     if a.kind is not b.kind or a.depth != b.depth or a.filename != b.filename:
         return False
@@ -545,23 +590,6 @@ def _allocated_bytes(path: str) -> int:
         return 0
 
 
-def all_zero(data: bytes | bytearray | memoryview) -> bool:
-    """Re-exported zero test for drivers deciding whether a write needs allocation."""
-    return is_zero(data)
-
-
-def check_backing_chain(child_path: str, parent: Image, depth: int) -> None:
-    """Refuse chains that loop back or are deeper than :data:`MAX_CHAIN_DEPTH`."""
-    if depth > MAX_CHAIN_DEPTH:
-        raise BackingChainError(child_path, f"backing chain deeper than {MAX_CHAIN_DEPTH}")
-    seen = {_identity(child_path)}
-    for node in parent.chain():
-        ident = _identity(node.path)
-        if ident in seen:
-            raise BackingChainError(child_path, f"backing chain loops back to {node.path}")
-        seen.add(ident)
-
-
 def _identity(path: str) -> tuple[int, int] | str:
     try:
         st = os.stat(path)
@@ -572,6 +600,6 @@ def _identity(path: str) -> tuple[int, int] | str:
 
 __all__ = [
     "BackingSpec", "CheckReport", "Extent", "Geometry", "Image", "MissingBackingError",
-    "OptionSpec", "ProbeInput", "Run", "RunKind", "all_zero", "check_backing_chain", "choice",
-    "parse_bool", "parse_size",
+    "OptionSpec", "ProbeInput", "Run", "RunKind", "choice", "host_data_runs", "parse_bool",
+    "parse_size",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .hostfile import HostFile
-from .image import Image, OptionSpec, ProbeInput, Run, RunKind, parse_bool
+from .image import Image, OptionSpec, ProbeInput, Run, RunKind, host_data_runs, parse_bool
 from .registry import register
 
 
@@ -43,18 +43,7 @@ class RawImage(Image):
 
     def _block_status(self, offset: int, length: int) -> Iterator[Run]:
         """Data where the host file system holds data, zero over its holes."""
-        end = offset + length
-        pos = offset
-        while pos < end:
-            data = self.file.seek_data(pos)
-            if data is None or data >= end:
-                yield Run(pos, end - pos, RunKind.ZERO)
-                return
-            if data > pos:
-                yield Run(pos, data - pos, RunKind.ZERO)
-            hole = min(self.file.seek_hole(data), end)
-            yield Run(data, hole - data, RunKind.DATA, data)
-            pos = hole
+        return host_data_runs(self.file, offset, length)
 
     def _discard(self, offset: int, length: int) -> None:
         self.write_zeroes(offset, length)

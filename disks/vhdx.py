@@ -1107,27 +1107,11 @@ class VhdxImage(Image):
         out[:] = self._read_host(run.host_offset, run.length)
 
     # --- writing --------------------------------------------------------------
-    # Every public way in to a change starts the session first (new write GUIDs and a
-    # LogGuid in the header); the core's own write path then runs unchanged, so
-    # convert keeps its kernel copies into allocated blocks.
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        self._starting_change(offset, len(memoryview(data).cast("B")))
-        super().write(offset, data)
-
-    def write_zeroes(self, offset: int, length: int) -> None:
-        self._starting_change(offset, length)
-        super().write_zeroes(offset, length)
-
-    def copy_from_host(self, offset: int, length: int, source: HostFile,
-                       source_offset: int) -> None:
-        self._starting_change(offset, length)
-        super().copy_from_host(offset, length, source, source_offset)
-
-    def _starting_change(self, offset: int, length: int) -> None:
-        self._check_writable()
-        self._check_range(offset, length)
-        if length:
-            self._begin_modification()
+    # Every public change starts the session first (new write GUIDs and a LogGuid in
+    # the header); the core's own write path then runs unchanged, so convert keeps its
+    # kernel copies into allocated blocks.
+    def _begin_change(self, offset: int, length: int) -> None:
+        self._begin_modification()
 
     def _copy_unallocated(self, run: Run, source: HostFile, source_offset: int) -> None:
         """Fresh blocks of a non-differencing image are filled in the kernel."""

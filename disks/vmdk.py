@@ -1673,34 +1673,14 @@ class VmdkImage(Image):
             raise ImageError(self.path, f"extent {extent.filename} is NOACCESS", field="extent")
         extent.read_special(run.offset - extent.start, run.host_offset, out)
 
-    # Every public way of changing the disk first checks the extents' access and gives
-    # the disk a new CID; the core's own write path stays in use underneath.
-    def _before_change(self, offset: int, length: int) -> None:
-        self._check_writable()
-        self._check_range(offset, length)
+    # Every public change first checks the extents' access and gives the disk a new
+    # CID; the core's own write path stays in use underneath.
+    def _begin_change(self, offset: int, length: int) -> None:
         for extent in self._extents_in(offset, length):
             if not extent.writable:
                 raise ReadOnlyImageError(self.path, f"extent {extent.filename or 'ZERO'} is "
                                          f"{extent.line.access}", field="extent")
-        if length:
-            self._bump_cid()
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        self._before_change(offset, memoryview(data).nbytes)
-        super().write(offset, data)
-
-    def write_zeroes(self, offset: int, length: int) -> None:
-        self._before_change(offset, length)
-        super().write_zeroes(offset, length)
-
-    def discard(self, offset: int, length: int) -> None:
-        self._before_change(offset, length)
-        super().discard(offset, length)
-
-    def copy_from_host(self, offset: int, length: int, source: HostFile,
-                       source_offset: int) -> None:
-        self._before_change(offset, length)
-        super().copy_from_host(offset, length, source, source_offset)
+        self._bump_cid()
 
     def _copy_unallocated(self, run: Run, source: HostFile, source_offset: int) -> None:
         """Flat extents in other files, and whole fresh grains of a plain sparse extent,

@@ -52,7 +52,6 @@ import uuid
 import warnings
 from array import array
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -74,6 +73,7 @@ from .image import (
     Run,
     RunKind,
     choice,
+    host_data_runs,
     parse_bool,
     parse_size,
 )
@@ -761,18 +761,8 @@ class VpcImage(Image):
         if not self.is_fixed:
             yield from self._map(offset, length)
             return
-        end = offset + length
-        pos = offset
-        while pos < end:  # a fixed VHD is raw: report the host file's holes as zeros
-            data = self.file.seek_data(pos)
-            if data is None or data >= end:
-                yield Run(pos, end - pos, RunKind.ZERO)
-                return
-            if data > pos:
-                yield Run(pos, data - pos, RunKind.ZERO)
-            hole = min(self.file.seek_hole(data), end)
-            yield Run(data, hole - data, RunKind.DATA, data)
-            pos = hole
+        # a fixed VHD is raw: report the host file's holes as zeros
+        yield from host_data_runs(self.file, offset, length)
 
     # Every request publishes its new bitmap bits and BAT entries after its data, which
     # keeps the order data -> bitmap -> BAT entry -> footer for the whole request.  In a
@@ -780,25 +770,8 @@ class VpcImage(Image):
     # parent's sector, so there a sync separates data from publishing; elsewhere a clear
     # bit reads zeros and the data area of a clear-bit sector is zero on disk, so either
     # order reads old or new data after a crash.  flush() publishes whatever is left.
-    @contextmanager
-    def _request(self) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            self._publish()
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        with self._request():
-            super().write(offset, data)
-
-    def write_zeroes(self, offset: int, length: int) -> None:
-        with self._request():
-            super().write_zeroes(offset, length)
-
-    def copy_from_host(self, offset: int, length: int, source: HostFile,
-                       source_offset: int) -> None:
-        with self._request():
-            super().copy_from_host(offset, length, source, source_offset)
+    def _end_change(self) -> None:
+        self._publish()
 
     def _flush_metadata(self) -> None:
         self._publish()
