@@ -16,6 +16,7 @@ from .errors import (
     ImageError,
     ImageIOError,
     ImageLockedError,
+    ImageWarning,
     InvalidOptionError,
     MissingBackingError,
     OutOfRangeError,
@@ -28,7 +29,7 @@ from .registry import create, driver_for, formats, open, probe
 
 __all__ = [
     "BackingChainError", "CheckReport", "CorruptImageError", "Extent", "Geometry", "Image",
-    "ImageError", "ImageIOError", "ImageLockedError", "InvalidOptionError",
+    "ImageError", "ImageIOError", "ImageLockedError", "ImageWarning", "InvalidOptionError",
     "MissingBackingError", "OutOfRangeError", "ReadOnlyImageError", "RunKind",
     "UnknownFormatError", "UnsupportedImageError", "create", "driver_for", "formats", "open",
     "probe",

@@ -60,3 +60,7 @@ class InvalidOptionError(ImageError):
 
 class ImageIOError(ImageError):
     """The operating system refused an I/O operation on the image file."""
+
+
+class ImageWarning(UserWarning):
+    """Something was wrong but recoverable (a damaged copy of a redundant structure)."""

@@ -59,6 +59,7 @@ from urllib.parse import unquote, urlparse
 from .errors import (
     BackingChainError,
     CorruptImageError,
+    ImageWarning,
     InvalidOptionError,
     UnsupportedImageError,
 )
@@ -117,7 +118,7 @@ DISK_TYPE_NAMES = {DiskType.FIXED: "fixed", DiskType.DYNAMIC: "dynamic",
                    DiskType.DIFFERENCING: "differencing"}
 
 
-class VpcWarning(UserWarning):
+class VpcWarning(ImageWarning):
     """A VHD was opened despite a recoverable problem (damaged footer copy, parent timestamp)."""
 
 
@@ -431,6 +432,10 @@ class VpcImage(Image):
     def open_file(cls, file: HostFile, *, readonly: bool, options: dict[str, Any]) -> Image:
         image = cls(file, readonly=readonly)
         image._load()
+        if not image.footer_at_end:  # said only once the image has opened: no noise on errors
+            warnings.warn(f"{image.path}: footer at end of file is damaged "
+                          f"({image.end_footer_problem}); using the copy at offset 0",
+                          VpcWarning, stacklevel=3)
         return image
 
     def _load(self) -> None:
@@ -461,8 +466,7 @@ class VpcImage(Image):
             return footer, True
         head, head_problem = parse_footer(self.file.pread(FOOTER_SIZE, 0))
         if head is not None and head.disk_type in (DiskType.DYNAMIC, DiskType.DIFFERENCING):
-            warnings.warn(f"{self.path}: footer at end of file is damaged ({end_problem}); "
-                          "using the copy at offset 0", VpcWarning, stacklevel=4)
+            self.end_footer_problem = end_problem
             return head, False
         problem = end_problem if end_raw.startswith(FOOTER_COOKIE) else head_problem
         raise CorruptImageError(self.path, f"no valid VHD footer: {problem}", field="footer")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 USAGE = """usage: emu {img,run} ...
 
@@ -11,7 +12,14 @@ USAGE = """usage: emu {img,run} ...
 """
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, line: str | None = None) -> str:
+    """Warnings on the command line read like its errors: one line, no source location."""
+    return f"emu: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, end="")

@@ -66,12 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="emu-run-") as scratch:
         disks = list(args.disk)
         if not disks:
-            try:
-                from firmware.demo import make_demo_disk
-            except ImportError:
-                print("emu run: no --disk given and the built-in demo disk "
-                      "(firmware.demo) is not available yet", file=sys.stderr)
-                return SETUP_ERROR
+            from firmware.demo import make_demo_disk
             demo = Path(scratch) / "demo.vhd"
             make_demo_disk(demo)
             disks = [f"{demo},snapshot=on"]
