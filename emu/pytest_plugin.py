@@ -38,11 +38,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 import disks
+import firmware
+from devices.geometry import bios_translation
+from devices.geometry import drive_geometry as ata_drive_geometry
 
 IN_CI = os.environ.get("CI") == "true"
 SEABIOS = Path("/usr/share/seabios/bios.bin")
@@ -66,14 +69,18 @@ EXIT_ENGINE_FAILED = 126
 QEMU_DEBUG_EXIT = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
 
 
+def skip_or_fail(message: str) -> NoReturn:
+    """A host tool the test needs is missing: skip locally, but fail under CI=true."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def need_tool(name: str) -> str:
     """Path of a host tool; skip the test when absent, but fail under CI=true."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name!r} is not installed (Debian package needed; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"{name!r} is not installed (Debian package needed; .ci/run installs it)")
     return path
 
 
@@ -128,13 +135,6 @@ TRANSLATION_NAMES = {0: "none", 1: "lba", 2: "large", 3: "rechs"}  # QEMU's bios
 
 def drive_geometry(image: disks.Image) -> tuple[disks.Geometry, str]:
     """The ATA drive geometry (IDENTIFY words 1/3/6) and BIOS translation emu uses."""
-    try:
-        from devices.geometry import bios_translation
-        from devices.geometry import drive_geometry as ata_drive_geometry
-    except ImportError:
-        sectors = image.size // SECTOR
-        cylinders = max(1, min(sectors // (16 * 63), 16383))
-        return disks.Geometry(cylinders, 16, 63), "auto"
     return ata_drive_geometry(image), TRANSLATION_NAMES[int(bios_translation(image))]
 
 
@@ -149,11 +149,6 @@ def make_disk_image(folder: Path, variant: str = "raw", size: int | str = "16M",
     if variant not in DISK_FORMATS:
         raise ValueError(f"unknown disk format {variant!r} (known: {', '.join(DISK_FORMATS)})")
     fmt, defaults = DISK_FORMATS[variant]
-    if fmt not in disks.formats():
-        message = f"the {fmt} driver is not registered yet"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (name or f"disk-{variant}.{_suffix(fmt)}")
     with disks.create(path, fmt, size, **{**defaults, **options}) as image:
@@ -206,15 +201,19 @@ class GuestRun:
                 f"\n--- serial\n{self.serial}\n--- stderr\n{self.stderr[-2000:]}")
 
 
+def need_seabios() -> Path:
+    """Debian's SeaBIOS ROM; skip the test when absent, but fail under CI=true."""
+    if not SEABIOS.exists():
+        skip_or_fail(f"{SEABIOS} is missing (Debian package seabios; .ci/run installs it)")
+    return SEABIOS
+
+
 def resolve_bios(bios: str | Path | None) -> Path | None:
     """``None`` = the engine's default (emu's built-in BIOS); ``"seabios"``; ``"ours"``; a path."""
     if bios is None:
         return None
     if bios == "seabios":
-        if not SEABIOS.exists():
-            need_tool("qemu-system-i386")  # the same Debian install brings SeaBIOS
-            pytest.skip(f"{SEABIOS} is missing (Debian package seabios)")
-        return SEABIOS
+        return need_seabios()
     if bios == "ours":
         return firmware_file("bios.bin")
     if isinstance(bios, str) and "/" not in bios and not Path(bios).exists():
@@ -224,11 +223,7 @@ def resolve_bios(bios: str | Path | None) -> Path | None:
 
 def firmware_file(name: str) -> Path:
     """A ROM or program shipped in the ``firmware`` package."""
-    import firmware
-    locate = getattr(firmware, "path", None)
-    if locate is not None:
-        return Path(locate(name))
-    return Path(firmware.__file__).resolve().parent / name
+    return Path(firmware.path(name))
 
 
 def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from emu.pytest_plugin import skip_or_fail
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
 IN_CI = os.environ.get("CI") == "true"
@@ -19,10 +21,7 @@ def need_tool(name: str) -> str:
     """Path of an oracle tool; skip when absent, but fail under CI=true."""
     path = shutil.which(name)
     if path is None:
-        message = f"oracle tool {name!r} is not installed (.ci/run installs it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"oracle tool {name!r} is not installed (.ci/run installs it)")
     return path
 
 

@@ -1,7 +1,7 @@
 """Our BIOS ROM: its layout, its reproducible build, the demo disk it boots, how it stops.
 
-Boots run under QEMU (``qemu-system-i386 -M pc -bios firmware/bios.bin``) and, when the
-machine is available, under ``emu run``; the transcripts must agree.
+Boots run under QEMU (``qemu-system-i386 -M pc -bios firmware/bios.bin``) and under
+``emu run``; the transcripts must agree.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, ROOT, need_tool
+from conftest import ROOT, need_tool
+from guests import qemu_pc_argv
 
 from emu.pytest_plugin import DiskImage, GuestRun
 from firmware import build, path
@@ -25,21 +26,6 @@ DEMO_GREETING = "Hello from the emu demo disk."
 DEMO_OK = "INT 13h: wrote LBA 1 (AH=43h), read it back (AH=02h): OK"
 NO_BOOT = "No bootable disk."
 EMU_EXIT_HALTED = 125         # emu run: halted with interrupts off
-
-
-def machine_available() -> bool:
-    try:
-        import emu.run  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def need_machine() -> None:
-    if not machine_available():
-        if IN_CI:
-            pytest.fail("emu run is missing")
-        pytest.skip("emu run is not available")
 
 
 def rom() -> bytes:
@@ -103,10 +89,6 @@ def test_check_reports_a_stale_binary(tmp_path: Path, monkeypatch: pytest.Monkey
 # ---------------------------------------------------------------- booting
 
 def boot(engine: str, emu_machine, *images: DiskImage, timeout: float = 60) -> GuestRun:
-    if engine == "emu":
-        need_machine()
-    else:
-        need_tool("qemu-system-i386")
     return emu_machine(*images, engine=engine, bios="ours", timeout=timeout)
 
 
@@ -126,8 +108,7 @@ def test_demo_disk_boots(engine: str, emu_machine, tmp_path: Path) -> None:
 
 
 def test_demo_disk_is_a_valid_vhd_for_qemu(tmp_path: Path) -> None:
-    if demo_format() != "vpc":
-        pytest.skip("the VHD driver is not registered")
+    assert demo_format() == "vpc"
     target = tmp_path / "demo.vhd"
     make_demo_disk(target)
     qemu_img = need_tool("qemu-img")
@@ -143,7 +124,6 @@ def test_demo_disk_is_a_valid_vhd_for_qemu(tmp_path: Path) -> None:
 
 
 def test_emu_run_without_disk_boots_the_demo(tmp_path: Path) -> None:
-    need_machine()
     serial = tmp_path / "serial.txt"
     proc = subprocess.run([sys.executable, "-m", "emu", "run", "--serial", f"file:{serial}",
                            "--timeout", "60"], capture_output=True, text=True, timeout=120,
@@ -161,12 +141,10 @@ def test_no_bootable_disk_prints_and_halts_under_emu(emu_machine, disk_image) ->
 
 def test_no_bootable_disk_prints_under_qemu(disk_image, tmp_path: Path) -> None:
     """QEMU just sits in the halt: stop it after a few seconds and read COM1."""
-    qemu = need_tool("qemu-system-i386")
     blank = disk_image("raw", "1M")
     serial = tmp_path / "serial.txt"
-    argv = [qemu, "-M", "pc", "-nodefaults", "-display", "none", "-no-reboot",
-            "-bios", str(path("bios.bin")), "-serial", f"file:{serial}",
-            "-drive", f"file={blank.path},format=raw,if=ide"]
+    argv = qemu_pc_argv(path("bios.bin"), "-serial", f"file:{serial}",
+                        "-drive", f"file={blank.path},format=raw,if=ide", debug_exit=False)
     with pytest.raises(subprocess.TimeoutExpired):
         subprocess.run(argv, capture_output=True, timeout=5, stdin=subprocess.DEVNULL)
     assert serial.read_text().replace("\r", "").splitlines() == [NO_BOOT]

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, need_tool
+from guests import qemu_pc_argv
 
 from emu.pytest_plugin import DiskImage, make_disk_image
 from firmware import path
@@ -126,21 +126,6 @@ packet: times 16 db 0
 EXPECTED_DISKS = "4\n0 DISK0\n1 DISK1\n2 DISK2\n3 DISK3\nHIGH\nEDGE+\n"
 
 
-def machine_available() -> bool:
-    try:
-        import emu.run  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def need_machine() -> None:
-    if not machine_available():
-        if IN_CI:
-            pytest.fail("emu run is missing")
-        pytest.skip("emu run is not available")
-
-
 @pytest.fixture
 def four_disks(tmp_path: Path, nasm) -> list[DiskImage]:
     boot = nasm.boot_sector(DISKS_GUEST)
@@ -160,11 +145,8 @@ def four_disks(tmp_path: Path, nasm) -> list[DiskImage]:
 
 def test_four_disks_and_lba48_under_qemu(four_disks: list[DiskImage], tmp_path: Path) -> None:
     # raw files go to QEMU as they are (the plugin's raw copy would read all 200 GiB)
-    qemu = need_tool("qemu-system-i386")
     debugcon = tmp_path / "debugcon.txt"
-    argv = [qemu, "-M", "pc", "-nodefaults", "-display", "none", "-no-reboot",
-            "-bios", str(path("bios.bin")), "-debugcon", f"file:{debugcon}",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+    argv = qemu_pc_argv(path("bios.bin"), "-debugcon", f"file:{debugcon}")
     for index, image in enumerate(four_disks):
         argv += ["-drive", f"file={image.path},format=raw,if=ide,index={index}"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
@@ -174,7 +156,6 @@ def test_four_disks_and_lba48_under_qemu(four_disks: list[DiskImage], tmp_path: 
 
 
 def test_four_disks_and_lba48_under_emu(four_disks: list[DiskImage], emu_machine) -> None:
-    need_machine()
     run = emu_machine(*four_disks, bios="ours", timeout=60)
     assert run.exit_code == 0, str(run)
     assert run.debugcon == EXPECTED_DISKS, str(run)
@@ -244,21 +225,17 @@ def keyboard_disk(tmp_path: Path, nasm) -> DiskImage:
 
 
 def test_int16_reads_com1_under_qemu(tmp_path: Path, nasm) -> None:
-    qemu = need_tool("qemu-system-i386")
     image = keyboard_disk(tmp_path, nasm)
     debugcon = tmp_path / "debugcon.txt"
-    argv = [qemu, "-M", "pc", "-nodefaults", "-display", "none", "-no-reboot",
-            "-bios", str(path("bios.bin")), "-debugcon", f"file:{debugcon}",
-            "-serial", "stdio",         # COM1 reads the keys from QEMU's standard input
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-drive", f"file={image.path},format=raw,if=ide"]
+    argv = qemu_pc_argv(path("bios.bin"), "-debugcon", f"file:{debugcon}",
+                        "-serial", "stdio",   # COM1 reads the keys from QEMU's standard input
+                        "-drive", f"file={image.path},format=raw,if=ide")
     proc = subprocess.run(argv, capture_output=True, input=TYPED, timeout=60)
     assert proc.returncode == 1, proc.stderr.decode() + debugcon.read_text()
     assert debugcon.read_text() == EXPECTED_KEYS
 
 
 def test_int16_reads_com1_under_emu(tmp_path: Path, nasm) -> None:
-    need_machine()
     from emu.machine import Machine
     image = keyboard_disk(tmp_path, nasm)
     machine = Machine(bios=path("bios.bin"), disks=[f"{image.path},format=raw"],
@@ -299,7 +276,6 @@ WRITE_STATUS_GUEST = r"""
 def test_write_to_a_read_only_disk_is_write_protected(tmp_path: Path, nasm,
                                                       emu_machine) -> None:
     """emu's readonly=on drive aborts writes; INT 13h says 03h (write protected)."""
-    need_machine()
     image = make_disk_image(tmp_path / "disks", "raw", "1M",
                             content=nasm.boot_sector(WRITE_STATUS_GUEST))
     run = emu_machine(image, bios="ours", timeout=60, readonly=True)
@@ -488,8 +464,6 @@ def compare_reads(transcript: str, expected: list[str]) -> None:
 @pytest.mark.parametrize("engine", ["qemu", "emu"])
 def test_random_reads_match_the_image(engine: str, seed: int, tmp_path: Path, nasm,
                                       emu_machine) -> None:
-    if engine == "emu":
-        need_machine()
     image, expected = reads_disk(tmp_path, nasm, seed)
     run = emu_machine(image, engine=engine, bios="ours", timeout=120)
     assert run.exit_code == 0, str(run)
@@ -618,8 +592,6 @@ def written_data(request: int, count: int) -> bytes:
 def test_random_writes_reach_the_image(engine: str, seed: int, variant: str, tmp_path: Path,
                                        nasm, emu_machine) -> None:
     """43h writes land where the model says, in every image format emu runs on."""
-    if engine == "emu":
-        need_machine()
     requests = [(max(lba, 2), count, offset, segment)          # keep the boot sectors
                 for lba, count, offset, segment in random_requests(seed)]
     table = struct.pack("<H", len(requests)) + b"".join(

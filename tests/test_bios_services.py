@@ -18,9 +18,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, need_tool
+from guests import qemu_pc_argv
 
-from emu.pytest_plugin import DiskImage, GuestRun, firmware_file
+from emu.pytest_plugin import DiskImage, GuestRun, firmware_file, need_seabios
 
 PATTERN_LBA = 8
 PATTERN_SECTORS = 8
@@ -883,9 +883,6 @@ PROGRAM_SECTORS equ (program_end - $$ - 512 + 511) / 512
 
 # ---------------------------------------------------------------- tests
 
-
-SEABIOS = Path("/usr/share/seabios/bios.bin")
-
 # What our BIOS answers on a 16 MiB disk (drive geometry 32/16/63, no translation) with
 # 64 MiB of RAM, whatever the machine.
 EXPECTED_16M = {
@@ -949,21 +946,6 @@ EXPECTED_16M = {
 DATA_CHECKS = 4          # "data=same" lines: 42h, 02h, 42h across 64 KiB, 02h after 43h
 
 
-def machine_available() -> bool:
-    try:
-        import emu.run  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def need_machine() -> None:
-    if not machine_available():
-        if IN_CI:
-            pytest.fail("emu run is missing")
-        pytest.skip("emu run is not available")
-
-
 @pytest.fixture
 def guest_disk(nasm, disk_image) -> DiskImage:
     program = nasm(GUEST_SOURCE)
@@ -1000,7 +982,6 @@ def test_services_under_qemu(guest_disk: DiskImage, emu_machine) -> None:
 
 
 def test_services_under_emu_match_qemu(guest_disk: DiskImage, emu_machine) -> None:
-    need_machine()
     qemu = emu_machine(guest_disk, engine="qemu", bios="ours", timeout=60)
     emu = emu_machine(guest_disk, bios="ours", timeout=120)
     check_transcript(emu)
@@ -1029,15 +1010,12 @@ TRANSLATION_CASES = [
 
 def run_qemu(bios: Path, disk: Path, geometry: tuple[int, int, int], translation: str,
              work: Path) -> str:
-    qemu = need_tool("qemu-system-i386")
     debugcon = work / f"debugcon-{bios.stem}-{translation}.txt"
     cylinders, heads, sectors = geometry
-    argv = [qemu, "-M", "pc", "-nodefaults", "-display", "none", "-no-reboot", "-m", "64M",
-            "-bios", str(bios), "-debugcon", f"file:{debugcon}",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-drive", f"file={disk},format=raw,if=none,id=disk0",
-            "-device", f"ide-hd,drive=disk0,bus=ide.0,unit=0,cyls={cylinders},heads={heads},"
-                       f"secs={sectors},bios-chs-trans={translation}"]
+    argv = qemu_pc_argv(bios, "-m", "64M", "-debugcon", f"file:{debugcon}",
+                        "-drive", f"file={disk},format=raw,if=none,id=disk0",
+                        "-device", f"ide-hd,drive=disk0,bus=ide.0,unit=0,cyls={cylinders},"
+                        f"heads={heads},secs={sectors},bios-chs-trans={translation}")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 1, proc.stderr       # debug-exit value 0
@@ -1057,10 +1035,7 @@ def test_translation_agrees_with_seabios(nasm, tmp_path: Path, sectors: int,
                                          translation: str) -> None:
     """SeaBIOS reads the same CMOS translation: same heads and sectors per track, and a
     cylinder count one higher (SeaBIOS hides the last cylinder; we report them all)."""
-    if not SEABIOS.exists():
-        if IN_CI:
-            pytest.fail(f"{SEABIOS} is missing")
-        pytest.skip("SeaBIOS is not installed")
+    seabios = need_seabios()
     disk = tmp_path / "disk.raw"
     with open(disk, "wb") as image:
         image.truncate(sectors * 512)
@@ -1069,7 +1044,7 @@ def test_translation_agrees_with_seabios(nasm, tmp_path: Path, sectors: int,
             image.seek(offset)
             image.write(data)
     ours = parse(run_qemu(firmware_file("bios.bin"), disk, geometry, translation, tmp_path))
-    theirs = parse(run_qemu(SEABIOS, disk, geometry, translation, tmp_path))
+    theirs = parse(run_qemu(seabios, disk, geometry, translation, tmp_path))
     our_cylinder, our_heads, our_sectors = bios_chs(ours["08"])
     their_cylinder, their_heads, their_sectors = bios_chs(theirs["08"])
     assert (our_heads, our_sectors) == (their_heads, their_sectors)

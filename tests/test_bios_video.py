@@ -9,7 +9,6 @@ under both.
 from __future__ import annotations
 
 import pytest
-from conftest import IN_CI
 
 from emu.pytest_plugin import GuestRun
 
@@ -205,19 +204,7 @@ before: dw 0
 """
 
 
-def machine_available() -> bool:
-    try:
-        import emu.run  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def boot(engine: str, nasm, disk_image, emu_machine, source: str) -> GuestRun:
-    if engine == "emu" and not machine_available():
-        if IN_CI:
-            pytest.fail("emu run is missing")
-        pytest.skip("emu run is not available")
     image = disk_image("raw", "1M", content=nasm.boot_sector(source))
     run = emu_machine(image, engine=engine, bios="ours", timeout=60)
     assert run.exit_code == 0, str(run)

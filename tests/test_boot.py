@@ -23,36 +23,13 @@ from bootimages import (
     build_syslinux,
     grub_env,
 )
-from conftest import IN_CI
 
-from emu.pytest_plugin import DISK_FORMATS, DiskImage, GuestRun, firmware_file, selected_formats
+from emu.pytest_plugin import DISK_FORMATS, DiskImage, GuestRun, selected_formats
 
 BUILDERS = {"syslinux": build_syslinux, "grub": build_grub}
 MARKERS = {"syslinux": f"Loading {SYSLINUX_BANNER}", "grub": GRUB_MARKER}
 BIOSES = ("ours", "seabios")
 TIMING = re.compile(r"\d+(\.\d+)?\s*(ms|s|sec|seconds)\b")
-
-
-def machine_available() -> bool:
-    try:
-        import emu.run  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def need_machine() -> None:
-    if not machine_available():
-        if IN_CI:
-            pytest.fail("emu run (emu/run.py) is missing")
-        pytest.skip("emu run is not written yet")
-
-
-def need_bios(bios: str) -> None:
-    if bios == "ours" and not firmware_file("bios.bin").exists():
-        if IN_CI:
-            pytest.fail("firmware/bios.bin is missing")
-        pytest.skip("our BIOS (firmware/bios.bin) is not built yet")
 
 
 def normalized(serial: str) -> list[str]:
@@ -96,7 +73,6 @@ def assert_booted(run: GuestRun, loader: str) -> None:
 def test_qemu_boots_the_raw_image(raw_boot_images, loader: str, bios: str, emu_machine,
                                   tmp_path: Path) -> None:
     """The images themselves are right: QEMU boots them to the marker and reboots."""
-    need_bios(bios)
     image = DiskImage(raw_boot_images[loader], "raw")
     run = emu_machine(image, engine="qemu", bios=bios, timeout=60)
     assert_booted(run, loader)
@@ -113,8 +89,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.mark.parametrize("loader", sorted(BUILDERS))
 def test_emu_boots_like_qemu(raw_boot_images, loader: str, bios: str, boot_format: str,
                              emu_machine, tmp_path: Path) -> None:
-    need_machine()
-    need_bios(bios)
     image = convert(raw_boot_images[loader], boot_format, tmp_path)
     if loader == "grub":
         assert GRUB_ENV_KEY not in grub_env(emu_img_to_raw(image, tmp_path / "before.raw"))

@@ -13,9 +13,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
 
-from emu.pytest_plugin import DiskImage, GuestRun, firmware_file
+from emu.pytest_plugin import DiskImage, GuestRun
 
 PROGRAMS = sorted(p for p in (Path(__file__).resolve().parent.parent / "firmware" / "tests")
                   .glob("*.asm") if not p.name.startswith("_"))
@@ -63,21 +62,6 @@ def guest_lines(run: GuestRun) -> list[str]:
     return [line for line in run.debugcon.splitlines() if line.startswith("G: ")]
 
 
-def machine_available() -> bool:
-    try:
-        import emu.run  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def need(condition: bool, reason: str) -> None:
-    if not condition:
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
 def assert_passed(run: GuestRun, name: str) -> None:
     assert run.exit_code == 0, str(run)
     assert guest_lines(run)[-1:] == ["G: PASS"], str(run)
@@ -96,7 +80,6 @@ def program(request, nasm) -> tuple[str, bytes]:
 @pytest.mark.parametrize("bios", ["ours", "seabios"])
 def test_program_in_qemu(program, bios: str, disk_image, emu_machine) -> None:
     """The programs themselves are right: they pass in QEMU."""
-    need(bios != "ours" or firmware_file("bios.bin").exists(), "firmware/bios.bin not built")
     name, code = program
     run = emu_machine(*make_disks(disk_image, "raw", name, code), engine="qemu", bios=bios,
                       timeout=60)
@@ -105,8 +88,6 @@ def test_program_in_qemu(program, bios: str, disk_image, emu_machine) -> None:
 
 @pytest.mark.parametrize("bios", ["ours", "seabios"])
 def test_program_in_emu(program, bios: str, disk_format: str, disk_image, emu_machine) -> None:
-    need(machine_available(), "emu run is not written yet")
-    need(bios != "ours" or firmware_file("bios.bin").exists(), "firmware/bios.bin not built")
     name, code = program
     disks = make_disks(disk_image, disk_format, name, code)
     qemu = emu_machine(*disks, engine="qemu", bios=bios, timeout=60)
@@ -131,8 +112,6 @@ def test_guest_reset_ends_the_run_with_status_0(method: str, engine: str, nasm, 
                                                  emu_machine, request) -> None:
     """A guest that resets the PC ends ``emu run`` (and QEMU's -no-reboot) with status 0,
     the same as a guest writing 0 to the debug-exit port: the run stops at the reset."""
-    if engine == "emu":
-        need(machine_available(), "emu run is not written yet")
     program = nasm.guest_program(f'PRINT "resetting"\n    {RESETS[method]}\n'
                                  '    PRINT "still running"\n    mov al, 9\n    jmp exit')
     run = emu_machine(disk_image("raw", "4M", content=program), engine=engine,

@@ -53,7 +53,6 @@ def run_pytest(folder: Path, *args: str, env: dict[str, str] | None = None
 
 
 def test_readme_example_runs_for_chosen_formats(tmp_path: Path) -> None:
-    pytest.importorskip("emu.run")
     proc = run_pytest(tmp_path, "--emu-formats", "raw,vdi", "-n", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
@@ -91,7 +90,6 @@ def test_disk_image_holds_its_content_in_every_format(disk_image, disk_format: s
 
 
 def test_guest_program_frame_reports_checks(nasm, disk_image, emu_machine) -> None:
-    pytest.importorskip("emu.run")
     program = nasm.guest_program("""
         mov ah, 0x15
         mov dl, [boot_drive]
