@@ -25,15 +25,32 @@ STACK_SETUP = """
     mov sp, 0x7000
 """
 
-IRQ_AND_HLT = STACK_SETUP + """
+# The PICs at their real-mode (BIOS) vectors: IRQ 0-7 -> INT 08h-0Fh, IRQ 8-15 -> INT 70h-77h.
+PIC_AT_BIOS_VECTORS = PIC_INIT.format(master_base=0x08, slave_base=0x70)
+
+# INT 21h -> handler21 and the timer's INT 08h -> tick (labels the program defines).
+HOOK_INT21_AND_TICK = """
     mov word [0x21*4], handler21
     mov word [0x21*4+2], 0xF000
     mov word [0x08*4], tick
     mov word [0x08*4+2], 0xF000
-    mov si, hello
+"""
+
+# Wait until COM1 has received a byte (line status bit 0) and read it into AL; DX = 3F8h.
+READ_COM1 = """
+.poll:
+    mov dx, 0x3FD
+    in al, dx
+    test al, 1
+    jz .poll
+    mov dx, 0x3F8
+    in al, dx
+"""
+
+IRQ_AND_HLT = STACK_SETUP + HOOK_INT21_AND_TICK + """    mov si, hello
     call print
     int 0x21
-""" + PIC_INIT.format(master_base=0x08, slave_base=0x70) + PIT_10MS + """
+""" + PIC_AT_BIOS_VECTORS + PIT_10MS + """
     sti
 .wait:
     hlt
@@ -396,14 +413,7 @@ def test_serial_output_and_input(tmp_path: Path) -> None:
     mov dx, 0x3F8
     mov al, 'A'
     out dx, al
-.poll:
-    mov dx, 0x3FD
-    in al, dx
-    test al, 1
-    jz .poll
-    mov dx, 0x3F8
-    in al, dx
-    out 0xF4, al
+""" + READ_COM1 + """    out 0xF4, al
 """
     with Machine(bios=build_rom(tmp_path, body), timeout=60, serial_input=b"z") as machine:
         result = machine.run()
@@ -419,15 +429,7 @@ def test_terminal_raw_mode_echo_and_ctrl_a_x(tmp_path: Path) -> None:
     import sys
     import time
 
-    body = STACK_SETUP + """
-.poll:
-    mov dx, 0x3FD
-    in al, dx
-    test al, 1
-    jz .poll
-    mov dx, 0x3F8
-    in al, dx
-    inc al
+    body = STACK_SETUP + READ_COM1 + """    inc al
     out dx, al
     jmp .poll
 """
@@ -460,7 +462,7 @@ def test_terminal_raw_mode_echo_and_ctrl_a_x(tmp_path: Path) -> None:
 
 
 def test_halt_with_every_interrupt_masked_stops(tmp_path: Path) -> None:
-    body = STACK_SETUP + PIC_INIT.format(master_base=0x08, slave_base=0x70) + PIT_10MS + """
+    body = STACK_SETUP + PIC_AT_BIOS_VECTORS + PIT_10MS + """
     mov al, 0xFF
     out 0x21, al          ; the PIT runs, but IRQ 0 is masked
     sti
@@ -473,12 +475,7 @@ def test_halt_with_every_interrupt_masked_stops(tmp_path: Path) -> None:
 
 
 def test_pending_irq_is_taken_before_a_software_int_when_if_is_set(tmp_path: Path) -> None:
-    body = STACK_SETUP + """
-    mov word [0x21*4], handler21
-    mov word [0x21*4+2], 0xF000
-    mov word [0x08*4], tick
-    mov word [0x08*4+2], 0xF000
-""" + PIC_INIT.format(master_base=0x08, slave_base=0x70) + PIT_10MS + """
+    body = STACK_SETUP + HOOK_INT21_AND_TICK + PIC_AT_BIOS_VECTORS + PIT_10MS + """
     mov ecx, 1000000          ; spin with IF=0 past the first PIT period (~20 ms)
 .spin:
     dec ecx
@@ -551,15 +548,7 @@ def test_serial_stdio_reads_piped_input(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    body = STACK_SETUP + """
-.poll:
-    mov dx, 0x3FD
-    in al, dx
-    test al, 1
-    jz .poll
-    mov dx, 0x3F8
-    in al, dx
-    out 0xF4, al
+    body = STACK_SETUP + READ_COM1 + """    out 0xF4, al
 """
     rom = build_rom(tmp_path, body)
     proc = subprocess.run([sys.executable, "-m", "emu", "run", "--bios", str(rom),
@@ -587,7 +576,7 @@ def test_rtc_periodic_irq8_through_the_slave_pic_wakes_hlt(tmp_path: Path) -> No
     body = STACK_SETUP + """
     mov word [0x70*4], rtc_irq
     mov word [0x70*4+2], 0xF000
-""" + PIC_INIT.format(master_base=0x08, slave_base=0x70) + """
+""" + PIC_AT_BIOS_VECTORS + """
     mov al, 0xFB              ; master: only the cascade (IRQ 2)
     out 0x21, al
     mov al, 0xFE              ; slave: only IRQ 8

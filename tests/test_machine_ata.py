@@ -7,16 +7,66 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
 from test_machine_roms import build_boot_sector, build_rom
 
 import disks
 from emu.machine import Machine, StopReason
+from emu.pytest_plugin import need_seabios
 
-SEABIOS = Path("/usr/share/seabios/bios.bin")
 DISK_SIZE = 8 << 20
 
-ATA_GUEST = """
+# Guest building blocks: an LBA28 command through the primary channel's task file, and
+# the PIIX IDE function (00:01.1) with its bus-master registers at C000h.
+ATA_MACROS = """
+%macro ATA_LBA28 3              ; sector count, LBA, command
+    mov dx, 0x1F2
+    mov al, %1
+    out dx, al
+    inc dx
+    mov al, (%2) & 0xFF         ; LBA 7:0
+    out dx, al
+    inc dx
+    mov al, ((%2) >> 8) & 0xFF  ; LBA 15:8
+    out dx, al
+    inc dx
+    mov al, ((%2) >> 16) & 0xFF ; LBA 23:16
+    out dx, al
+    inc dx
+    mov al, 0xE0 | (((%2) >> 24) & 0x0F)
+    out dx, al
+    inc dx
+    mov al, %3
+    out dx, al
+%endmacro
+
+%macro ENABLE_BUS_MASTER 0
+    mov eax, 0x80000920         ; 00:01.1 BAR4
+    mov dx, 0xCF8
+    out dx, eax
+    mov eax, 0xC001
+    mov dx, 0xCFC
+    out dx, eax
+    mov eax, 0x80000904         ; 00:01.1 command register
+    mov dx, 0xCF8
+    out dx, eax
+    mov ax, 0x0005              ; I/O space + bus master
+    mov dx, 0xCFC
+    out dx, ax
+%endmacro
+
+%macro START_DMA_AND_WAIT 0     ; bus master start (device to memory), until it interrupts
+    mov dx, 0xC000
+    mov al, 0x09
+    out dx, al
+    mov dx, 0xC002
+%%wait:
+    in al, dx
+    test al, 0x04
+    jz %%wait
+%endmacro
+"""
+
+ATA_GUEST = ATA_MACROS + """
     cli
     xor ax, ax
     mov ds, ax
@@ -39,22 +89,7 @@ ATA_GUEST = """
     rep insw
     ; --- READ SECTORS LBA28: 4 sectors from LBA 0 to 2000:0000
     call wait_ready
-    mov dx, 0x1F2
-    mov al, 4
-    out dx, al
-    inc dx
-    xor al, al
-    out dx, al          ; LBA 7:0
-    inc dx
-    out dx, al          ; LBA 15:8
-    inc dx
-    out dx, al          ; LBA 23:16
-    inc dx
-    mov al, 0xE0
-    out dx, al
-    inc dx
-    mov al, 0x20
-    out dx, al
+    ATA_LBA28 4, 0, 0x20
     mov ax, 0x2000
     mov es, ax
     xor di, di
@@ -78,23 +113,7 @@ ATA_GUEST = """
     xor ax, ax
     mov ds, ax
     call wait_ready
-    mov dx, 0x1F2
-    mov al, 1
-    out dx, al
-    inc dx
-    mov al, 10
-    out dx, al
-    inc dx
-    xor al, al
-    out dx, al
-    inc dx
-    out dx, al
-    inc dx
-    mov al, 0xE0
-    out dx, al
-    inc dx
-    mov al, 0x30
-    out dx, al
+    ATA_LBA28 1, 10, 0x30       ; WRITE SECTORS
     call wait_drq
     mov ax, 0x2000
     mov ds, ax
@@ -106,18 +125,7 @@ ATA_GUEST = """
     mov ds, ax
     call wait_ready
     ; --- READ DMA: 4 sectors from LBA 4 through a two-entry PRD table
-    mov eax, 0x80000920     ; 00:01.1 BAR4
-    mov dx, 0xCF8
-    out dx, eax
-    mov eax, 0xC001
-    mov dx, 0xCFC
-    out dx, eax
-    mov eax, 0x80000904     ; 00:01.1 command register
-    mov dx, 0xCF8
-    out dx, eax
-    mov ax, 0x0005          ; I/O space + bus master
-    mov dx, 0xCFC
-    out dx, ax
+    ENABLE_BUS_MASTER
     mov dword [0x5000], 0x30000
     mov dword [0x5004], 1024
     mov dword [0x5008], 0x40000
@@ -129,31 +137,8 @@ ATA_GUEST = """
     mov al, 0x08            ; direction: device to memory
     out dx, al
     call wait_ready
-    mov dx, 0x1F2
-    mov al, 4
-    out dx, al
-    inc dx
-    mov al, 4
-    out dx, al
-    inc dx
-    xor al, al
-    out dx, al
-    inc dx
-    out dx, al
-    inc dx
-    mov al, 0xE0
-    out dx, al
-    inc dx
-    mov al, 0xC8
-    out dx, al
-    mov dx, 0xC000
-    mov al, 0x09            ; start
-    out dx, al
-    mov dx, 0xC002
-.dma_wait:
-    in al, dx
-    test al, 0x04           ; interrupt
-    jz .dma_wait
+    ATA_LBA28 4, 4, 0xC8        ; READ DMA
+    START_DMA_AND_WAIT
     mov [0x5100], al        ; bus-master status at the end
     mov dx, 0xC000
     mov al, 0x08
@@ -163,23 +148,7 @@ ATA_GUEST = """
     mov [0x5101], al        ; ATA status
     ; --- read back LBA 10 by PIO to 4800:0000
     call wait_ready
-    mov dx, 0x1F2
-    mov al, 1
-    out dx, al
-    inc dx
-    mov al, 10
-    out dx, al
-    inc dx
-    xor al, al
-    out dx, al
-    inc dx
-    out dx, al
-    inc dx
-    mov al, 0xE0
-    out dx, al
-    inc dx
-    mov al, 0x20
-    out dx, al
+    ATA_LBA28 1, 10, 0x20
     call wait_drq
     mov ax, 0x4800
     mov es, ax
@@ -289,14 +258,6 @@ message: db "BOOT SECTOR REACHED", 10, 0
 """
 
 
-def need_seabios() -> Path:
-    if not SEABIOS.exists():
-        if IN_CI:
-            pytest.fail(f"{SEABIOS} is missing (Debian package seabios)")
-        pytest.skip("SeaBIOS is not installed")
-    return SEABIOS
-
-
 @pytest.mark.parametrize("fmt", ["raw", "vpc", "vdi", "vmdk", "vhdx"])
 def test_seabios_boots_a_boot_sector(tmp_path: Path, fmt: str) -> None:
     bios = need_seabios()
@@ -317,7 +278,7 @@ def test_seabios_boots_a_boot_sector(tmp_path: Path, fmt: str) -> None:
     assert debugcon.read_text(errors="replace") == log
 
 
-SELF_MODIFYING_GUEST = """
+SELF_MODIFYING_GUEST = ATA_MACROS + """
     cli
     xor ax, ax
     mov ds, ax
@@ -330,22 +291,7 @@ SELF_MODIFYING_GUEST = """
     call 0x0000:0x8000
     call 0x0000:0x9000
     ; PIO: LBA 0 over 0x8000
-    mov dx, 0x1F2
-    mov al, 1
-    out dx, al
-    inc dx
-    xor al, al
-    out dx, al
-    inc dx
-    out dx, al
-    inc dx
-    out dx, al
-    inc dx
-    mov al, 0xE0
-    out dx, al
-    inc dx
-    mov al, 0x20
-    out dx, al
+    ATA_LBA28 1, 0, 0x20
     mov dx, 0x1F7
 .drq:
     in al, dx
@@ -356,18 +302,7 @@ SELF_MODIFYING_GUEST = """
     mov dx, 0x1F0
     rep insw
     ; DMA: LBA 1 over 0x9000
-    mov eax, 0x80000920
-    mov dx, 0xCF8
-    out dx, eax
-    mov eax, 0xC001
-    mov dx, 0xCFC
-    out dx, eax
-    mov eax, 0x80000904
-    mov dx, 0xCF8
-    out dx, eax
-    mov ax, 0x0005
-    mov dx, 0xCFC
-    out dx, ax
+    ENABLE_BUS_MASTER
     mov dword [0x5000], 0x9000
     mov dword [0x5004], 0x80000000 | 512
     mov dx, 0xC004
@@ -376,30 +311,8 @@ SELF_MODIFYING_GUEST = """
     mov dx, 0xC000
     mov al, 0x08
     out dx, al
-    mov dx, 0x1F2
-    mov al, 1
-    out dx, al
-    inc dx
-    out dx, al          ; LBA 1
-    inc dx
-    xor al, al
-    out dx, al
-    inc dx
-    out dx, al
-    inc dx
-    mov al, 0xE0
-    out dx, al
-    inc dx
-    mov al, 0xC8
-    out dx, al
-    mov dx, 0xC000
-    mov al, 0x09
-    out dx, al
-    mov dx, 0xC002
-.dma:
-    in al, dx
-    test al, 0x04
-    jz .dma
+    ATA_LBA28 1, 1, 0xC8
+    START_DMA_AND_WAIT
     ; run the freshly loaded code: 0x8000 returns 2, 0x9000 returns 3
     call 0x0000:0x8000
     mov bl, al
