@@ -1031,6 +1031,26 @@ class AtaChannel:
             self._dma_done(unit, request)
         return data
 
+    def dma_read_into(self, window: memoryview) -> int:
+        """Device -> memory straight into ``window`` (guest RAM): the bytes moved, at
+        most the request's remainder (0 on error; the window's content is then
+        undefined, as a failed transfer leaves a real buffer)."""
+        unit = self.selected
+        request = unit.dma
+        if request is None or not request.to_memory:
+            return 0
+        length = min(len(window), request.remaining)
+        try:
+            self._drive(unit).image.readinto(request.offset + request.done, window[:length])
+        except (ImageError, OSError):
+            failed = request.first_lba + request.done // SECTOR
+            self._fail_at(unit, request.command.lba48, request.chs, failed, ERROR_UNC)
+            return 0
+        request.done += length
+        if not request.remaining:
+            self._dma_done(unit, request)
+        return length
+
     def dma_write(self, data: bytes | bytearray | memoryview) -> None:
         """Memory -> device: the next bytes of the request."""
         unit = self.selected

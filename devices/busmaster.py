@@ -24,7 +24,9 @@ The model moves a command's data the moment both sides are ready: when the
 guest sets start while a drive waits with a DMA request, or when a drive posts
 one while the engine is already started.  The PRDs are walked into segments
 and the data is moved in groups of up to ``GROUP_BYTES``: one image access and
-one guest-memory access per PRD entry.  The outcomes the datasheet tabulates:
+one guest-memory access per PRD entry, or, when the memory lends views of RAM
+(:class:`DirectGuestMemory`, the machine's), one image read straight into RAM
+per stretch of entries that are adjacent in memory.  The outcomes the datasheet tabulates:
 
 * table and transfer the same size: the drive completes (INTRQ, so Interrupt
   = 1) and the engine reaches end-of-table, Active = 0;
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from .ata import AtaChannel
 from .interfaces import GuestMemory
@@ -66,6 +69,22 @@ STATUS_ERROR = 0x02
 STATUS_INTERRUPT = 0x04
 STATUS_WRITE_ONE_TO_CLEAR = STATUS_ERROR | STATUS_INTERRUPT
 STATUS_DMA_CAPABLE = 0x60    # drive 0 (bit 5) and drive 1 (bit 6)
+
+
+
+@runtime_checkable
+class DirectGuestMemory(GuestMemory, Protocol):
+    """Guest memory that lends the engine a view of RAM, so a READ DMA lands there
+    from the image without an intermediate copy."""
+
+    def ram_window(self, address: int, length: int) -> memoryview | None:
+        """A writable view of ``[address, address + length)`` if all of it is RAM."""
+        ...
+
+    def written(self, address: int, length: int) -> None:
+        """The engine stored into a window: forget stale state (translated code)."""
+        ...
+
 
 PRD = struct.Struct("<II")   # physical address, byte count | end-of-table
 PRD_END_OF_TABLE = 0x80000000
@@ -169,7 +188,9 @@ class _Engine:
                 group += piece[1]
             if not segments:
                 break
-            if request.to_memory:
+            if request.to_memory and self.owner.direct_memory is not None:
+                self._read_direct(self.owner.direct_memory, segments)
+            elif request.to_memory:
                 view = channel.dma_read(group)
                 position = 0
                 for address, length in segments:
@@ -188,11 +209,37 @@ class _Engine:
             self.status &= ~STATUS_ACTIVE          # table and transfer ended together
 
 
+    def _read_direct(self, memory: DirectGuestMemory, segments: list[tuple[int, int]]
+                     ) -> None:
+        """Device -> RAM for one group: each stretch of segments adjacent in memory is
+        one image read straight into guest RAM (stops at the first short move)."""
+        stretches: list[list[int]] = []
+        for address, length in segments:
+            if stretches and stretches[-1][0] + stretches[-1][1] == address:
+                stretches[-1][1] += length
+            else:
+                stretches.append([address, length])
+        channel = self.channel
+        for address, length in stretches:
+            window = memory.ram_window(address, length)
+            if window is None:
+                view = channel.dma_read(length)
+                memory.write(address, view)
+                moved = len(view)
+            else:
+                moved = channel.dma_read_into(window)
+                if moved:
+                    memory.written(address, moved)
+            if moved < length:
+                break
+
+
 class BusMasterIde:
     """The PIIX bus-master register block for ``channels`` (primary, secondary)."""
 
     def __init__(self, channels: Sequence[AtaChannel], memory: GuestMemory) -> None:
         self.memory = memory
+        self.direct_memory = memory if isinstance(memory, DirectGuestMemory) else None
         self.base: int | None = None
         self.bus_master_enabled = True
         self.engines = [_Engine(self, channel) for channel in channels]

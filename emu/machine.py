@@ -323,6 +323,17 @@ class PhysicalMemory:
             self.view[address:address + inside] = memoryview(data).cast("B")[:inside]
             self.uc.remove_cache(address, address + inside)
 
+    def ram_window(self, address: int, length: int) -> memoryview | None:
+        """A writable view of RAM for a DMA engine; call :meth:`written` after storing."""
+        if 0 <= address and address + length <= self.ram_size:
+            return self.view[address:address + length]
+        return None
+
+    def written(self, address: int, length: int) -> None:
+        """Stored into a :meth:`ram_window`: drop translated code for the range."""
+        if length:
+            self.uc.remove_cache(address, address + length)
+
     def byte(self, address: int) -> int:
         """One byte, for the machine's peeks at code (0xFF outside RAM)."""
         return self.view[address] if 0 <= address < self.ram_size else \
