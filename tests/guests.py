@@ -24,3 +24,31 @@ def qemu_pc_argv(bios: Path, *options: str, debug_exit: bool = True) -> list[str
     qemu = need_tool("qemu-system-i386")
     argv = [qemu, *QEMU_PC, "-bios", str(bios), *options]
     return argv + QEMU_DEBUG_EXIT if debug_exit else argv
+
+
+# Debug-console output for guests that define ``DBG`` (the debug port, E9h): ``hex8``
+# prints AL and ``hex16`` prints AX as upper-case hex digits; both keep every register
+# but AL.
+HEX_OUTPUT = r"""
+hex8:
+    push ax
+    shr al, 4
+    call nibble
+    pop ax
+nibble:
+    and al, 15
+    add al, '0'
+    cmp al, '9'
+    jbe .out
+    add al, 7
+.out:
+    out DBG, al
+    ret
+
+hex16:
+    push ax
+    xchg al, ah
+    call hex8
+    pop ax
+    jmp hex8
+"""

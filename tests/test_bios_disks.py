@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from guests import qemu_pc_argv
+from guests import HEX_OUTPUT, qemu_pc_argv
 
 from emu.pytest_plugin import DiskImage, make_disk_image
 from firmware import path
@@ -194,25 +194,7 @@ DBG equ 0xE9
     out 0xF4, al
     cli
     hlt
-
-hex16:
-    mov dx, ax
-    push cx
-    mov cx, 4
-.digit:
-    rol dx, 4
-    mov al, dl
-    and al, 0x0F
-    add al, '0'
-    cmp al, '9'
-    jbe .out
-    add al, 7
-.out:
-    out DBG, al
-    loop .digit
-    pop cx
-    ret
-"""
+""" + HEX_OUTPUT
 
 TYPED = b"aZ1\r\x7f\n"
 # scan code : character, as a US keyboard's INT 16h would give them
@@ -285,6 +267,14 @@ def test_write_to_a_read_only_disk_is_write_protected(tmp_path: Path, nasm,
 
 
 # ---------------------------------------------------------------- random reads vs. a model
+
+# The boot drive and an INT 13h AH=42h/43h disk address packet, both filled in at run time.
+EDD_PACKET = """
+drive: db 0
+packet: db 16, 0
+    dw 0, 0, 0
+    dq 0
+"""
 
 READS_GUEST = r"""
 DBG equ 0xE9
@@ -368,34 +358,7 @@ read:
     mov al, 10
     out DBG, al
     ret
-
-hex8:
-    push ax
-    shr al, 4
-    call nibble
-    pop ax
-nibble:
-    and al, 15
-    add al, '0'
-    cmp al, '9'
-    jbe .out
-    add al, 7
-.out:
-    out DBG, al
-    ret
-
-hex16:
-    push ax
-    xchg al, ah
-    call hex8
-    pop ax
-    jmp hex8
-
-drive: db 0
-packet: db 16, 0
-    dw 0, 0, 0
-    dq 0
-"""
+""" + HEX_OUTPUT + EDD_PACKET
 
 READS_DISK_SECTORS = 8192           # 4 MiB
 READS_PER_RUN = 24
@@ -548,34 +511,7 @@ K_DWORD equ 0x9E3779B1
     out 0xF4, al
     cli
     hlt
-
-hex8:
-    push ax
-    shr al, 4
-    call nibble
-    pop ax
-nibble:
-    and al, 15
-    add al, '0'
-    cmp al, '9'
-    jbe .out
-    add al, 7
-.out:
-    out DBG, al
-    ret
-
-hex16:
-    push ax
-    xchg al, ah
-    call hex8
-    pop ax
-    jmp hex8
-
-drive: db 0
-packet: db 16, 0
-    dw 0, 0, 0
-    dq 0
-"""
+""" + HEX_OUTPUT + EDD_PACKET
 
 
 def written_data(request: int, count: int) -> bytes:

@@ -9,6 +9,7 @@ under both.
 from __future__ import annotations
 
 import pytest
+from guests import HEX_OUTPUT
 
 from emu.pytest_plugin import GuestRun
 
@@ -29,7 +30,7 @@ DBG equ 0xE9
     xor bh, bh
     int 0x10
     mov ax, dx
-    call hex16                  ; cursor: row 0, column 2
+    call hex16_line             ; cursor: row 0, column 2
     mov dx, 0x050A              ; 09h: three 'X' in attribute 1Fh at 5,10
     call goto
     mov ax, 0x0958
@@ -75,7 +76,7 @@ DBG equ 0xE9
     xor bh, bh
     int 0x10
     mov ax, dx
-    call hex16                  ; cursor: row 24, column 0
+    call hex16_line             ; cursor: row 24, column 0
     mov dx, 0x174F
     call cell                   ; 'Z' moved up to row 23
     mov dx, 0x040A
@@ -95,7 +96,7 @@ DBG equ 0xE9
     xor bh, bh
     int 0x10
     mov ax, dx
-    call hex16                  ; cursor: row 2, column 5
+    call hex16_line             ; cursor: row 2, column 5
     mov dx, 0x0204
     call cell                   ; 'k' 4Eh
     ; INT 14h: COM1 status, then one byte straight to COM1
@@ -105,7 +106,7 @@ DBG equ 0xE9
     and ah, 0x60                ; transmitter empty and ready
     mov al, ah
     xor ah, ah
-    call hex16
+    call hex16_line
     mov ax, 0x0121
     xor dx, dx
     int 0x14
@@ -127,24 +128,12 @@ cell:                           ; print the character and attribute at DX
     mov ah, 0x08
     xor bh, bh
     int 0x10
-hex16:
-    mov dx, ax
-    mov cx, 4
-.digit:
-    rol dx, 4
-    mov al, dl
-    and al, 0x0F
-    add al, '0'
-    cmp al, '9'
-    jbe .out
-    add al, 7
-.out:
-    out DBG, al
-    loop .digit
+hex16_line:                     ; AX in hex, then a newline
+    call hex16
     mov al, 10
     out DBG, al
     ret
-"""
+""" + HEX_OUTPUT
 
 EXPECTED_CELLS = [
     "0002",
