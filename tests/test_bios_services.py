@@ -73,6 +73,27 @@ EDD         equ 0xB000
     pop si
 %endmacro
 
+%macro INT13_DRIVE 0            ; INT 13h on the boot drive, then print the registers
+    mov dl, [drive]
+    int 0x13
+    call dump
+%endmacro
+
+%macro INT13_PACKET 0           ; the same with DS:SI = the disk address packet
+    mov dl, [drive]
+    mov si, packet
+    int 0x13
+    call dump
+%endmacro
+
+%macro CHECK_PATTERN 2          ; print whether %2 sectors at DS:%1 hold the LBA 8.. pattern
+    mov si, %1
+    mov bx, PATTERN_LBA
+    mov cx, %2
+    call compare_pattern
+    call print_same
+%endmacro
+
 start:
     cli
     xor ax, ax
@@ -244,15 +265,11 @@ main:
     PUTS "41"
     mov ah, 0x41
     mov bx, 0x55AA
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
 
     PUTS "08"
     mov ah, 0x08
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     mov [geometry_cx], cx
     mov [geometry_dh], dh
 
@@ -264,9 +281,7 @@ main:
 
     PUTS "15"
     mov ah, 0x15
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
 
     ; ---- 48h, full EDD 3.0 buffer
     mov di, EDD
@@ -402,43 +417,29 @@ main:
 
     PUTS "00"
     mov ah, 0x00
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     PUTS "0D"
     mov ah, 0x0D
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     PUTS "10"
     mov ah, 0x10
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     PUTS "11"
     mov ah, 0x11
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     PUTS "14"
     mov ah, 0x14
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     PUTS "0C"
     mov ah, 0x0C
     mov cx, 0x0001
     xor dh, dh
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     PUTS "04"
     mov ax, 0x0403
     mov cx, 0x0001
     xor dh, dh
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
 
     ; ---- reads
     PUTS "42mbr"
@@ -447,10 +448,7 @@ main:
     mov di, BUF
     call set_packet
     mov ah, 0x42
-    mov dl, [drive]
-    mov si, packet
-    int 0x13
-    call dump
+    INT13_PACKET
     PUTS "mbr sig="
     mov ax, [BUF + 510]
     call hex16
@@ -462,15 +460,8 @@ main:
     mov di, BUF
     call set_packet
     mov ah, 0x42
-    mov dl, [drive]
-    mov si, packet
-    int 0x13
-    call dump
-    mov si, BUF
-    mov bx, PATTERN_LBA
-    mov cx, 8
-    call compare_pattern
-    call print_same
+    INT13_PACKET
+    CHECK_PATTERN BUF, 8
 
     ; CHS: LBA 8 is cylinder 0, head 0, sector 9 (any geometry with >= 16 sectors per track)
     PUTS "02pattern"
@@ -481,11 +472,7 @@ main:
     mov bx, BUF2
     int 0x13
     call dump
-    mov si, BUF2
-    mov bx, PATTERN_LBA
-    mov cx, 3
-    call compare_pattern
-    call print_same
+    CHECK_PATTERN BUF2, 3
 
     ; across a 64 KiB boundary: 1000:FE00 .. 1000:11FF+
     PUTS "42wrap"
@@ -498,10 +485,7 @@ main:
     call set_packet
     pop es
     mov ah, 0x42
-    mov dl, [drive]
-    mov si, packet
-    int 0x13
-    call dump
+    INT13_PACKET
     push ds
     mov ax, 0x1FE0
     mov ds, ax
@@ -519,10 +503,7 @@ main:
     mov di, BUF
     call set_packet
     mov ax, 0x4300
-    mov dl, [drive]
-    mov si, packet
-    int 0x13
-    call dump
+    INT13_PACKET
     call print_packet_count
     PUTS "02back"
     mov ax, 0x0203
@@ -532,11 +513,7 @@ main:
     mov bx, BUF2
     int 0x13
     call dump
-    mov si, BUF2
-    mov bx, PATTERN_LBA
-    mov cx, 3
-    call compare_pattern
-    call print_same
+    CHECK_PATTERN BUF2, 3
     ; 03h: write LBA 30 (sector 31) from BUF (pattern of LBA 8)
     PUTS "03"
     mov ax, 0x0301
@@ -554,10 +531,7 @@ main:
     mov di, BUF
     call set_packet
     mov ah, 0x42
-    mov dl, [drive]
-    mov si, packet
-    int 0x13
-    call dump
+    INT13_PACKET
     call print_packet_count
     PUTS "42straddle"
     mov ax, 2
@@ -566,16 +540,11 @@ main:
     mov di, BUF
     call set_packet
     mov ah, 0x42
-    mov dl, [drive]
-    mov si, packet
-    int 0x13
-    call dump
+    INT13_PACKET
     call print_packet_count
     PUTS "01"
     mov ah, 0x01
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     PUTS "bda status="
     push es
     mov ax, 0x40
@@ -594,10 +563,7 @@ main:
     call set_packet
     mov byte [packet], 8
     mov ah, 0x42
-    mov dl, [drive]
-    mov si, packet
-    int 0x13
-    call dump
+    INT13_PACKET
     PUTS "02sector0"
     mov ax, 0x0201
     mov cx, 0x0000
@@ -624,14 +590,10 @@ main:
     call dump
     PUTS "99"
     mov ah, 0x99
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     PUTS "45"
     mov ax, 0x4500
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     PUTS "floppy08"
     mov ah, 0x08
     xor dl, dl
@@ -653,25 +615,17 @@ main:
     PUTS "41bad"
     mov ah, 0x41
     mov bx, 0x1234
-    mov dl, [drive]
-    int 0x13
-    call dump
+    INT13_DRIVE
     PUTS "44"
     mov ax, 2
     mov ebx, 1
     mov di, BUF
     call set_packet
     mov ah, 0x44
-    mov dl, [drive]
-    mov si, packet
-    int 0x13
-    call dump
+    INT13_PACKET
     PUTS "47"
     mov ah, 0x47
-    mov dl, [drive]
-    mov si, packet
-    int 0x13
-    call dump
+    INT13_PACKET
 
     ; ---- other services
     PUTS "int11"
