@@ -47,6 +47,20 @@ READ_COM1 = """
     in al, dx
 """
 
+# Load the program's GDT (code at 08h, data at 10h) and enter 32-bit protected mode at
+# pm32 with DS = 10h.
+ENTER_PM32 = """
+    o32 lgdt [cs:gdtr]
+    mov eax, cr0
+    or al, 1
+    mov cr0, eax
+    jmp dword 0x08:LIN(pm32)
+bits 32
+pm32:
+    mov ax, 0x10
+    mov ds, ax
+"""
+
 IRQ_AND_HLT = STACK_SETUP + HOOK_INT21_AND_TICK + """    mov si, hello
     call print
     int 0x21
@@ -160,17 +174,7 @@ def test_reboot_restarts_at_reset_vector(tmp_path: Path) -> None:
 
 GDT_AND_MODES = STACK_SETUP + """
     mov word [0x21*4], real_int21
-    mov word [0x21*4+2], 0xF000
-    o32 lgdt [cs:gdtr]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:LIN(pm32)
-bits 32
-pm32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
+    mov word [0x21*4+2], 0xF000""" + ENTER_PM32 + """    mov es, ax
     mov ss, ax
     mov esp, 0x9000
     ; IDT at 0x1000: vector 0x30 (software) and 0x20 (IRQ 0)
@@ -377,16 +381,7 @@ def test_same_inputs_same_trace(tmp_path: Path) -> None:
 
 
 def test_unmapped_reads_see_a_floating_bus(tmp_path: Path) -> None:
-    body = STACK_SETUP + """
-    o32 lgdt [cs:gdtr]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:LIN(pm32)
-bits 32
-pm32:
-    mov ax, 0x10
-    mov ds, ax
+    body = STACK_SETUP + ENTER_PM32 + """
     mov eax, [0xFED00000]     ; an HPET probe on a machine without one
     cmp eax, 0xFFFFFFFF
     jne .bad
