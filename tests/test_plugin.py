@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from emu.pytest_plugin import DISK_FORMATS
+import disks
+from emu.pytest_plugin import DISK_FORMATS, make_disk_image
 
 README_EXAMPLE = '''
 def test_boot_sector_reads_its_disk(nasm, disk_image, disk_format, emu_machine):
@@ -106,6 +107,14 @@ def test_guest_program_frame_reports_checks(nasm, disk_image, emu_machine) -> No
     assert run.exit_code == 2, str(run)
     assert "G: ok AH=15h says hard disk" in run.debugcon
     assert "G: FAIL a check meant to fail" in run.debugcon
+
+
+def test_a_format_without_its_driver_is_an_error_not_a_skip(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setitem(DISK_FORMATS, "qcow2", ("qcow2", {}))
+    with pytest.raises(disks.UnknownFormatError, match="unknown format 'qcow2'"):
+        make_disk_image(tmp_path, "qcow2", "1M")
 
 
 @pytest.mark.parametrize("disk_format", ["vhdx"])
