@@ -653,11 +653,14 @@ class AtaChannel:
         return unit.status if unit.drive is not None else 0
 
     def _read_status(self, size: int) -> int:
-        self._clear_irq()
-        return 0 if self._empty else self._status_of(self.selected)
+        if self.irq_pending:
+            self._clear_irq()
+        unit = self.selected   # (no drive there, or none at all: 0)
+        return unit.status if unit.drive is not None else 0
 
     def _read_alt_status(self, size: int) -> int:
-        return 0 if self._empty else self._status_of(self.selected)
+        unit = self.selected
+        return unit.status if unit.drive is not None else 0
 
     def _read_error(self, size: int) -> int:
         unit = self.selected

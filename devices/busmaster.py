@@ -240,9 +240,22 @@ class BusMasterIde:
     def __init__(self, channels: Sequence[AtaChannel], memory: GuestMemory) -> None:
         self.memory = memory
         self.direct_memory = memory if isinstance(memory, DirectGuestMemory) else None
-        self.base: int | None = None
         self.bus_master_enabled = True
         self.engines = [_Engine(self, channel) for channel in channels]
+        self._registers: dict[int, tuple[_Engine, int]] = {}   # port -> (engine, offset)
+        self.base = None
+
+    @property
+    def base(self) -> int | None:
+        """The I/O base (PCI BAR4), None while unassigned."""
+        return self._base
+
+    @base.setter
+    def base(self, base: int | None) -> None:
+        self._base = base
+        self._registers = {} if base is None else {
+            base + index * CHANNEL_STRIDE + offset: (engine, offset)
+            for index, engine in enumerate(self.engines) for offset in range(CHANNEL_STRIDE)}
 
     def io_ports(self) -> list[tuple[int, int]]:
         return [] if self.base is None else [(self.base, BUSMASTER_PORTS)]
@@ -261,14 +274,12 @@ class BusMasterIde:
             engine._exhausted = False
 
     def _locate(self, port: int) -> tuple[_Engine | None, int]:
-        if self.base is None:
-            return None, 0
-        index, offset = divmod(port - self.base, CHANNEL_STRIDE)
-        if not 0 <= index < len(self.engines):
-            return None, 0
-        return self.engines[index], offset
+        return self._registers.get(port, (None, 0))
 
     def read(self, port: int, size: int) -> int:
+        if size == 1:
+            engine, offset = self._locate(port)
+            return 0xFF if engine is None else engine.read_byte(offset)
         value = 0
         for byte in range(size):
             engine, offset = self._locate(port + byte)
@@ -277,6 +288,16 @@ class BusMasterIde:
         return value
 
     def write(self, port: int, size: int, value: int) -> None:
+        if size == 1:
+            engine, offset = self._locate(port)
+            if engine is not None:
+                engine.write_byte(offset, value & 0xFF)
+            return
+        if size == 4:
+            engine, offset = self._locate(port)
+            if engine is not None and offset == REG_PRD_TABLE:
+                engine.prd_table = value & 0xFFFFFFFC   # all four bytes of the pointer
+                return
         # A wide access is its bytes in ascending port order, as the PIIX decodes it.
         for byte in range(size):
             engine, offset = self._locate(port + byte)

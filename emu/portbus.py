@@ -21,6 +21,7 @@ from collections.abc import Callable
 from devices.interfaces import PortDevice
 
 RECENT_ACCESSES = 12
+MASKS = (0, 0xFF, 0xFFFF, 0xFF_FFFF, 0xFFFF_FFFF)   # by access size in bytes
 Tracer = Callable[[str, int, int, int], None]
 
 
@@ -32,6 +33,8 @@ class PortBus:
     def __init__(self) -> None:
         self.devices: dict[int, PortDevice] = {}
         self.byte_overlays: dict[int, PortDevice] = {}
+        # Byte accesses' owners: ``devices`` with the overlays on top (rebuilt on change).
+        self.byte_owners: dict[int, PortDevice] = {}
         self.recent: deque[tuple[str, int, int, int]] = deque(maxlen=RECENT_ACCESSES)
         self.accesses = 0
         self.tracer: Tracer | None = None
@@ -45,15 +48,18 @@ class PortBus:
                         f"port {port:#x}: {type(device).__name__} collides with "
                         f"{type(owner).__name__}")
                 self.devices[port] = device
+        self._rebuild()
 
     def attach_byte_overlay(self, device: PortDevice) -> None:
         for first, count in device.io_ports():
             for port in range(first, first + count):
                 self.byte_overlays[port] = device
+        self._rebuild()
 
     def detach(self, device: PortDevice) -> None:
         for port in [port for port, owner in self.devices.items() if owner is device]:
             del self.devices[port]
+        self._rebuild()
 
     def remap(self, device: PortDevice) -> None:
         """Re-read a guest-programmed device's ranges; ports another device already
@@ -62,6 +68,10 @@ class PortBus:
         for first, count in device.io_ports():
             for port in range(first, first + count):
                 self.devices.setdefault(port, device)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.byte_owners = {**self.devices, **self.byte_overlays}
 
     def owner(self, port: int, size: int) -> PortDevice | None:
         if size == 1 and port in self.byte_overlays:
@@ -69,9 +79,8 @@ class PortBus:
         return self.devices.get(port)
 
     def read(self, port: int, size: int) -> int:
-        device = self.owner(port, size)
-        mask = (1 << (8 * size)) - 1
-        value = mask if device is None else device.read(port, size) & mask
+        device = (self.byte_owners if size == 1 else self.devices).get(port)
+        value = MASKS[size] if device is None else device.read(port, size) & MASKS[size]
         self.accesses += 1
         self.recent.append(("in", port, size, value))
         if self.tracer is not None:
@@ -79,11 +88,11 @@ class PortBus:
         return value
 
     def write(self, port: int, size: int, value: int) -> None:
-        value &= (1 << (8 * size)) - 1
+        value &= MASKS[size]
         self.accesses += 1
         self.recent.append(("out", port, size, value))
         if self.tracer is not None:
             self.tracer("out", port, size, value)
-        device = self.owner(port, size)
+        device = (self.byte_owners if size == 1 else self.devices).get(port)
         if device is not None:
             device.write(port, size, value)
