@@ -11,7 +11,8 @@ registers, wide registers).
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from unicorn import UC_HOOK_INSN, Uc, UcError
@@ -39,6 +40,19 @@ UC_CTL_IO_WRITE = 1
 # uc_ctl's request word: direction << 30 | argument count << 26 | control number
 REMOVE_CACHE_REQUEST = UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE
 
+
+# Direct prototypes (plain integers in, no per-call ctypes objects): about twice as
+# cheap per call as the binding's argument plumbing.  uc_ctl is variadic; its two
+# 64-bit arguments travel in integer registers exactly as a fixed prototype passes them.
+_BATCH = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                          ctypes.c_int)
+_PAIR = struct.Struct("<QQ")
+_CTL_RANGE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
+                              ctypes.c_uint64)
+if _uclib is not None:
+    _reg_read_batch = _BATCH(("uc_reg_read_batch", _uclib))
+    _reg_write_batch = _BATCH(("uc_reg_write_batch", _uclib))
+    _ctl_range = _CTL_RANGE(("uc_ctl", _uclib))
 
 _PORT_IN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32,
                                      ctypes.c_int, ctypes.c_void_p)
@@ -94,24 +108,32 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         if status:
             raise UcError(status)
 
-    def reg_read_many(self, reg_ids: tuple[int, ...]) -> list[int]:
+    def reg_read_many(self, reg_ids: tuple[int, ...]) -> Sequence[int]:
         """Several plain integer registers in one call into Unicorn."""
         batch = self._batches.get(reg_ids)
         if batch is None:
-            values = (ctypes.c_uint64 * len(reg_ids))()
-            ids = (ctypes.c_int * len(reg_ids))(*reg_ids)
-            pointers = (ctypes.c_void_p * len(reg_ids))(
-                *(ctypes.addressof(values) + 8 * i for i in range(len(reg_ids))))
-            batch = self._batches[reg_ids] = (ids, pointers, values)
-        ids, pointers, values = batch
-        if not self._fast:
-            return [super(FastUc, self).reg_read(reg) for reg in reg_ids]
+            if not self._fast:
+                return [super(FastUc, self).reg_read(reg) for reg in reg_ids]
+            batch = self._batches[reg_ids] = self._read_batch(reg_ids)
+        handle, ids, pointers, count, unpack, values, _ = batch
         # Each slot always receives the same register, so narrower registers (16-bit
         # selectors) leave the zeroed upper bytes of their slot alone: no clearing needed.
-        status = _uclib.uc_reg_read_batch(self._uch, ids, pointers, len(reg_ids))
+        status = _reg_read_batch(handle, ids, pointers, count)
         if status:
             raise UcError(status)
-        return values[:]
+        return unpack(values)  # type: ignore[no-any-return]
+
+    def _read_batch(self, reg_ids: tuple[int, ...]) -> tuple[Any, ...]:
+        """A reusable read batch: the handle, the addresses of the id and pointer arrays,
+        the count, an unpacker and the value buffer (and the arrays, kept alive)."""
+        count = len(reg_ids)
+        values = bytearray(8 * count)
+        slots = (ctypes.c_char * len(values)).from_buffer(values)
+        ids = (ctypes.c_int * count)(*reg_ids)
+        pointers = (ctypes.c_void_p * count)(
+            *(ctypes.addressof(slots) + 8 * i for i in range(count)))
+        return (self._uch.value, ctypes.addressof(ids), ctypes.addressof(pointers), count,
+                struct.Struct(f"<{count}Q").unpack_from, values, (slots, ids, pointers))
 
     def hook_port_io(self, on_in: Callable[[int, int], int],
                      on_out: Callable[[int, int, int], None]) -> None:
@@ -161,8 +183,7 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         if not self._fast:
             self.ctl_remove_cache(begin, end)
             return
-        status = _uclib.uc_ctl(self._uch, REMOVE_CACHE_REQUEST, ctypes.c_uint64(begin),
-                               ctypes.c_uint64(end))
+        status = _ctl_range(self._uch.value, REMOVE_CACHE_REQUEST, begin, end)
         if status:
             raise UcError(status)
 
@@ -176,15 +197,11 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         key = (first, second)
         batch = self._pairs.get(key)
         if batch is None:
-            values = (ctypes.c_uint64 * 2)()
-            ids = (ctypes.c_int * 2)(first, second)
-            pointers = (ctypes.c_void_p * 2)(ctypes.addressof(values),
-                                             ctypes.addressof(values) + 8)
-            batch = self._pairs[key] = (ids, pointers, values)
-        ids, pointers, values = batch
-        values[0] = first_value & 0xFFFF_FFFF_FFFF_FFFF
-        values[1] = second_value & 0xFFFF_FFFF_FFFF_FFFF
-        status = _uclib.uc_reg_write_batch(self._uch, ids, pointers, 2)
+            batch = self._pairs[key] = self._read_batch(key)  # same layout for writing
+        handle, ids, pointers, count, _, values, _ = batch
+        _PAIR.pack_into(values, 0, first_value & 0xFFFF_FFFF_FFFF_FFFF,
+                        second_value & 0xFFFF_FFFF_FFFF_FFFF)
+        status = _reg_write_batch(handle, ids, pointers, count)
         if status:
             raise UcError(status)
 

@@ -381,6 +381,7 @@ class Machine:
         self.fast_string_io = True  # tests turn it off to compare with the slow path
         # per port: misses so far, -1 once string I/O was seen, GIVE_UP = never look
         self.string_port_misses: dict[int, int] = {}
+        self.string_devices: dict[int, StringPortDevice] = {}  # ports with misses < GIVE_UP
         self.decoded_string_io: dict[tuple[bytes, bool], x86.StringIo | None] = {}
         self.pending_serial_input = bytearray(serial_input)
         self.trace_path = Path(trace) if trace is not None else None
@@ -488,6 +489,7 @@ class Machine:
     def _on_pci_remap(self) -> None:
         self.bus.remap(self.busmaster)
         self.string_port_misses.clear()  # port ownership changed
+        self.string_devices.clear()
 
     def _install_hooks(self) -> None:
         uc = self.uc
@@ -564,26 +566,25 @@ class Machine:
         if self.pic.interrupt_pending and self.uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
             self.uc.emu_stop()
 
-    def _string_candidate(self, port: int, size: int) -> Any:
-        """The port's device if a ``rep ins/outs`` there could take the fast path."""
-        misses = self.string_port_misses.get(port)
-        if misses is None:
-            device = self.bus.owner(port, size)
-            string_capable = self.fast_string_io and isinstance(device, StringPortDevice)
-            misses = self.string_port_misses[port] = 0 if string_capable else \
-                STRING_PORT_GIVE_UP
-        if misses >= STRING_PORT_GIVE_UP:
-            return None
-        return self.bus.owner(port, size)
+    def _classify_port(self, port: int, size: int) -> int:
+        """First access to a port: could a ``rep ins/outs`` there take the fast path?
+        Returns its miss count (GIVE_UP: never look)."""
+        device = self.bus.owner(port, size)
+        if self.fast_string_io and isinstance(device, StringPortDevice):
+            self.string_devices[port] = device
+            misses = 0
+        else:
+            misses = STRING_PORT_GIVE_UP
+        self.string_port_misses[port] = misses
+        return misses
 
     def _on_in(self, port: int, size: int) -> int:
         self.clock.ns += NS_PER_PORT_ACCESS
-        value: int | None = None
-        if self.string_port_misses.get(port, 0) < STRING_PORT_GIVE_UP:
-            device = self._string_candidate(port, size)
-            if device is not None:
-                value = self._fast_string_io(port, size, device, None)
-        if value is None:
+        misses = self.string_port_misses.get(port)
+        if misses is None:
+            misses = self._classify_port(port, size)
+        if misses >= STRING_PORT_GIVE_UP or (value := self._fast_string_io(
+                port, size, self.string_devices[port], None)) is None:
             value = self.bus.read(port, size)
         if self.pic.changed:
             self._after_io()
@@ -591,9 +592,11 @@ class Machine:
 
     def _on_out(self, port: int, size: int, value: int) -> None:
         self.clock.ns += NS_PER_PORT_ACCESS
-        if self.string_port_misses.get(port, 0) >= STRING_PORT_GIVE_UP or (
-                (device := self._string_candidate(port, size)) is None
-                or self._fast_string_io(port, size, device, value) is None):
+        misses = self.string_port_misses.get(port)
+        if misses is None:
+            misses = self._classify_port(port, size)
+        if misses >= STRING_PORT_GIVE_UP or self._fast_string_io(
+                port, size, self.string_devices[port], value) is None:
             self.bus.write(port, size, value)
         if self.pic.changed:
             self._after_io()
@@ -712,10 +715,14 @@ class Machine:
             code_base, code_32 = code_segment.base, code_segment.big
         else:
             code_base, code_32 = cs << 4, False
-        try:
-            code = self.memory.peek((code_base + eip) & 0xFFFF_FFFF, 15)
-        except UcError:
-            return None  # the instruction straddles the end of mapped memory
+        pc = (code_base + eip) & 0xFFFF_FFFF
+        if pc + 15 <= self.ram_size:
+            code = bytes(self.memory.view[pc:pc + 15])
+        else:
+            try:
+                code = self.memory.peek(pc, 15)
+            except UcError:
+                return None  # the instruction straddles the end of mapped memory
         key = (code, code_32)
         decoded = self.decoded_string_io.get(key, MISSING)
         if decoded is MISSING:
@@ -754,7 +761,11 @@ class Machine:
             moved = len(data) // size
             if moved == 0:
                 return None
-            self._record_string_io("ins", port, size, moved)
+            bus = self.bus
+            bus.accesses += moved
+            bus.recent.append(("ins", port, size, moved))
+            if bus.tracer is not None:
+                bus.tracer("ins", port, size, moved)
             if moved > 1:
                 # Items 2..moved go straight into RAM (the range was checked above); the
                 # CPU stores item 1, the hook's return value, itself.
