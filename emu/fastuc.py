@@ -163,14 +163,35 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
 
         for kind, function in ((X.UC_X86_INS_IN, _PORT_IN_CALLBACK(port_in)),
                                (X.UC_X86_INS_OUT, _PORT_OUT_CALLBACK(port_out))):
-            handle = ctypes.c_size_t()
-            status = _uclib.uc_hook_add(self._uch, ctypes.byref(handle), UC_HOOK_INSN,
-                                        ctypes.cast(function, ctypes.c_void_p),
-                                        ctypes.c_void_p(0), ctypes.c_uint64(1),
-                                        ctypes.c_uint64(0), ctypes.c_int(kind))
-            if status:
-                raise UcError(status)
-            self._direct_callbacks.append(function)  # keep the thunk alive
+            self._add_insn_hook(kind, function)
+
+    def hook_port_io_raw(self, on_in: Callable[[int, int, int, int], int],
+                         on_out: Callable[[int, int, int, int, int], None]) -> None:
+        """IN/OUT hooks called straight from C with Unicorn's own arguments:
+        ``on_in(handle, port, size, user)``, ``on_out(handle, port, size, value, user)``
+        (one Python frame less per access than :meth:`hook_port_io`).  They must not
+        raise: catch everything and hand it to :meth:`fail`."""
+        if not self._fast:
+            self.hook_port_io(lambda port, size: on_in(0, port, size, 0),
+                              lambda port, size, value: on_out(0, port, size, value, 0))
+            return
+        for kind, function in ((X.UC_X86_INS_IN, _PORT_IN_CALLBACK(on_in)),
+                               (X.UC_X86_INS_OUT, _PORT_OUT_CALLBACK(on_out))):
+            self._add_insn_hook(kind, function)
+
+    def _add_insn_hook(self, kind: int, function: Any) -> None:
+        handle = ctypes.c_size_t()
+        status = _uclib.uc_hook_add(self._uch, ctypes.byref(handle), UC_HOOK_INSN,
+                                    ctypes.cast(function, ctypes.c_void_p),
+                                    ctypes.c_void_p(0), ctypes.c_uint64(1),
+                                    ctypes.c_uint64(0), ctypes.c_int(kind))
+        if status:
+            raise UcError(status)
+        self._direct_callbacks.append(function)  # keep the thunk alive
+
+    def fail(self, error: BaseException) -> None:
+        """Stop emulation; ``emu_start`` raises ``error`` (from a hook that caught it)."""
+        self._fail(error)
 
     def _fail(self, error: BaseException) -> None:
         if self._hook_exception is None:

@@ -122,6 +122,7 @@ from . import x86
 from .clock import NS_PER_INSTRUCTION, NS_PER_PORT_ACCESS, VirtualClock
 from .console import CharBackend, open_backend
 from .fastuc import FastUc
+from .portbus import MASKS as PORT_MASKS
 from .portbus import PortBus
 
 KiB = 1 << 10
@@ -493,7 +494,7 @@ class Machine:
 
     def _install_hooks(self) -> None:
         uc = self.uc
-        uc.hook_port_io(self._on_in, self._on_out)
+        uc.hook_port_io_raw(self._on_in, self._on_out)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid_instruction)
@@ -578,28 +579,45 @@ class Machine:
         self.string_port_misses[port] = misses
         return misses
 
-    def _on_in(self, port: int, size: int) -> int:
-        self.clock.ns += NS_PER_PORT_ACCESS
-        misses = self.string_port_misses.get(port)
-        if misses is None:
-            misses = self._classify_port(port, size)
-        if misses >= STRING_PORT_GIVE_UP or (value := self._fast_string_io(
-                port, size, self.string_devices[port], None)) is None:
-            value = self.bus.read(port, size)
-        if self.pic.changed:
-            self._after_io()
-        return value
+    # IN/OUT come straight from C (FastUc.hook_port_io_raw): the whole path is inline
+    # (the bus's read/write included), and anything raised is handed to Unicorn.
+    def _on_in(self, _handle: int, port: int, size: int, _user: int = 0) -> int:
+        try:
+            self.clock.ns += NS_PER_PORT_ACCESS
+            misses = self.string_port_misses.get(port)
+            if misses is None:
+                misses = self._classify_port(port, size)
+            if misses >= STRING_PORT_GIVE_UP or (value := self._fast_string_io(
+                    port, size, self.string_devices[port], None)) is None:
+                bus = self.bus
+                device = (bus.byte_owners if size == 1 else bus.devices).get(port)
+                mask = PORT_MASKS[size]
+                value = mask if device is None else device.read(port, size) & mask
+                bus.accesses += 1
+                bus.recent.append(("in", port, size, value))
+                if bus.tracer is not None:
+                    bus.tracer("in", port, size, value)
+            if self.pic.changed:
+                self._after_io()
+            return value
+        except BaseException as error:  # noqa: BLE001 (re-raised by emu_start)
+            self.uc.fail(error)
+            return 0
 
-    def _on_out(self, port: int, size: int, value: int) -> None:
-        self.clock.ns += NS_PER_PORT_ACCESS
-        misses = self.string_port_misses.get(port)
-        if misses is None:
-            misses = self._classify_port(port, size)
-        if misses >= STRING_PORT_GIVE_UP or self._fast_string_io(
-                port, size, self.string_devices[port], value) is None:
-            self.bus.write(port, size, value)
-        if self.pic.changed:
-            self._after_io()
+    def _on_out(self, _handle: int, port: int, size: int, value: int, _user: int = 0
+                ) -> None:
+        try:
+            self.clock.ns += NS_PER_PORT_ACCESS
+            misses = self.string_port_misses.get(port)
+            if misses is None:
+                misses = self._classify_port(port, size)
+            if misses >= STRING_PORT_GIVE_UP or self._fast_string_io(
+                    port, size, self.string_devices[port], value) is None:
+                self.bus.write(port, size, value)
+            if self.pic.changed:
+                self._after_io()
+        except BaseException as error:  # noqa: BLE001 (re-raised by emu_start)
+            self.uc.fail(error)
 
     def _on_cpuid(self, uc: Uc, _: Any) -> int:
         eax, ebx, ecx, edx = x86.cpuid(uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFF_FFFF)
