@@ -151,8 +151,12 @@ class _Engine:
         if self._entry is None:
             if self._exhausted:
                 return None
-            raw = self.owner.memory.read(self._next_prd, PRD.size)
-            address, flags = PRD.unpack(raw)
+            direct = self.owner.direct_memory
+            window = None if direct is None else direct.ram_window(self._next_prd, PRD.size)
+            if window is not None:
+                address, flags = PRD.unpack_from(window)
+            else:
+                address, flags = PRD.unpack(self.owner.memory.read(self._next_prd, PRD.size))
             count = flags & PRD_COUNT_MASK or PRD_FULL_COUNT
             self._entry = (address & PRD_ADDRESS_MASK, count)
             self._entry_last = bool(flags & PRD_END_OF_TABLE)

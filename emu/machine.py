@@ -613,7 +613,15 @@ class Machine:
                 misses = self._classify_port(port, size)
             if misses >= STRING_PORT_GIVE_UP or self._fast_string_io(
                     port, size, self.string_devices[port], value) is None:
-                self.bus.write(port, size, value)
+                bus = self.bus
+                value &= PORT_MASKS[size]
+                bus.accesses += 1
+                bus.recent.append(("out", port, size, value))
+                if bus.tracer is not None:
+                    bus.tracer("out", port, size, value)
+                device = (bus.byte_owners if size == 1 else bus.devices).get(port)
+                if device is not None:
+                    device.write(port, size, value)
             if self.pic.changed:
                 self._after_io()
         except BaseException as error:  # noqa: BLE001 (re-raised by emu_start)
