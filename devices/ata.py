@@ -585,26 +585,32 @@ class AtaChannel:
         self.interrupt_hook: Callable[[], None] | None = None
         self._dma_buffer = bytearray()
         self._data_port = command_base + REG_DATA
-        self._reads: dict[int, Callable[[int], int]] = {
+        # Per-port handlers with the bus's own signatures (see :meth:`port_handlers`).
+        self._reads: dict[int, Callable[[int, int], int]] = {
             command_base + REG_DATA: self._read_data,
             command_base + REG_ERROR: self._read_error,
-            command_base + REG_COUNT: lambda size: self._read_shifted("count", "hob_count"),
-            command_base + REG_LBA_LOW: lambda size: self._read_shifted("lba_low", "hob_lba_low"),
-            command_base + REG_LBA_MID: lambda size: self._read_shifted("lba_mid", "hob_lba_mid"),
+            command_base + REG_COUNT:
+                lambda port, size: self._read_shifted("count", "hob_count"),
+            command_base + REG_LBA_LOW:
+                lambda port, size: self._read_shifted("lba_low", "hob_lba_low"),
+            command_base + REG_LBA_MID:
+                lambda port, size: self._read_shifted("lba_mid", "hob_lba_mid"),
             command_base + REG_LBA_HIGH:
-                lambda size: self._read_shifted("lba_high", "hob_lba_high"),
+                lambda port, size: self._read_shifted("lba_high", "hob_lba_high"),
             command_base + REG_DEVICE: self._read_device,
             command_base + REG_STATUS: self._read_status,
             control_base: self._read_alt_status,
         }
-        self._writes: dict[int, Callable[[int, int], None]] = {
+        self._writes: dict[int, Callable[[int, int, int], None]] = {
             command_base + REG_DATA:
-                lambda size, value: self._write_data(value.to_bytes(size, "little")),
+                lambda port, size, value: self._write_data(value.to_bytes(size, "little")),
             **{command_base + offset: self._task_file_writer(*names)
                for offset, names in _SHIFTED_REGISTERS.items()},
-            command_base + REG_DEVICE: lambda size, value: self._write_device(value & 0xFF),
-            command_base + REG_STATUS: lambda size, value: self._write_command(value & 0xFF),
-            control_base: lambda size, value: self._write_control(value & 0xFF),
+            command_base + REG_DEVICE:
+                lambda port, size, value: self._write_device(value & 0xFF),
+            command_base + REG_STATUS:
+                lambda port, size, value: self._write_command(value & 0xFF),
+            control_base: lambda port, size, value: self._write_control(value & 0xFF),
         }
 
     # --- wiring -------------------------------------------------------------
@@ -616,6 +622,12 @@ class AtaChannel:
 
     def io_ports(self) -> list[tuple[int, int]]:
         return [(self.command_base, 8), (self.control_base, 1)]
+
+    def port_handlers(self) -> tuple[dict[int, Callable[[int, int], int]],
+                                     dict[int, Callable[[int, int, int], None]]]:
+        """Per-port read and write functions, each what :meth:`read`/:meth:`write` do
+        for its port (the bus calls them directly; ports absent here: all ones/ignored)."""
+        return self._reads, self._writes
 
     def reset(self) -> None:
         """Hardware reset (machine reset): every drive back to power-on settings."""
@@ -647,22 +659,22 @@ class AtaChannel:
         handler = self._reads.get(port)
         if handler is None:
             return (1 << (8 * size)) - 1
-        return handler(size)
+        return handler(port, size)
 
     def _status_of(self, unit: _Unit) -> int:
         return unit.status if unit.drive is not None else 0
 
-    def _read_status(self, size: int) -> int:
+    def _read_status(self, port: int, size: int) -> int:
         if self.irq_pending:
             self._clear_irq()
         unit = self.selected   # (no drive there, or none at all: 0)
         return unit.status if unit.drive is not None else 0
 
-    def _read_alt_status(self, size: int) -> int:
+    def _read_alt_status(self, port: int, size: int) -> int:
         unit = self.selected
         return unit.status if unit.drive is not None else 0
 
-    def _read_error(self, size: int) -> int:
+    def _read_error(self, port: int, size: int) -> int:
         unit = self.selected
         return unit.error if unit.drive is not None else 0
 
@@ -671,10 +683,10 @@ class AtaChannel:
             return 0
         return getattr(self.selected.regs, high if self.control & CTRL_HOB else current)
 
-    def _read_device(self, size: int) -> int:
+    def _read_device(self, port: int, size: int) -> int:
         return 0 if self._empty else self.selected.regs.device
 
-    def _read_data(self, size: int) -> int:
+    def _read_data(self, port: int, size: int) -> int:
         pio = self.selected.pio
         if pio is None or pio.writing:
             return 0
@@ -704,7 +716,7 @@ class AtaChannel:
     def write(self, port: int, size: int, value: int) -> None:
         handler = self._writes.get(port)
         if handler is not None:
-            handler(size, value)
+            handler(port, size, value)
 
     def write_string(self, port: int, size: int, data: bytes | memoryview) -> int:
         count = len(data) // size
@@ -723,11 +735,11 @@ class AtaChannel:
     def _busy(self) -> bool:
         return bool(self.control & CTRL_SRST)
 
-    def _task_file_writer(self, current: str, high: str) -> Callable[[int, int], None]:
+    def _task_file_writer(self, current: str, high: str) -> Callable[[int, int, int], None]:
         """A port handler for one shifted register: the old value moves to its HOB copy."""
         task_files = [unit.regs for unit in self.units]
 
-        def write(size: int, value: int) -> None:
+        def write(port: int, size: int, value: int) -> None:
             if self.control & CTRL_SRST:
                 return
             self.control &= ~CTRL_HOB

@@ -45,7 +45,7 @@ model; the guest may still clear it).
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from .ata import AtaChannel
@@ -276,6 +276,31 @@ class BusMasterIde:
             engine.command = engine.status = engine.prd_table = 0
             engine._entry = None
             engine._exhausted = False
+
+    def port_handlers(self) -> tuple[dict[int, Callable[[int, int], int]],
+                                     dict[int, Callable[[int, int, int], None]]]:
+        """Per-port read/write functions for the port bus (the same as :meth:`read` and
+        :meth:`write` for that port; byte accesses skip the decoding)."""
+        reads: dict[int, Callable[[int, int], int]] = {}
+        writes: dict[int, Callable[[int, int, int], None]] = {}
+        for port, (engine, offset) in self._registers.items():
+            reads[port], writes[port] = self._port_functions(engine, offset)
+        return reads, writes
+
+    def _port_functions(self, engine: _Engine, offset: int
+                        ) -> tuple[Callable[[int, int], int], Callable[[int, int, int], None]]:
+        read_byte, write_byte, read, write = engine.read_byte, engine.write_byte, \
+            self.read, self.write
+
+        def read_port(port: int, size: int) -> int:
+            return read_byte(offset) if size == 1 else read(port, size)
+
+        def write_port(port: int, size: int, value: int) -> None:
+            if size == 1:
+                write_byte(offset, value & 0xFF)
+            else:
+                write(port, size, value)
+        return read_port, write_port
 
     def _locate(self, port: int) -> tuple[_Engine | None, int]:
         return self._registers.get(port, (None, 0))

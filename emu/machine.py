@@ -590,9 +590,9 @@ class Machine:
             if misses >= STRING_PORT_GIVE_UP or (value := self._fast_string_io(
                     port, size, self.string_devices[port], None)) is None:
                 bus = self.bus
-                device = (bus.byte_owners if size == 1 else bus.devices).get(port)
+                reader = (bus.byte_readers if size == 1 else bus.wide_readers).get(port)
                 mask = PORT_MASKS[size]
-                value = mask if device is None else device.read(port, size) & mask
+                value = mask if reader is None else reader(port, size) & mask
                 bus.accesses += 1
                 bus.recent.append(("in", port, size, value))
                 if bus.tracer is not None:
@@ -619,9 +619,9 @@ class Machine:
                 bus.recent.append(("out", port, size, value))
                 if bus.tracer is not None:
                     bus.tracer("out", port, size, value)
-                device = (bus.byte_owners if size == 1 else bus.devices).get(port)
-                if device is not None:
-                    device.write(port, size, value)
+                writer = (bus.byte_writers if size == 1 else bus.wide_writers).get(port)
+                if writer is not None:
+                    writer(port, size, value)
             if self.pic.changed:
                 self._after_io()
         except BaseException as error:  # noqa: BLE001 (re-raised by emu_start)

@@ -11,18 +11,27 @@ programmed by the guest (the PCI bus-master IDE BAR).
 
 Every access is counted and the last few are kept for the stop report; a
 tracer, when set, sees every access (``--trace``).
+
+For speed the bus keeps, per port, the function that serves it: a device that
+has ``port_handlers()`` (per-port read/write functions with the bus's own
+signatures) is called through those, any other through its ``read``/``write``;
+byte accesses have their own tables with the overlays on top.  The tables are
+rebuilt whenever ownership changes.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from devices.interfaces import PortDevice
 
 RECENT_ACCESSES = 12
 MASKS = (0, 0xFF, 0xFFFF, 0xFF_FFFF, 0xFFFF_FFFF)   # by access size in bytes
 Tracer = Callable[[str, int, int, int], None]
+Reader = Callable[[int, int], int]
+Writer = Callable[[int, int, int], None]
 
 
 class PortConflictError(Exception):
@@ -35,6 +44,11 @@ class PortBus:
         self.byte_overlays: dict[int, PortDevice] = {}
         # Byte accesses' owners: ``devices`` with the overlays on top (rebuilt on change).
         self.byte_owners: dict[int, PortDevice] = {}
+        # The function serving each port: byte accesses, and 2/4-byte ones.
+        self.byte_readers: dict[int, Reader] = {}
+        self.byte_writers: dict[int, Writer] = {}
+        self.wide_readers: dict[int, Reader] = {}
+        self.wide_writers: dict[int, Writer] = {}
         self.recent: deque[tuple[str, int, int, int]] = deque(maxlen=RECENT_ACCESSES)
         self.accesses = 0
         self.tracer: Tracer | None = None
@@ -72,6 +86,24 @@ class PortBus:
 
     def _rebuild(self) -> None:
         self.byte_owners = {**self.devices, **self.byte_overlays}
+        self.wide_readers, self.wide_writers = self._handlers(self.devices)
+        self.byte_readers, self.byte_writers = self._handlers(self.byte_owners)
+
+    @staticmethod
+    def _handlers(owners: dict[int, PortDevice]) -> tuple[dict[int, Reader],
+                                                          dict[int, Writer]]:
+        readers: dict[int, Reader] = {}
+        writers: dict[int, Writer] = {}
+        tables: dict[int, Any] = {}
+        for port, device in owners.items():
+            key = id(device)
+            if key not in tables:
+                offer = getattr(device, "port_handlers", None)
+                tables[key] = offer() if offer is not None else ({}, {})
+            port_reads, port_writes = tables[key]
+            readers[port] = port_reads.get(port, device.read)
+            writers[port] = port_writes.get(port, device.write)
+        return readers, writers
 
     def owner(self, port: int, size: int) -> PortDevice | None:
         if size == 1 and port in self.byte_overlays:
@@ -79,8 +111,8 @@ class PortBus:
         return self.devices.get(port)
 
     def read(self, port: int, size: int) -> int:
-        device = (self.byte_owners if size == 1 else self.devices).get(port)
-        value = MASKS[size] if device is None else device.read(port, size) & MASKS[size]
+        reader = (self.byte_readers if size == 1 else self.wide_readers).get(port)
+        value = MASKS[size] if reader is None else reader(port, size) & MASKS[size]
         self.accesses += 1
         self.recent.append(("in", port, size, value))
         if self.tracer is not None:
@@ -93,6 +125,6 @@ class PortBus:
         self.recent.append(("out", port, size, value))
         if self.tracer is not None:
             self.tracer("out", port, size, value)
-        device = (self.byte_owners if size == 1 else self.devices).get(port)
-        if device is not None:
-            device.write(port, size, value)
+        writer = (self.byte_writers if size == 1 else self.wide_writers).get(port)
+        if writer is not None:
+            writer(port, size, value)

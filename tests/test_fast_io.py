@@ -175,9 +175,10 @@ def test_device_exception_in_a_port_hook_is_an_internal_error(tmp_path: Path) ->
     image = make_disk(tmp_path / "disk.raw")
     image.close()
     with Machine(bios=bytes(rom), disks=[f"{tmp_path / 'disk.raw'},format=raw"]) as machine:
-        def broken(size: int) -> int:
+        def broken(port: int, size: int) -> int:
             raise RuntimeError("device exploded")
         machine.channels[0]._reads[0x1F7] = broken
+        machine.bus.remap(machine.channels[0])   # the bus picks up the new handler
         result = machine.run()
     assert result.reason is StopReason.INTERNAL_ERROR
     assert "device exploded" in result.detail
