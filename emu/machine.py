@@ -74,7 +74,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,14 @@ STRING_IO_REGISTERS = (X.UC_X86_REG_CR0, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS,
 MAX_HLT_SITES = 32            # watched possible-HLT addresses (each costs every instruction)
 HLT_SITE_PROOF = 3            # stops at a watched address without its hook firing: not a HLT
 STRING_PORT_GIVE_UP = 64      # plain IN/OUTs on a port before the fast path stops looking
+
+
+def _floating_read(port: int, size: int) -> int:
+    return 0xFFFF_FFFF          # an unclaimed port: all ones (masked to the size)
+
+
+def _ignored_write(port: int, size: int, value: int) -> None:
+    pass                        # an unclaimed port ignores writes
 
 
 class StopReason(enum.Enum):
@@ -383,6 +391,9 @@ class Machine:
         # per port: misses so far, -1 once string I/O was seen, GIVE_UP = never look
         self.string_port_misses: dict[int, int] = {}
         self.string_devices: dict[int, StringPortDevice] = {}  # ports with misses < GIVE_UP
+        # ports past classification with no string I/O: the bus function serving them
+        self.plain_readers: dict[int, Callable[[int, int], int]] = {}
+        self.plain_writers: dict[int, Callable[[int, int, int], None]] = {}
         self.decoded_string_io: dict[tuple[bytes, bool], x86.StringIo | None] = {}
         self.pending_serial_input = bytearray(serial_input)
         self.trace_path = Path(trace) if trace is not None else None
@@ -489,8 +500,7 @@ class Machine:
 
     def _on_pci_remap(self) -> None:
         self.bus.remap(self.busmaster)
-        self.string_port_misses.clear()  # port ownership changed
-        self.string_devices.clear()
+        self._forget_port_classes()
 
     def _install_hooks(self) -> None:
         uc = self.uc
@@ -541,6 +551,7 @@ class Machine:
         self.busmaster.reset()
         self.pci.reset()
         self.bus.remap(self.busmaster)
+        self._forget_port_classes()
 
     # --- device callbacks ---------------------------------------------------
     def _request_stop(self, reason: StopReason, detail: str, exit_code: int | None = None) -> None:
@@ -579,20 +590,19 @@ class Machine:
         self.string_port_misses[port] = misses
         return misses
 
-    # IN/OUT come straight from C (FastUc.hook_port_io_raw): the whole path is inline
-    # (the bus's read/write included), and anything raised is handed to Unicorn.
+    # IN/OUT come straight from C (FastUc.hook_port_io_raw).  A port known to be plain
+    # (no string I/O worth looking for, no byte overlay) goes through one table lookup
+    # to the function serving it, with the bus's bookkeeping inline; anything raised
+    # is handed to Unicorn, which ends the run with it.
     def _on_in(self, _handle: int, port: int, size: int, _user: int = 0) -> int:
         try:
             self.clock.ns += NS_PER_PORT_ACCESS
-            misses = self.string_port_misses.get(port)
-            if misses is None:
-                misses = self._classify_port(port, size)
-            if misses >= STRING_PORT_GIVE_UP or (value := self._fast_string_io(
-                    port, size, self.string_devices[port], None)) is None:
+            reader = self.plain_readers.get(port)
+            if reader is None:
+                value = self._in_unclassified(port, size)
+            else:
+                value = reader(port, size) & PORT_MASKS[size]
                 bus = self.bus
-                reader = (bus.byte_readers if size == 1 else bus.wide_readers).get(port)
-                mask = PORT_MASKS[size]
-                value = mask if reader is None else reader(port, size) & mask
                 bus.accesses += 1
                 bus.recent.append(("in", port, size, value))
                 if bus.tracer is not None:
@@ -608,24 +618,58 @@ class Machine:
                 ) -> None:
         try:
             self.clock.ns += NS_PER_PORT_ACCESS
-            misses = self.string_port_misses.get(port)
-            if misses is None:
-                misses = self._classify_port(port, size)
-            if misses >= STRING_PORT_GIVE_UP or self._fast_string_io(
-                    port, size, self.string_devices[port], value) is None:
-                bus = self.bus
+            writer = self.plain_writers.get(port)
+            if writer is None:
+                self._out_unclassified(port, size, value)
+            else:
                 value &= PORT_MASKS[size]
+                bus = self.bus
                 bus.accesses += 1
                 bus.recent.append(("out", port, size, value))
                 if bus.tracer is not None:
                     bus.tracer("out", port, size, value)
-                writer = (bus.byte_writers if size == 1 else bus.wide_writers).get(port)
-                if writer is not None:
-                    writer(port, size, value)
+                writer(port, size, value)
             if self.pic.changed:
                 self._after_io()
         except BaseException as error:  # noqa: BLE001 (re-raised by emu_start)
             self.uc.fail(error)
+
+    def _in_unclassified(self, port: int, size: int) -> int:
+        misses = self.string_port_misses.get(port)
+        if misses is None:
+            misses = self._classify_port(port, size)
+        if misses < STRING_PORT_GIVE_UP:
+            value = self._fast_string_io(port, size, self.string_devices[port], None)
+            if value is not None:
+                return value
+        else:
+            self._make_plain(port)
+        return self.bus.read(port, size)
+
+    def _out_unclassified(self, port: int, size: int, value: int) -> None:
+        misses = self.string_port_misses.get(port)
+        if misses is None:
+            misses = self._classify_port(port, size)
+        if misses < STRING_PORT_GIVE_UP:
+            if self._fast_string_io(port, size, self.string_devices[port], value) is not None:
+                return
+        else:
+            self._make_plain(port)
+        self.bus.write(port, size, value)
+
+    def _make_plain(self, port: int) -> None:
+        """From now on the port's accesses take the one-lookup path (see _on_in)."""
+        bus = self.bus
+        if port not in bus.byte_overlays:  # else byte and wide accesses differ
+            self.plain_readers[port] = bus.wide_readers.get(port, _floating_read)
+            self.plain_writers[port] = bus.wide_writers.get(port, _ignored_write)
+
+    def _forget_port_classes(self) -> None:
+        """Port ownership changed: classify every port afresh."""
+        self.string_port_misses.clear()
+        self.string_devices.clear()
+        self.plain_readers.clear()
+        self.plain_writers.clear()
 
     def _on_cpuid(self, uc: Uc, _: Any) -> int:
         eax, ebx, ecx, edx = x86.cpuid(uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFF_FFFF)
