@@ -41,18 +41,25 @@ UC_CTL_IO_WRITE = 1
 REMOVE_CACHE_REQUEST = UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE
 
 
-# Direct prototypes (plain integers in, no per-call ctypes objects): about twice as
-# cheap per call as the binding's argument plumbing.  uc_ctl is variadic; its two
-# 64-bit arguments travel in integer registers exactly as a fixed prototype passes them.
-_BATCH = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+# Direct prototypes (plain integers in, no per-call ctypes objects, the GIL kept over
+# these short calls): about twice as cheap per call as the binding's plumbing.  uc_ctl
+# is variadic; its two 64-bit arguments travel in integer registers exactly as a fixed
+# prototype passes them.
+_BATCH = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                           ctypes.c_int)
 _PAIR = struct.Struct("<QQ")
-_CTL_RANGE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
+_CTL_RANGE = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                               ctypes.c_uint64)
+# uc_emu_start keeping the GIL (a PYFUNCTYPE prototype): every IN/OUT callback then
+# finds it already held instead of taking it back from the releasing call (no other
+# Python thread runs during a slice; slices are short).
+_EMU_START = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64,
+                               ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t)
 if _uclib is not None:
     _reg_read_batch = _BATCH(("uc_reg_read_batch", _uclib))
     _reg_write_batch = _BATCH(("uc_reg_write_batch", _uclib))
     _ctl_range = _CTL_RANGE(("uc_ctl", _uclib))
+    _emu_start = _EMU_START(("uc_emu_start", _uclib))
 
 _PORT_IN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32,
                                      ctypes.c_int, ctypes.c_void_p)
@@ -83,6 +90,18 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         self._direct_callbacks: list[Any] = []
         self._pairs: dict[tuple[int, int], Any] = {}
         self._table_ref = ctypes.byref(self._table)
+
+    def emu_start(self, begin: int, until: int, timeout: int = 0, count: int = 0) -> None:
+        """As the binding's, with the GIL kept through the run (see _EMU_START)."""
+        if not self._fast:
+            super().emu_start(begin, until, timeout, count)
+            return
+        self._hook_exception = None
+        status = _emu_start(self._uch.value, begin, until, timeout, count)
+        if status:
+            raise UcError(status)
+        if self._hook_exception is not None:
+            raise self._hook_exception
 
     def reg_read(self, reg_id: int, aux: Any = None) -> Any:
         if not self._fast or aux is not None or reg_id not in FAST_REGISTERS:
