@@ -56,6 +56,14 @@ delivered (when the serial port is an interactive terminal the wait is paced to
 wall time instead, so a boot menu's countdown leaves time to press a key).  With
 IF=0, or with no timer armed, nothing can wake the CPU and the machine stops.
 
+**Port I/O cost.**  IN/OUT hooks are called straight from C with the GIL kept
+through ``emu_start`` (:class:`~emu.fastuc.FastUc`).  A port's first accesses
+classify it; once it is known to carry no string I/O it is *plain*: one table
+lookup reaches the function serving it (the port bus's per-port handlers), with
+the access counted and kept for the stop report as the bus does.  Remaps and
+reboots forget the classification.  READ DMA lands in RAM straight from the
+image (:meth:`PhysicalMemory.ram_window`).
+
 **Fast string I/O.**  A ``rep insw/insd/outsw/...`` on a
 :class:`~devices.interfaces.StringPortDevice` is moved in one step from the
 first item's hook: the rest of the burst goes through ``read_string`` /
