@@ -63,8 +63,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import crc32c
-
 from .errors import (
     BackingChainError,
     CorruptImageError,
@@ -203,9 +201,16 @@ LOG_DATA_SECTOR = struct.Struct("<4sI4084sI")
 CHECKSUM_AT = 4  # every checksummed structure keeps its CRC-32C at byte 4
 
 
+def _crc32c(data: bytes) -> int:
+    """CRC-32C; the crc32c package loads on first use (its import costs more than probing
+    every format, and probing a file need not pay it)."""
+    import crc32c
+    return int(crc32c.crc32c(data))
+
+
 def _with_checksum(buf: bytearray) -> bytes:
     buf[CHECKSUM_AT:CHECKSUM_AT + 4] = bytes(4)
-    U32.pack_into(buf, CHECKSUM_AT, crc32c.crc32c(bytes(buf)))
+    U32.pack_into(buf, CHECKSUM_AT, _crc32c(bytes(buf)))
     return bytes(buf)
 
 
@@ -213,7 +218,7 @@ def _checksum_ok(raw: bytes) -> bool:
     stored = U32.unpack_from(raw, CHECKSUM_AT)[0]
     work = bytearray(raw)
     work[CHECKSUM_AT:CHECKSUM_AT + 4] = bytes(4)
-    return bool(crc32c.crc32c(bytes(work)) == stored)
+    return _crc32c(bytes(work)) == stored
 
 
 def _align_up(value: int, unit: int) -> int:
