@@ -225,21 +225,7 @@ lba28:                                  ; EAX = LBA, CX = count
     or al, 0xE0
     call select
     pop eax
-    mov dx, ATA_COUNT
-    push ax
-    mov al, cl
-    out dx, al
-    pop ax
-    mov dx, ATA_LBA_LOW
-    out dx, al
-    shr eax, 8
-    inc dx
-    out dx, al
-    shr eax, 8
-    inc dx
-    out dx, al
-    pop eax
-    ret
+    jmp count_and_lba_low
 
 lba48:                                  ; EAX = LBA (< 2^32), CX = count
     push eax
@@ -262,6 +248,7 @@ lba48:                                  ; EAX = LBA (< 2^32), CX = count
     inc dx
     out dx, al
     pop eax
+count_and_lba_low:                      ; EAX = LBA, CX = count; the caller's EAX on the stack
     mov dx, ATA_COUNT
     push ax
     mov al, cl
