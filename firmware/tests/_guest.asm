@@ -165,6 +165,20 @@ check_pattern:
     stc
     ret
 
+; clear_buffer: zero the 64 KiB at BUFFER_SEGMENT:0
+clear_buffer:
+    pusha
+    push es
+    mov ax, BUFFER_SEGMENT
+    mov es, ax
+    xor di, di
+    xor ax, ax
+    mov cx, 0x8000
+    rep stosw
+    pop es
+    popa
+    ret
+
 ; fill_pattern: CX sectors at BUFFER_SEGMENT:0 get the pattern from LBA EAX XOR BL
 fill_pattern:
     pushad

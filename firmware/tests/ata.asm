@@ -443,19 +443,6 @@ dma:
     stc
     ret
 
-clear_buffer:
-    pusha
-    push es
-    mov ax, BUFFER_SEGMENT
-    mov es, ax
-    xor di, di
-    xor ax, ax
-    mov cx, 0x8000
-    rep stosw
-    pop es
-    popa
-    ret
-
 disk_sectors: dd 0
 bm_base: dw 0
 block_sectors: dw 1

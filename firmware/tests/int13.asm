@@ -273,19 +273,6 @@ chs_io:
     pop es
     ret
 
-clear_buffer:
-    pusha
-    push es
-    mov ax, BUFFER_SEGMENT
-    mov es, ax
-    xor di, di
-    xor ax, ax
-    mov cx, 0x8000
-    rep stosw
-    pop es
-    popa
-    ret
-
 chs_sector: db 0
 disk_sectors: dd 0
 cylinders: dw 0
