@@ -20,6 +20,7 @@ from .errors import (
     InvalidOptionError,
     MissingBackingError,
     OutOfRangeError,
+    PathNotAllowedError,
     ReadOnlyImageError,
     UnknownFormatError,
     UnsupportedImageError,
@@ -30,9 +31,9 @@ from .registry import create, driver_for, formats, open, probe
 __all__ = [
     "BackingChainError", "CheckReport", "CorruptImageError", "Extent", "Geometry", "Image",
     "ImageError", "ImageIOError", "ImageLockedError", "ImageWarning", "InvalidOptionError",
-    "MissingBackingError", "OutOfRangeError", "ReadOnlyImageError", "RunKind",
-    "UnknownFormatError", "UnsupportedImageError", "create", "driver_for", "formats", "open",
-    "probe",
+    "MissingBackingError", "OutOfRangeError", "PathNotAllowedError", "ReadOnlyImageError",
+    "RunKind", "UnknownFormatError", "UnsupportedImageError", "create", "driver_for",
+    "formats", "open", "probe",
 ]
 
 

@@ -54,6 +54,10 @@ class MissingBackingError(BackingChainError):
     """The parent image a differencing image needs cannot be found."""
 
 
+class PathNotAllowedError(ImageError):
+    """An image names a file outside the folders the path policy allows (disks.paths)."""
+
+
 class InvalidOptionError(ImageError):
     """A create option, size or format name given by the caller is not acceptable."""
 

@@ -1,23 +1,31 @@
 """The host file under an image: positional I/O, durability and locking.
 
 Every driver does all of its file I/O through a :class:`HostFile`, never through
-``open()`` or ``os`` calls of its own.  That keeps three things in one place:
+``open()`` or ``os`` calls of its own.  That keeps four things in one place:
 turning ``OSError`` into :class:`~disks.errors.ImageIOError` naming the file,
-the advisory lock that keeps two writers apart, and a seam where tests put a
-wrapper that records or cuts off the stream of writes and syncs (crash tests).
+opening without blocking and only regular files (a FIFO named as an extent
+must not hang the open), the locks in QEMU's scheme that keep writers apart
+(:mod:`disks.locking`), and a seam where tests put a wrapper that records or
+cuts off the stream of writes and syncs (crash tests).  Files an image names
+(extents) are opened through :meth:`HostFile.open_related`, which applies the
+path policy (:mod:`disks.paths`) and the same lock mode.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import mmap
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import locking
 from .errors import ImageIOError, ImageLockedError
+
+if TYPE_CHECKING:
+    from .paths import PathPolicy
 
 _ZERO_CHUNK = bytes(1 << 20)
 COPY_PART = 1 << 20   # copy_range splits copies of at least two of these ...
@@ -31,6 +39,15 @@ def _copy_pool() -> Any:
         from concurrent.futures import ThreadPoolExecutor
         _copy_threads.append(ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="emu-copy"))
     return _copy_threads[0]
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
 
 
 def zero_fill(view: memoryview) -> None:
@@ -62,50 +79,87 @@ class HostFile:
     """An open file on the host, addressed by offset only."""
 
     def __init__(self, path: str | os.PathLike[str], *, writable: bool,
-                 create: bool = False) -> None:
+                 create: bool = False, device: bool = False) -> None:
+        """Open ``path``: a regular file (or, with ``device``, a block device).
+
+        The open never blocks (a FIFO or a terminal named as an image is refused,
+        not waited on).  ``create`` makes the file if missing and empties it, but only
+        after taking the writer's locks: a file another program uses is left whole.
+        """
         self.path = os.fspath(path)
-        self.writable = writable
-        flags = os.O_RDWR if writable else os.O_RDONLY
+        self.writable = writable or create
+        self.force_share = False
+        self.paths: PathPolicy | None = None  # where files this one names may lie
+        self._locked = False
+        flags = os.O_RDWR if self.writable else os.O_RDONLY
         if create:
-            flags |= os.O_CREAT | os.O_TRUNC
-        flags |= getattr(os, "O_CLOEXEC", 0)
+            flags |= os.O_CREAT
+        flags |= getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
         try:
             self.fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
             raise ImageIOError(self.path, f"cannot open: {exc.strerror}") from exc
         self.closed = False
         self._mapped_size = 0  # file size last seen by mapped()
+        try:
+            mode = os.fstat(self.fd).st_mode
+            kind = _file_kind(mode)
+            if not (stat.S_ISREG(mode) or (device and stat.S_ISBLK(mode))):
+                raise ImageIOError(self.path, f"is {kind}, not a regular file")
+            os.set_blocking(self.fd, True)
+            if create:
+                self.lock()
+                self.truncate(0)
+        except BaseException:
+            self.close()
+            raise
+
+    def open_related(self, path: str, *, writable: bool, what: str) -> HostFile:
+        """Open a file this one names (an extent): inside the allowed folders, a regular
+        file, locked as this one is (the same force-share)."""
+        if self.paths is not None:
+            self.paths.require(path, image=self.path, field=what)
+        related = HostFile(path, writable=writable)
+        try:
+            related.paths = self.paths
+            related.lock(force_share=self.force_share)
+        except BaseException:
+            related.close()
+            raise
+        return related
 
     # -- locking -----------------------------------------------------------
-    def lock(self) -> None:
-        """Take the writer's advisory lock, or fail with :class:`ImageLockedError`."""
+    def lock(self, *, force_share: bool = False) -> None:
+        """Take QEMU's permission locks for this open (see :mod:`disks.locking`): a
+        writer's when open for writing, a reader's otherwise; ``force_share`` (read-only
+        opens only, qemu-img's ``-U``) lets writers in.  Fails with
+        :class:`ImageLockedError` when another user's locks forbid the open."""
+        if force_share and self.writable:
+            raise ImageLockedError(self.path, "force-share can only be used with read-only "
+                                   "opens")
+        held, shared = locking.permissions(writable=self.writable, force_share=force_share)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not locking.supported(self.fd):
+                return  # the file system keeps no locks (as QEMU, carry on without)
+            locking.take(self.fd, held, shared)
+        except locking.LockConflict as exc:
+            raise ImageLockedError(
+                self.path, f"{exc} (the image is in use by another process)") from None
         except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ImageLockedError(
-                    self.path, "image is in use by another writer (advisory lock held)"
-                ) from exc
             raise ImageIOError(self.path, f"cannot lock: {exc.strerror}") from exc
+        self.force_share = force_share
+        self._locked = True
 
-    def try_lock_shared(self) -> bool:
-        """Take a reader's advisory lock if no writer holds the file (True when taken).
-
-        For a read-only file only: on a file this process opened for writing the
-        writer's lock is already held, and flock would turn it into a shared one."""
-        if self.writable:
-            raise ValueError("try_lock_shared is for read-only files")
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        return True
+    @property
+    def excludes_writers(self) -> bool:
+        """True when no other (lock-honouring) writer can change the file meanwhile:
+        this open is the writer, or holds a reader's lock without force-share."""
+        return self._locked and (self.writable or not self.force_share)
 
     def unlock(self) -> None:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-        except OSError as exc:
-            raise ImageIOError(self.path, f"cannot unlock: {exc.strerror}") from exc
+        """Drop this open's permission locks."""
+        locking.release(self.fd)
+        self._locked = False
 
     # -- positional I/O ----------------------------------------------------
     def size(self) -> int:

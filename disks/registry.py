@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+import random
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import (
     BackingChainError,
     ImageError,
+    ImageIOError,
     InvalidOptionError,
     MissingBackingError,
     UnknownFormatError,
 )
 from .hostfile import HostFile
 from .image import MAX_CHAIN_DEPTH, Image, ProbeInput, _identity
+from .paths import PathPolicy
+from .paths import refusal as paths_refusal
+
+os_open = os.open  # this module's open() is the image opener
 
 PROBE_HEAD = 64 * 1024
 PROBE_TAIL = 512
@@ -85,7 +93,7 @@ def _probe_input(file: HostFile) -> ProbeInput:
 
 def probe(path: str | os.PathLike[str]) -> str:
     """Name of the format that recognises ``path`` best."""
-    file = HostFile(path, writable=False)
+    file = HostFile(path, writable=False, device=True)
     try:
         return _best_driver(_probe_input(file)).format_name
     finally:
@@ -103,41 +111,61 @@ def _best_driver(data: ProbeInput) -> type[Image]:
 
 def open(path: str | os.PathLike[str], *, format: str | None = None,  # noqa: A002
          readonly: bool = False, backing: str | os.PathLike[str] | None = None,
-         options: Mapping[str, Any] | None = None) -> Image:
+         options: Mapping[str, Any] | None = None, force_share: bool = False,
+         allow_paths: Iterable[str | os.PathLike[str]] | None = None) -> Image:
     """Open an image and its backing chain.
 
     ``backing`` overrides the parent file the image names; ``options`` are
-    driver-specific open options (for example ``allow_unsafe_paths`` for VMDK).
+    driver-specific open options.  Every file is locked in QEMU's scheme
+    (:mod:`disks.locking`); ``force_share`` (read-only only, qemu-img's ``-U``) opens
+    an image another program writes.  Files the image names must lie in the folders
+    of the chain or in ``allow_paths`` (:mod:`disks.paths`).
     """
     return _open(os.fspath(path), format, readonly,
                  os.fspath(backing) if backing is not None else None,
-                 dict(options or {}), visited=(), depth=0)
+                 dict(options or {}), visited=(), depth=0,
+                 locks=_Locks(force_share, PathPolicy.allowing(allow_paths)))
+
+
+@dataclass(frozen=True)
+class _Locks:
+    """How one ``open`` call opens every file of the chain."""
+
+    force_share: bool
+    paths: PathPolicy
 
 
 def _open(path: str, format: str | None, readonly: bool,  # noqa: A002
           backing: str | None, options: dict[str, Any], *,
-          visited: tuple[tuple[int, int] | str, ...], depth: int) -> Image:
-    file = HostFile(path, writable=not readonly)
+          visited: tuple[tuple[int, int] | str, ...], depth: int, locks: _Locks) -> Image:
+    # the image the user names may be a block device; files images name may not
+    file = HostFile(path, writable=not readonly, device=depth == 0)
     image: Image | None = None
     try:
-        if not readonly:
-            file.lock()
+        file.lock(force_share=locks.force_share)
+        paths = locks.paths.admit(path)
+        file.paths = paths
         driver = driver_for(format, path) if format else _best_driver(_probe_input(file))
         image = driver.open_file(file, readonly=readonly, options=options)
         spec = image.backing_spec
         if backing is not None or spec is not None:
             image.backing = _open_parent(image, backing, options,
-                                         visited=(*visited, _identity(path)), depth=depth + 1)
+                                         visited=(*visited, _identity(path)), depth=depth + 1,
+                                         locks=_Locks(locks.force_share, paths))
         return image
     except BaseException:
-        if image is not None:
-            image.closed = True
+        if image is not None:  # its parent failed: release its extents (and their locks)
+            try:
+                image.close(sync=False)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                image.closed = True
         file.close()
         raise
 
 
 def _open_parent(child: Image, override: str | None, options: dict[str, Any], *,
-                 visited: tuple[tuple[int, int] | str, ...], depth: int) -> Image:
+                 visited: tuple[tuple[int, int] | str, ...], depth: int,
+                 locks: _Locks) -> Image:
     spec = child.backing_spec
     if depth > MAX_CHAIN_DEPTH:
         raise BackingChainError(child.path, f"backing chain deeper than {MAX_CHAIN_DEPTH}")
@@ -147,8 +175,16 @@ def _open_parent(child: Image, override: str | None, options: dict[str, Any], *,
         candidates = tuple(c for c in (spec.filename, *spec.candidates) if c)
     else:
         candidates = ()
-    found = next((c for c in candidates if os.path.exists(c)), None)
+    # a parent the user named is the user's choice; one the image names must lie in
+    # the chain's folders (checked before the file is even looked at)
+    allowed = candidates if override is not None else \
+        tuple(c for c in candidates if locks.paths.permits(c))
+    found = next((c for c in allowed if os.path.lexists(c)), None)
     if found is None:
+        refused = next((c for c in candidates if c not in allowed and os.path.lexists(c)),
+                       None)
+        if refused is not None:
+            raise paths_refusal(refused, image=child.path, field="backing")
         named = spec.display_name or spec.filename if spec else override
         looked = f" (looked for {', '.join(candidates)})" if candidates else ""
         raise MissingBackingError(child.path, f"parent image {named!r} not found{looked}",
@@ -157,7 +193,7 @@ def _open_parent(child: Image, override: str | None, options: dict[str, Any], *,
         raise BackingChainError(child.path, f"backing chain loops back to {found}",
                                 field="backing")
     fmt = spec.format if spec is not None and override is None else None
-    parent = _open(found, fmt, True, None, options, visited=visited, depth=depth)
+    parent = _open(found, fmt, True, None, options, visited=visited, depth=depth, locks=locks)
     try:
         if spec is not None and spec.validate is not None:
             spec.validate(parent)
@@ -170,10 +206,16 @@ def _open_parent(child: Image, override: str | None, options: dict[str, Any], *,
 def create(path: str | os.PathLike[str], format: str, size: int | str | None = None,  # noqa: A002
            *, backing: str | os.PathLike[str] | None = None, backing_format: str | None = None,
            **options: Any) -> Image:
-    """Create an image (truncating ``path``) and return it open for writing.
+    """Create an image (replacing ``path``) and return it open for writing.
 
     ``size`` may be omitted with ``backing``: the parent's size is used.  Option names
     are those of ``emu img create -o`` (``static``, ``subformat``, ``block_size`` ...).
+
+    Nothing at ``path`` changes before every check has passed: the options, the size
+    and the parent are validated first, an existing file is locked as a writer (an
+    image in use is refused, as qemu-img refuses it), and the new image is built in a
+    temporary file beside it that replaces it only once complete and synced.  A
+    failed create leaves no file behind (and the old one whole).
     """
     path = os.fspath(path)
     driver = driver_for(format, path)
@@ -193,18 +235,85 @@ def create(path: str | os.PathLike[str], format: str, size: int | str | None = N
             byte_size = parent.size
         else:
             byte_size = _parse_size(size, path)
-        file = HostFile(path, writable=True, create=True)
-        try:
-            file.lock()
-            driver.create_file(file, byte_size, parsed, parent)
-            file.sync()
-        finally:
-            file.close()
+        _create_replacing(path, driver, byte_size, parsed, parent)
     finally:
         if parent is not None:
             parent.close()
     return open(path, format=driver.format_name,
                 backing=os.fspath(backing) if backing is not None else None)
+
+
+def _create_replacing(path: str, driver: type[Image], size: int, options: dict[str, Any],
+                      parent: Image | None) -> None:
+    """Build the image in a temporary file beside ``path``, then rename it over ``path``
+    while holding the writer's lock on what was there."""
+    old: HostFile | None = None
+    if os.path.lexists(path):
+        old = HostFile(path, writable=True)   # refuses a FIFO, a device, a directory
+        try:
+            old.lock()                          # refuses an image in use
+        except BaseException:
+            old.close()
+            raise
+    target = os.path.realpath(path)              # a symlink stays a symlink
+    folder, name = os.path.split(target)
+    try:
+        temp = _temporary_beside(folder, name, path)
+        try:
+            file = HostFile(temp, writable=True, create=True)
+            try:
+                file.path = path                  # errors and derived names use the target's
+                driver.create_file(file, size, options, parent)
+                file.sync()
+                if old is not None:
+                    os.fchmod(file.fd, stat.S_IMODE(os.fstat(old.fd).st_mode))
+            finally:
+                file.close()
+            os.replace(temp, target)
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
+        _sync_folder(folder)
+    except OSError as exc:
+        raise ImageIOError(path, f"cannot create: {exc.strerror}") from exc
+    finally:
+        if old is not None:
+            old.close()
+
+
+def _temporary_beside(folder: str, name: str, path: str) -> str:
+    for _ in range(100):
+        temp = os.path.join(folder, f".{name}.{os.getpid()}.{random.randrange(1 << 32):08x}~")
+        try:
+            fd = os_open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ImageIOError(path, f"cannot create: {exc.strerror}") from exc
+        os.close(fd)
+        return temp
+    raise ImageIOError(path, "cannot create a temporary file beside it")
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _sync_folder(folder: str) -> None:
+    """Make the rename durable."""
+    try:
+        fd = os_open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _resolve_backing_arg(backing: str, image_path: str) -> str:

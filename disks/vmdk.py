@@ -43,9 +43,8 @@ Descriptor text is kept line by line: keys we change (CID, parentCID) are
 rewritten in place, unknown keys and comments survive.  The CID changes once per
 writable open, on the first write, when hosted sparse headers also get their
 ``uncleanShutdown`` byte set (cleared at a clean close, as VMware does).
-Extent and parent file names are resolved in the descriptor's folder; absolute
-names or names leading out of it are refused unless the caller opens with
-``options={"allow_unsafe_paths": True}``.
+Extent and parent file names are resolved in the descriptor's folder; the core's
+path policy (:mod:`disks.paths`) decides whether they may be opened.
 """
 
 from __future__ import annotations
@@ -318,22 +317,12 @@ def render_descriptor(*, cid: int, parent_cid: int, create_type: str,
     return "\n".join(lines) + "\n"
 
 
-def resolve_path(name: str, folder: str, path: str, *, allow_unsafe: bool, what: str) -> str:
-    """A file named in a descriptor, as a host path inside the descriptor's folder."""
+def resolve_path(name: str, folder: str, path: str, *, what: str) -> str:
+    """A file named in a descriptor, as a host path (relative names from the descriptor's
+    folder).  Whether it may be opened is the core's path policy (:mod:`disks.paths`)."""
     if "\0" in name or not name:
         raise CorruptImageError(path, f"bad {what} name {name!r}", field=what)
-    if os.path.isabs(name):
-        if not allow_unsafe:
-            raise ImageError(path, f"absolute {what} path {name!r} refused "
-                             "(open with allow_unsafe_paths to allow it)", field=what)
-        return name
-    joined = os.path.normpath(os.path.join(folder, name))
-    base = os.path.realpath(folder)
-    real = os.path.realpath(joined)
-    if not allow_unsafe and os.path.commonpath([base, real]) != base:
-        raise ImageError(path, f"{what} path {name!r} leads outside the descriptor's folder "
-                         "(open with allow_unsafe_paths to allow it)", field=what)
-    return joined
+    return os.path.normpath(os.path.join(folder, name))
 
 
 # ---------------------------------------------------------------------------
@@ -1472,7 +1461,6 @@ class VmdkImage(Image):
     descriptor: Descriptor | None
     extents: list[Extent]
     embedded: SparseHeader | None     # header of the file holding the descriptor, if any
-    allow_unsafe: bool
     cid_bumped: bool
     _starts: list[int]
 
@@ -1489,7 +1477,6 @@ class VmdkImage(Image):
     @classmethod
     def open_file(cls, file: HostFile, *, readonly: bool, options: dict[str, Any]) -> Image:
         image = cls(file, readonly=readonly)
-        image.allow_unsafe = bool(options.get("allow_unsafe_paths"))
         image.extents = []
         image.descriptor = None
         image.embedded = None
@@ -1560,16 +1547,13 @@ class VmdkImage(Image):
                 self.extents.append(ZeroExtent(line, None, None))
                 continue
             assert line.filename is not None
-            host_path = resolve_path(line.filename, folder, self.path,
-                                     allow_unsafe=self.allow_unsafe, what="extent")
+            host_path = resolve_path(line.filename, folder, self.path, what="extent")
             writable = not self.readonly and line.access == "RW"
             if os.path.realpath(host_path) == os.path.realpath(self.path):
                 raise CorruptImageError(self.path, "descriptor names itself as an extent",
                                         field="extent")
-            extent_file = HostFile(host_path, writable=writable)
+            extent_file = self.file.open_related(host_path, writable=writable, what="extent")
             try:
-                if writable:
-                    extent_file.lock()   # the same writer's lock as the descriptor's
                 if line.type in ("SPARSE", "VMFSSPARSE"):
                     self.extents.append(_open_sparse_file(extent_file, line, host_path,
                                                           writable=writable))
@@ -1598,17 +1582,8 @@ class VmdkImage(Image):
         folder = os.path.dirname(os.path.abspath(self.path))
         child = self.path
         portable = hint.replace("\\", "/")   # hints written on Windows use backslashes
-        try:
-            parent_path: str | None = resolve_path(portable, folder, self.path,
-                                                   allow_unsafe=self.allow_unsafe,
-                                                   what="parentFileNameHint")
-            shown = hint
-        except ImageError as exc:
-            if exc.field != "parentFileNameHint" or isinstance(exc, CorruptImageError):
-                raise
-            # Not opened; an explicit backing file from the caller still may be.
-            parent_path = None
-            shown = f"{hint} (refused: {exc.reason})"
+        parent_path = resolve_path(portable, folder, self.path, what="parentFileNameHint")
+        shown = hint
         # A parent of that name beside the child is always safe to try (VMware on another
         # host wrote an absolute hint; the disks were then moved together).
         base_name = portable.rsplit("/", 1)[-1]

@@ -184,18 +184,13 @@ def copy_image(src: disks.Image, dst: disks.Image,
         return
     chunk = max(CONVERT_CHUNK, unit) // unit * unit
     pieces = list(_copy_pieces(src, unit, chunk))
-    # Mapping the source is safe only while no writer can shrink it: a writable ``src``
-    # is ours; a read-only one needs the readers' lock (else every piece is read).
-    shared = src.readonly and src.file.try_lock_shared()
-    if src.readonly and not shared:
-        hosts: list[int | None] = [None] * len(pieces)
+    # Mapping the source is safe only while no writer can shrink it: our own lock keeps
+    # writers out unless it was opened with force-share (then every piece is read).
+    if src.file.excludes_writers:
+        hosts: list[int | None] = [src.host_range(pos, step) for pos, step in pieces]
     else:
-        hosts = [src.host_range(pos, step) for pos, step in pieces]
-    try:
-        _copy_pieces_to(src, dst, pieces, hosts, unit, chunk, progress)
-    finally:
-        if shared:
-            src.file.unlock()
+        hosts = [None] * len(pieces)
+    _copy_pieces_to(src, dst, pieces, hosts, unit, chunk, progress)
 
 
 def _copy_buffered(src: disks.Image, dst: disks.Image, unit: int, chunk: int,

@@ -120,7 +120,9 @@ def test_second_writer_gets_locked_error(tmp_path: Path, fmt: str) -> None:
             disks.open(path)
         with pytest.raises(disks.ImageLockedError):
             disks.create(path, fmt, "1M")
-        with disks.open(path, readonly=True):
+        with pytest.raises(disks.ImageLockedError):   # a reader refuses a writer's image
+            disks.open(path, readonly=True)
+        with disks.open(path, readonly=True, force_share=True):
             pass
     with disks.open(path):  # released on close
         pass

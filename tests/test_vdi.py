@@ -557,7 +557,7 @@ def test_second_writer_is_locked_out(tmp_path: Path) -> None:
     with disks.open(path):
         with pytest.raises(disks.ImageLockedError):
             disks.open(path)
-        with disks.open(path, readonly=True) as reader:
+        with disks.open(path, readonly=True, force_share=True) as reader:
             assert reader.read(0, 1) == b"\x01"
 
 

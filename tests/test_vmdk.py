@@ -343,10 +343,10 @@ def test_extent_paths_escaping_the_folder_are_refused(tmp_path: Path, name: str)
     desc = folder / "d.vmdk"
     desc.write_text(f'version=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
                     f'RW 8 FLAT "{name}" 0\n')
-    with pytest.raises(disks.ImageError, match="allow_unsafe_paths"):
+    with pytest.raises(disks.ImageError, match="allow-path"):
         disks.open(desc, readonly=True)
     if name == "../outside-flat.vmdk":
-        with disks.open(desc, readonly=True, options={"allow_unsafe_paths": True}) as image:
+        with disks.open(desc, readonly=True, allow_paths=[tmp_path]) as image:
             assert image.read(0, 512) == bytes(512)
 
 
@@ -387,9 +387,9 @@ def test_parent_hint_escaping_the_folder_is_refused(tmp_path: Path) -> None:
     child = folder / "c.vmdk"
     with disks.create(child, "vmdk", backing=base):
         pass
-    with pytest.raises(disks.ImageError, match="allow_unsafe_paths"):
+    with pytest.raises(disks.ImageError, match="allow-path"):
         disks.open(child, readonly=True)
-    with disks.open(child, readonly=True, options={"allow_unsafe_paths": True}) as image:
+    with disks.open(child, readonly=True, allow_paths=[tmp_path]) as image:
         assert image.read(0, 512) == b"p" * 512
 
 
@@ -750,7 +750,7 @@ def test_extent_files_are_locked_for_one_writer(tmp_path: Path) -> None:
         other.write_text(path.read_text().replace("CID=", "# copy\nCID="))
         with pytest.raises(disks.ImageLockedError):
             disks.open(other)
-        with disks.open(other, readonly=True) as reader:
+        with disks.open(other, readonly=True, force_share=True) as reader:
             assert reader.read(0, 512) == bytes(512)
 
 
