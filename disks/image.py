@@ -546,6 +546,10 @@ class Image:
             facts["format-specific"] = {"type": self.format_name, "data": specific}
         return facts
 
+    def files(self) -> list[HostFile]:
+        """The host files this image (not its parents) is stored in."""
+        return [self.file]
+
     def chain(self) -> list[Image]:
         """This image followed by its parents, nearest first."""
         out: list[Image] = []

@@ -31,7 +31,10 @@ force-share    consistent read              none (``-U``, read-only only)
 
 So one writer excludes every other writer and every reader that did not ask
 for force-share; any number of readers coexist.  Backing files are opened
-read-only, which is exactly what QEMU takes on them.
+read-only, which is exactly what QEMU takes on them.  One deliberate
+difference: QEMU shares writes of *raw* files (no metadata to break), so two
+qemu-io writers may share one; emu treats raw like every format (a second
+writer of a raw disk still loses the guest's data).
 """
 
 from __future__ import annotations

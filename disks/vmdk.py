@@ -1757,6 +1757,10 @@ class VmdkImage(Image):
                 extent.mark_in_use(False)
             extent.close(self.file)
 
+    def files(self) -> list[HostFile]:
+        extra = [e.file for e in self.extents if e.file is not None and e.file is not self.file]
+        return [self.file, *extra]
+
     def allocation_unit(self) -> int:
         units = [e.grain_bytes for e in self.extents
                  if isinstance(e, SparseExtent | CowdExtent)]

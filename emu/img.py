@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import mmap
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ EXIT_CORRUPT = 2
 EXIT_LEAKS = 3
 COMPARE_DIFFERENT = 1
 COMPARE_ERROR = 2
+BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
 
 
 def parse_o(text: str | None) -> dict[str, str]:
@@ -74,16 +76,32 @@ def human_size(n: int) -> str:
 def cmd_create(args: argparse.Namespace) -> int:
     options: dict[str, Any] = parse_o(args.o)
     fmt = args.f or "raw"
+    size = None
+    if args.size:
+        try:
+            size = disks.image.parse_size(args.size)
+        except ValueError:
+            raise disks.InvalidOptionError(
+                args.filename, f"invalid size {args.size!r} (use a number of bytes with an "
+                "optional k, M, G, T, P or E suffix)", field="size") from None
     print(f"Formatting '{args.filename}', fmt={fmt}"
-          + (f" size={disks.image.parse_size(args.size)}" if args.size else ""), flush=True)
-    image = disks.create(args.filename, fmt, args.size, backing=args.b,
+          + (f" size={size}" if size is not None else ""), flush=True)
+    image = disks.create(args.filename, fmt, size, backing=args.b,
                          backing_format=args.F, **options)
     image.close()
     return EXIT_OK
 
 
+def _open(args: argparse.Namespace, path: str, fmt: str | None, *,
+          readonly: bool = True) -> disks.Image:
+    """Open an image with the verb's ``-U`` and ``--allow-path`` options."""
+    return disks.open(path, format=fmt, readonly=readonly,
+                      force_share=readonly and getattr(args, "U", False),
+                      allow_paths=args.allow_path)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    with disks.open(args.filename, format=args.f, readonly=True) as image:
+    with _open(args, args.filename, args.f) as image:
         chain = image.chain() if args.backing_chain else [image]
         infos = [node.info() for node in chain]
     if args.output == "json":
@@ -115,7 +133,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     repair = args.r is not None
-    with disks.open(args.filename, format=args.f, readonly=not repair) as image:
+    if repair and args.U:
+        raise disks.InvalidOptionError(args.filename, "-U (force-share) cannot be used with "
+                                       "-r: a repair writes to the image")
+    with _open(args, args.filename, args.f, readonly=not repair) as image:
         report = image.check(repair=repair)
     if args.output == "json":
         print(json.dumps({
@@ -393,7 +414,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         pct = 100.0 * pos / total if total else 100.0
         print(f"    ({pct:.2f}/100%)", end="\r", file=sys.stdout, flush=True)
 
-    with disks.open(args.source, format=args.f, readonly=True) as src:
+    with _open(args, args.source, args.f) as src:
+        _refuse_same_file(src, args.target)
         dst = disks.create(args.target, out_fmt, src.size, **options)
         try:
             copy_image(src, dst, show if args.p else None)
@@ -404,8 +426,25 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _refuse_same_file(src: disks.Image, target: str) -> None:
+    """A target that is a file of the source's chain (another name, a hard link, a
+    symlink) would be emptied before it is read: refuse it, whatever the locks say
+    (``-U`` lets qemu-img do it)."""
+    try:
+        target_stat = os.stat(target)
+    except OSError:
+        return  # not there yet (or unreadable: create reports that)
+    for node in src.chain():
+        for file in node.files():
+            st = os.fstat(file.fd)
+            if (st.st_dev, st.st_ino) == (target_stat.st_dev, target_stat.st_ino):
+                raise disks.ImageLockedError(
+                    target, f"is the same file as {file.path} of the source: converting an "
+                    "image onto itself would destroy it")
+
+
 def cmd_map(args: argparse.Namespace) -> int:
-    with disks.open(args.filename, format=args.f, readonly=True) as image:
+    with _open(args, args.filename, args.f) as image:
         extents = list(image.map())
     if args.output == "json":
         # qemu-img's shape: one object per line; every byte is "present" because map()
@@ -435,8 +474,7 @@ def _hex(n: int) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    with disks.open(args.a, format=args.f, readonly=True) as a, \
-            disks.open(args.b, format=args.F, readonly=True) as b:
+    with _open(args, args.a, args.f) as a, _open(args, args.b, args.F) as b:
         if args.s and a.size != b.size:
             print("Strict mode: Image size mismatch!")
             return COMPARE_DIFFERENT
@@ -496,12 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", help="format options k=v,...")
     p.add_argument("-b", help="backing (parent) image")
     p.add_argument("-F", help="backing image format")
+    _add_open_options(p, force_share=False)
     p.add_argument("filename")
     p.add_argument("size", nargs="?")
     p.set_defaults(run=cmd_create)
 
     p = verbs.add_parser("info", help="show facts about an image")
     p.add_argument("-f")
+    _add_open_options(p)
     p.add_argument("--output", choices=("human", "json"), default="human")
     p.add_argument("--backing-chain", action="store_true")
     p.add_argument("filename")
@@ -509,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("check", help="check an image for consistency")
     p.add_argument("-f")
+    _add_open_options(p)
     p.add_argument("-r", choices=("leaks", "all"), help="repair")
     p.add_argument("--output", choices=("human", "json"), default="human")
     p.add_argument("filename")
@@ -516,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("convert", help="copy an image into another format")
     p.add_argument("-f")
+    _add_open_options(p)
     p.add_argument("-O")
     p.add_argument("-o")
     p.add_argument("-p", action="store_true", help="show progress")
@@ -528,12 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("map", help="show how the image's bytes are stored")
     p.add_argument("-f")
+    _add_open_options(p)
     p.add_argument("--output", choices=("human", "json"), default="human")
     p.add_argument("filename")
     p.set_defaults(run=cmd_map)
 
     p = verbs.add_parser("compare", help="compare the contents of two images")
     p.add_argument("-f")
+    _add_open_options(p)
     p.add_argument("-F")
     p.add_argument("-s", action="store_true", help="strict: size mismatch is a difference")
     p.add_argument("a")
@@ -542,13 +586,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_open_options(p: argparse.ArgumentParser, *, force_share: bool = True) -> None:
+    if force_share:
+        p.add_argument("-U", "--force-share", dest="U", action="store_true",
+                       help="open read-only images even while another program writes them")
+    p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                   help="let images name files (parents, extents) in DIR too (repeatable; "
+                   "by default only the folders of the image chain)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; every failure is one line on stderr with qemu-img's exit code."""
     args = build_parser().parse_args(argv)
+    failed = COMPARE_ERROR if args.verb == "compare" else EXIT_ERROR
     try:
-        return int(args.run(args))
+        status = int(args.run(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
     except disks.ImageError as exc:
         print(f"emu img: {exc}", file=sys.stderr)
-        return COMPARE_ERROR if args.verb == "compare" else EXIT_ERROR
     except KeyboardInterrupt:
         print("emu img: interrupted", file=sys.stderr)
-        return EXIT_ERROR
+    except BrokenPipeError:
+        # the reader went away (``emu img map x | head``): say nothing more, and exit
+        # with the status a shell shows for qemu-img killed by SIGPIPE
+        _silence_stdout()
+        return BROKEN_PIPE
+    except (OSError, MemoryError) as exc:
+        print(f"emu img: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a bug must still read as one line
+        print(f"emu img: internal error ({type(exc).__name__}: {exc}); please report it",
+              file=sys.stderr)
+    return failed
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
