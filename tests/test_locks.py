@@ -50,7 +50,8 @@ def qemu_io_holding(path: Path, fmt: str, *, readonly: bool = False,
         proc.wait(timeout=60)
 
 
-def qemu_io_try(path: Path, fmt: str, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def qemu_io_try(path: Path, fmt: str, command: str,
+                *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([need_tool("qemu-io"), "-f", fmt, *extra, "-c", command, str(path)],
                           capture_output=True, text=True, timeout=60)
 
