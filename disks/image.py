@@ -94,10 +94,14 @@ class CheckReport:
     corruptions: list[str] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # states that are neither (a log to replay)
 
     @property
     def clean(self) -> bool:
         return not self.corruptions and not self.leaks
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
 
     def corrupt(self, message: str) -> None:
         self.corruptions.append(message)

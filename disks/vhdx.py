@@ -474,8 +474,8 @@ class VhdxImage(Image):
     create_options = {
         "subformat": OptionSpec(choice("dynamic", "fixed"), "dynamic (default) or fixed",
                                 "dynamic"),
-        "block_size": OptionSpec(_parse_block_size, "payload block size, 1M..256M",
-                                 DEFAULT_BLOCK_SIZE),
+        "block_size": OptionSpec(_parse_block_size, "payload block size, 1M..256M "
+                                 "(default 32M; 1M for an empty disk)"),
         "log_size": OptionSpec(_parse_log_size, "log size, a multiple of 1M", DEFAULT_LOG_SIZE),
         "logical_sector_size": OptionSpec(_parse_sector_size, "512 or 4096", 512),
         "physical_sector_size": OptionSpec(_parse_sector_size, "512 or 4096", 4096),
@@ -524,7 +524,9 @@ class VhdxImage(Image):
     @classmethod
     def create_file(cls, file: HostFile, size: int, options: dict[str, Any],
                     backing: Image | None) -> None:
-        block_size = options["block_size"]
+        # an empty disk gets the smallest blocks: QEMU wants its BAT region long (below)
+        block_size = options["block_size"] or (MIN_BLOCK_SIZE if size == 0
+                                               else DEFAULT_BLOCK_SIZE)
         log_size = options["log_size"]
         logical = options["logical_sector_size"]
         physical = options["physical_sector_size"]
@@ -554,7 +556,13 @@ class VhdxImage(Image):
         metadata_offset = log_offset + log_size
         metadata_length = MiB
         bat_offset = metadata_offset + metadata_length
-        bat_length = max(MiB, _align_up(bat_entries * 8, MiB))
+        region_entries = bat_entries
+        if payload_blocks == 0 and backing is None:
+            # QEMU counts the BAT of an empty disk with a 32-bit "blocks - 1" that wraps
+            # (vhdx_calc_bat_entries) and refuses a BAT region shorter than that count:
+            # size the region so (it stays a sparse run of zeros, NOT_PRESENT)
+            region_entries = 0xFFFFFFFF >> (chunk_ratio.bit_length() - 1)
+        bat_length = max(MiB, _align_up(region_entries * 8, MiB))
         data_offset = bat_offset + bat_length
 
         file.truncate(0)
@@ -1282,8 +1290,10 @@ class VhdxImage(Image):
             self.region_tables_valid = (True, True) if any(self.region_tables_valid) \
                 else self.region_tables_valid
         if self._overlay_entries:
-            report.corrupt(f"the log holds {self._overlay_entries} entries not yet replayed "
-                           "(replayed in memory; repair with -r all)")
+            # a crash's normal state, not damage: read with the entries applied in memory,
+            # written back by a writable open (check -r); qemu-img refuses to read it
+            report.note(f"the log holds {self._overlay_entries} entries not yet replayed "
+                        "(read as replayed; -r all replays them into the file)")
         if self._replayed_entries:
             report.repaired.append(f"replayed {self._replayed_entries} log entries at open")
         file_size = max(self.file.size(), self._replayed_size)

@@ -89,6 +89,7 @@ MAX_LOCATOR_BYTES = 64 << 10
 MAX_TABLE_ENTRIES = 32 << 20  # a 128 MiB BAT: 2040 GiB in 64 KiB blocks
 BITMAP_CACHE_BLOCKS = 4096
 FIXED_ALLOCATION_UNIT = 4096  # a fixed VHD is raw: the host file system's block
+DATA_ALIGNMENT = 4096  # Hyper-V puts every block's data on such a boundary (padding is no leak)
 VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z as a Unix time
 UNUSED_ENTRY = 0xFFFFFFFF
 NO_DATA_OFFSET = 0xFFFFFFFFFFFFFFFF
@@ -957,7 +958,9 @@ class VpcImage(Image):
 
         A block is bad when it overlaps the metadata or another block, or runs past
         ``data_limit`` (the footer).  Leaks are gaps between and after blocks; what
-        precedes the first block is alignment padding, never a leak.
+        precedes the first block is alignment padding, never a leak, and so is a gap
+        shorter than ``DATA_ALIGNMENT`` that puts the next block's data on that boundary
+        (Hyper-V starts every block's data on a 4 KiB boundary, bitmap just before).
         """
         bad: dict[int, str] = {}
         span = self.bitmap_size + self.block_size
@@ -977,7 +980,8 @@ class VpcImage(Image):
                 bad[index] = f"block {index} at {start} overlaps block {previous_index}"
                 bad.setdefault(previous_index, f"block {previous_index} is overlapped by "
                                f"block {index}")
-            elif previous_index >= 0:
+            elif previous_index >= 0 and not _alignment_padding(start - previous_end,
+                                                                 start + self.bitmap_size):
                 leaked += start - previous_end
             last_end = max(last_end, end)
             previous_end, previous_index = max(previous_end, end), index
@@ -999,6 +1003,11 @@ class VpcImage(Image):
         if footer.disk_type == DiskType.DIFFERENCING and self.header is not None:
             facts["parent-unique-id"] = str(uuid.UUID(bytes=self.header.parent_unique_id))
         return facts
+
+
+def _alignment_padding(gap: int, data_start: int) -> bool:
+    """Whether a gap before a block only aligns the block's data (Hyper-V's layout)."""
+    return 0 < gap < DATA_ALIGNMENT and data_start % DATA_ALIGNMENT == 0
 
 
 __all__ = ["DiskType", "DynamicHeader", "Footer", "ParentLocator", "VpcImage", "VpcWarning",

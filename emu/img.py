@@ -144,10 +144,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             "check-errors": 0, "corruptions": len(report.corruptions),
             "leaks": len(report.leaks), "corruption-messages": report.corruptions,
             "leak-messages": report.leaks, "repaired": report.repaired,
+            "notes": report.notes,
         }, indent=4))
     else:
         for message in report.repaired:
             print(f"Repaired: {message}")
+        for message in report.notes:
+            print(f"Note: {message}")
         for message in report.corruptions:
             print(f"ERROR {message}")
         for message in report.leaks:
