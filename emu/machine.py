@@ -372,7 +372,8 @@ class Machine:
                  debugcon: str = "null", snapshot: bool = False, timeout: float | None = None,
                  trace: str | Path | None = None, reboot: bool = False,
                  max_instructions: int | None = None,
-                 rtc_start: Any = DEFAULT_START, serial_input: bytes = b"") -> None:
+                 rtc_start: Any = DEFAULT_START, serial_input: bytes = b"",
+                 allow_paths: Sequence[str] = ()) -> None:
         self.ram_size = parse_memory_size(memory)
         self.bios = load_bios(bios)
         self.timeout = timeout
@@ -382,6 +383,7 @@ class Machine:
         self.disk_specs = [spec if isinstance(spec, DiskSpec) else DiskSpec.parse(spec)
                            for spec in disks]
         self.snapshot = snapshot
+        self.allow_paths = tuple(allow_paths)  # folders images may name files in (disks.paths)
         self.images: list[tuple[int, int, DiskImage]] = []
         self._temporary_dirs: list[str] = []
         self._stop: _Stop | None = None
@@ -440,7 +442,8 @@ class Machine:
             snapshot = spec.snapshot or self.snapshot
             try:
                 image = disks.open(spec.path, format=spec.format,
-                                   readonly=spec.readonly or snapshot)
+                                   readonly=spec.readonly or snapshot,
+                                   allow_paths=self.allow_paths)
             except disks.ImageError as error:
                 text = str(error)  # image errors already name their file
                 prefix = "--disk: " if spec.path in text else f"--disk {spec.path}: "

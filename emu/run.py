@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--disk", action="append", default=[], metavar="FILE[,OPTIONS]",
                         help="IDE disk: FILE[,format=F][,bus=0|1][,unit=0|1][,readonly=on]"
                              "[,snapshot=on]; repeatable (default: the built-in demo disk)")
+    parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                        help="let disk images name parents and extents in DIR too "
+                             "(repeatable; by default only the folders of each image chain)")
     parser.add_argument("--bios", metavar="ROM", help="firmware image (default: built-in BIOS)")
     parser.add_argument("--memory", default="64M", help="RAM size (default 64M)")
     parser.add_argument("--serial", default="stdio", metavar="stdio|file:PATH|null",
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             machine = Machine(bios=args.bios, memory=args.memory, disks=disks,
                               serial=args.serial, debugcon=args.debugcon,
                               snapshot=args.snapshot, timeout=args.timeout, trace=args.trace,
-                              reboot=args.reboot, max_instructions=args.max_instructions)
+                              reboot=args.reboot, max_instructions=args.max_instructions,
+                              allow_paths=args.allow_path)
         except (MachineConfigError, ChardevError) as error:
             print(f"emu run: {error}", file=sys.stderr)
             return SETUP_ERROR

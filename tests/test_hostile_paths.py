@@ -162,3 +162,16 @@ def test_fifo_named_as_the_image_is_refused_at_once(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "emu", "img", "info", str(fifo)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "FIFO" in proc.stderr
+
+
+def test_emu_run_names_and_honours_allow_path(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    child = child_of(tmp_path, "vpc", tmp_path / "out" / "p.vpc")
+    run = [sys.executable, "-m", "emu", "run", "--disk", f"{child},format=vpc",
+           "--serial", "null", "--max-instructions", "1000"]
+    refused = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "--allow-path" in refused.stderr
+    allowed = subprocess.run([*run, "--allow-path", str(tmp_path / "out")],
+                             capture_output=True, text=True, timeout=120)
+    assert allowed.returncode == 127, allowed.stderr      # booted: the budget ran out
