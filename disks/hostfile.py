@@ -19,13 +19,11 @@ import os
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import locking
 from .errors import ImageIOError, ImageLockedError
-
-if TYPE_CHECKING:
-    from .paths import PathPolicy
+from .paths import PathPolicy
 
 _ZERO_CHUNK = bytes(1 << 20)
 COPY_PART = 1 << 20   # copy_range splits copies of at least two of these ...
@@ -117,11 +115,11 @@ class HostFile:
     def open_related(self, path: str, *, writable: bool, what: str) -> HostFile:
         """Open a file this one names (an extent): inside the allowed folders, a regular
         file, locked as this one is (the same force-share)."""
-        if self.paths is not None:
-            self.paths.require(path, image=self.path, field=what)
+        paths = self.paths if self.paths is not None else PathPolicy().admit(self.path)
+        paths.require(path, image=self.path, field=what)
         related = HostFile(path, writable=writable)
         try:
-            related.paths = self.paths
+            related.paths = paths
             related.lock(force_share=self.force_share)
         except BaseException:
             related.close()
