@@ -248,7 +248,7 @@ def _create_replacing(path: str, driver: type[Image], size: int, options: dict[s
     """Build the image in a temporary file beside ``path``, then rename it over ``path``
     while holding the writer's lock on what was there."""
     old: HostFile | None = None
-    if os.path.lexists(path):
+    if os.path.exists(path):                     # a dangling symlink: create its target
         old = HostFile(path, writable=True)   # refuses a FIFO, a device, a directory
         try:
             old.lock()                          # refuses an image in use

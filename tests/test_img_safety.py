@@ -166,3 +166,26 @@ def test_compare_with_an_image_that_fails_unexpectedly_exits_2(
     capsys.readouterr()
     assert img_main(["map", str(a)]) == 1
     one_line_error(capsys)
+
+
+def test_create_through_a_dangling_symlink_makes_its_target(tmp_path: Path) -> None:
+    link = tmp_path / "link.vdi"
+    link.symlink_to(tmp_path / "new.vdi")
+    with disks.create(link, "vdi", MiB):
+        pass
+    assert link.is_symlink() and (tmp_path / "new.vdi").is_file()
+    qemu_img("check", "-f", "vdi", link)
+
+
+def test_create_refuses_to_replace_a_device_or_a_fifo(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "pipe.vdi"
+    os.mkfifo(fifo)
+    assert img_main(["create", "-f", "vdi", str(fifo), "1M"]) == 1
+    assert "FIFO" in one_line_error(capsys)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    link = tmp_path / "null.vdi"
+    link.symlink_to("/dev/null")
+    assert img_main(["create", "-f", "vdi", str(link), "1M"]) == 1
+    assert "character device" in one_line_error(capsys)
+    assert leftovers(tmp_path) == []
