@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import locking
-from .errors import ImageIOError, ImageLockedError
+from .errors import ImageIOError, ImageLockedError, InvalidOptionError
 from .paths import PathPolicy
 
 _ZERO_CHUNK = bytes(1 << 20)
@@ -101,9 +101,8 @@ class HostFile:
         self._mapped_size = 0  # file size last seen by mapped()
         try:
             mode = os.fstat(self.fd).st_mode
-            kind = _file_kind(mode)
             if not (stat.S_ISREG(mode) or (device and stat.S_ISBLK(mode))):
-                raise ImageIOError(self.path, f"is {kind}, not a regular file")
+                raise ImageIOError(self.path, f"is {_file_kind(mode)}, not a regular file")
             os.set_blocking(self.fd, True)
             if create:
                 self.lock()
@@ -133,8 +132,8 @@ class HostFile:
         opens only, qemu-img's ``-U``) lets writers in.  Fails with
         :class:`ImageLockedError` when another user's locks forbid the open."""
         if force_share and self.writable:
-            raise ImageLockedError(self.path, "force-share can only be used with read-only "
-                                   "opens")
+            raise InvalidOptionError(self.path, "force-share can only be used with "
+                                     "read-only opens", field="force_share")
         held, shared = locking.permissions(writable=self.writable, force_share=force_share)
         try:
             if not locking.supported(self.fd):
