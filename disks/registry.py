@@ -265,8 +265,8 @@ def _create_replacing(path: str, driver: type[Image], size: int, options: dict[s
                 file.path = path                  # errors and derived names use the target's
                 driver.create_file(file, size, options, parent)
                 file.sync()
-                if old is not None:
-                    os.fchmod(file.fd, stat.S_IMODE(os.fstat(old.fd).st_mode))
+                if old is not None:   # the new file keeps the old one's mode and owner
+                    _copy_mode_and_owner(old.fd, file.fd)
             finally:
                 file.close()
             os.replace(temp, target)
@@ -293,6 +293,15 @@ def _temporary_beside(folder: str, name: str, path: str) -> str:
         os.close(fd)
         return temp
     raise ImageIOError(path, "cannot create a temporary file beside it")
+
+
+def _copy_mode_and_owner(source_fd: int, target_fd: int) -> None:
+    st = os.fstat(source_fd)
+    os.fchmod(target_fd, stat.S_IMODE(st.st_mode))
+    try:
+        os.fchown(target_fd, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass  # only root gives files away; an owner's own file keeps its owner anyway
 
 
 def _unlink_quietly(path: str) -> None:

@@ -89,12 +89,15 @@ def test_create_failing_halfway_keeps_the_old_image(tmp_path: Path,
 def test_create_through_a_symlink_keeps_the_link_and_the_mode(tmp_path: Path) -> None:
     real = image(tmp_path / "real.vdi")
     os.chmod(real, 0o600)
+    owner = (1234, 1234) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(real, *owner)
     link = tmp_path / "link.vdi"
     link.symlink_to(real)
     with disks.create(link, "vdi", 2 * MiB):
         pass
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert (real.stat().st_uid, real.stat().st_gid) == owner
     assert '"virtual-size": 2097152' in qemu_img("info", "--output=json", real).stdout
     qemu_img("check", "-f", "vdi", real)
 
