@@ -13,7 +13,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import disks
 from disks.hostfile import HostFile, is_zero, zero_fill
@@ -527,8 +527,16 @@ def _first_nonzero(image: disks.Image, start: int, end: int) -> int | None:
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors read like qemu-img's: one line on stderr, exit status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"emu img: {message} (try 'emu img --help')", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emu img", description="Inspect, create and convert "
+    parser = _Parser(prog="emu img", description="Inspect, create and convert "
                                      "disk images (qemu-img's verbs).")
     verbs = parser.add_subparsers(dest="verb", required=True)
 

@@ -192,3 +192,13 @@ def test_create_refuses_to_replace_a_device_or_a_fifo(tmp_path: Path,
     assert img_main(["create", "-f", "vdi", str(link), "1M"]) == 1
     assert "character device" in one_line_error(capsys)
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], [], ["info"], ["info", "--bogus", "x"],
+                                  ["check", "-r", "some", "x"]])
+def test_usage_errors_are_one_line_exit_1(capsys: pytest.CaptureFixture[str],
+                                          argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as caught:      # as qemu-img: status 1
+        img_main(argv)
+    assert caught.value.code == 1
+    one_line_error(capsys)
