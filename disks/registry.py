@@ -205,11 +205,13 @@ def _open_parent(child: Image, override: str | None, options: dict[str, Any], *,
 
 def create(path: str | os.PathLike[str], format: str, size: int | str | None = None,  # noqa: A002
            *, backing: str | os.PathLike[str] | None = None, backing_format: str | None = None,
+           allow_paths: Iterable[str | os.PathLike[str]] | None = None,
            **options: Any) -> Image:
     """Create an image (replacing ``path``) and return it open for writing.
 
     ``size`` may be omitted with ``backing``: the parent's size is used.  Option names
-    are those of ``emu img create -o`` (``static``, ``subformat``, ``block_size`` ...).
+    are those of ``emu img create -o`` (``static``, ``subformat``, ``block_size`` ...);
+    ``allow_paths`` is :func:`open`'s, for the parent's own chain.
 
     Nothing at ``path`` changes before every check has passed: the options, the size
     and the parent are validated first, an existing file is locked as a writer (an
@@ -226,7 +228,7 @@ def create(path: str | os.PathLike[str], format: str, size: int | str | None = N
             raise InvalidOptionError(
                 path, f"{driver.format_name} images cannot have a backing file", field="backing")
         backing = _resolve_backing_arg(os.fspath(backing), path)
-        parent = open(backing, format=backing_format, readonly=True)
+        parent = open(backing, format=backing_format, readonly=True, allow_paths=allow_paths)
     try:
         if size is None:
             if parent is None:
@@ -240,7 +242,8 @@ def create(path: str | os.PathLike[str], format: str, size: int | str | None = N
         if parent is not None:
             parent.close()
     return open(path, format=driver.format_name,
-                backing=os.fspath(backing) if backing is not None else None)
+                backing=os.fspath(backing) if backing is not None else None,
+                allow_paths=allow_paths)
 
 
 def _create_replacing(path: str, driver: type[Image], size: int, options: dict[str, Any],

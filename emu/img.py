@@ -87,7 +87,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     print(f"Formatting '{args.filename}', fmt={fmt}"
           + (f" size={size}" if size is not None else ""), flush=True)
     image = disks.create(args.filename, fmt, size, backing=args.b,
-                         backing_format=args.F, **options)
+                         backing_format=args.F, allow_paths=args.allow_path, **options)
     image.close()
     return EXIT_OK
 

@@ -175,3 +175,17 @@ def test_emu_run_names_and_honours_allow_path(tmp_path: Path) -> None:
     allowed = subprocess.run([*run, "--allow-path", str(tmp_path / "out")],
                              capture_output=True, text=True, timeout=120)
     assert allowed.returncode == 127, allowed.stderr      # booted: the budget ran out
+
+
+def test_create_on_a_parent_whose_chain_leaves_its_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "out").mkdir()
+    middle = child_of(tmp_path, "vmdk", tmp_path / "out" / "p.vmdk")   # img/c.vmdk -> ../out
+    top = tmp_path / "img" / "top.vmdk"
+    assert img_main(["create", "-f", "vmdk", "-b", str(middle), str(top)]) == 1
+    assert "--allow-path" in capsys.readouterr().err
+    assert not top.exists()
+    assert img_main(["create", "-f", "vmdk", "--allow-path", str(tmp_path / "out"),
+                     "-b", str(middle), str(top)]) == 0
+    with disks.open(top, readonly=True, allow_paths=[tmp_path / "out"]) as image:
+        assert image.read(0, 512) == b"p" * 512
