@@ -177,6 +177,7 @@ def test_qemu_refuses_an_image_emu_writes(tmp_path: Path, fmt: str) -> None:
         refused = qemu_img_try("convert", "-f", fmt, "-O", "raw", path, tmp_path / "copy.raw")
         assert refused.returncode == 1 and 'shared "write" lock' in refused.stderr
         assert qemu_img_try("info", "-U", path).returncode == 0
+        assert qemu_io_try(path, fmt, "read -P 0x5a 0 512", "-r", "-U").returncode == 0
     assert qemu_io_try(path, fmt, "read -P 0x5a 0 512").returncode == 0   # released
 
 
