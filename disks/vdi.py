@@ -21,15 +21,21 @@ Block map entry ``i`` describes guest bytes ``[i*block_size, (i+1)*block_size)``
   ``offset_data + slot * (block_extra + block_size) + block_extra``.
 
 Slots ``0 .. blocks_allocated-1`` are in use; a new block always takes the slot
-after the last one, at the end of the file.  Allocation happens in the order that
-survives a crash: the data block is written first (a crash leaves an unreferenced
-slot, overwritten by the next allocation), then the map entry (a crash leaves a
-header count one short, which open repairs in memory by taking the next slot past
-the highest referenced one), then the header's ``blocks_allocated``.
+after the last one, at the end of the file.  Allocation is "reserve, write,
+barrier, publish", so that any subset of the writes a crash keeps (a disk cache
+reorders them) is sound: the data block and the header's ``blocks_allocated``
+(the reservation) are written first, and the map entries of a request only after
+an fsync at its end (:meth:`VdiImage._end_change`).  A crash before that barrier
+leaves the header count ahead of the map: an orphan slot, which is a leak (the
+next allocation takes a fresh slot; a read-write open trims the count).  A count
+behind the map, which would hand a used slot out again, never happens.  (QEMU's
+check calls any count mismatch an error; the header and the map lie in different
+sectors, so no write order avoids the moment between them.)
 
 Discarding whole blocks marks them zero and, like VirtualBox, keeps the slots
-dense: the last slot's data moves into the freed one, its map entry is
-re-pointed, then the count drops and the file shrinks.
+dense: the zero entry is made durable, the last slot's data moves into the freed
+one and is made durable, its map entry is re-pointed and made durable, then the
+count drops and the file shrinks.
 
 A differencing image (type 4) names its parent only by UUID: ``uuid_parent``
 (VirtualBox's uuidLinkage) is the parent's ``uuid_image``, and
@@ -344,9 +350,8 @@ class VdiImage(Image):
         image.size = header.disk_size
         image.geometry = header.geometry()
         image._load_block_map()
-        if not readonly and header.blocks_allocated < image.next_slot <= header.blocks_in_image:
-            # a crash between a map entry and the header count: finish that allocation
-            image._set_blocks_allocated(image.next_slot)
+        if not readonly and header.image_type != TYPE_FIXED:
+            image._recover_orphans()
         if header.uuid_parent != NULL_UUID or header.image_type == TYPE_DIFF:
             image.backing_spec = image._parent_spec()
         return image
@@ -369,11 +374,27 @@ class VdiImage(Image):
                     f"{file_size}-byte file", field=f"block_map[{block}]")
             highest = max(highest, entry)
         self.block_map = block_map
+        self.used_slots = highest + 1
         self.next_slot = max(header.blocks_allocated, highest + 1)
+        self.unpublished: dict[int, int] = {}  # block -> map entry, written at the barrier
         self.slot_owner = array("I", [BLOCK_FREE]) * self.next_slot
         for block, entry in enumerate(block_map):
             if entry < BLOCK_ZERO:
                 self.slot_owner[entry] = block
+
+    def _recover_orphans(self) -> None:
+        """Finish what a crash interrupted: free the reserved slots past the last used
+        one, and fill slots no block uses (a discard cut short) from the end."""
+        if self.used_slots > self.header.blocks_in_image:
+            return  # a wild entry: check() reports it, nothing is moved
+        if self.used_slots != self.header.blocks_allocated:
+            self.next_slot = self.used_slots
+            del self.slot_owner[self.used_slots:]
+            self._set_blocks_allocated(self.used_slots)
+        holes = [slot for slot, owner in enumerate(self.slot_owner) if owner == BLOCK_FREE]
+        for slot in reversed(holes):
+            if slot < self.next_slot:
+                self._release_slot(slot)
 
     def _parent_spec(self) -> BackingSpec:
         wanted = self.header.uuid_parent
@@ -507,14 +528,31 @@ class VdiImage(Image):
         self.next_slot = first_slot + count
         if len(self.slot_owner) < self.next_slot:
             self.slot_owner.extend([BLOCK_FREE] * (self.next_slot - len(self.slot_owner)))
-        entries = array("I", range(first_slot, first_slot + count))
         for n in range(count):
             self.slot_owner[first_slot + n] = first_block + n
             self.block_map[first_block + n] = first_slot + n
-        if not _HOST_IS_LITTLE:
-            entries.byteswap()
-        self.file.pwrite(entries.tobytes(), self.header.offset_bmap + 4 * first_block)
-        self._set_blocks_allocated(self.next_slot)
+            self.unpublished[first_block + n] = first_slot + n
+        self._set_blocks_allocated(self.next_slot)  # the reservation; the map at the barrier
+
+    def _end_change(self) -> None:
+        self._publish_entries()
+
+    def _publish_entries(self) -> None:
+        """Barrier, then the map entries of the blocks allocated since the last one."""
+        if not self.unpublished:
+            return
+        self.file.sync()  # the data and the count are durable before a map entry is
+        blocks = sorted(self.unpublished)
+        self.unpublished.clear()
+        start = 0
+        for i in range(1, len(blocks) + 1):  # one write per run of adjacent entries
+            if i == len(blocks) or blocks[i] != blocks[i - 1] + 1:
+                run = array("I", (self.block_map[b] for b in blocks[start:i]))
+                if not _HOST_IS_LITTLE:
+                    run.byteswap()
+                self.file.pwrite(run.tobytes(), self.header.offset_bmap + 4 * blocks[start])
+                start = i
+        self.used_slots = max(self.used_slots, self.next_slot)
 
     def _claim_slot(self) -> tuple[int, bool]:
         """The slot a new block takes, and whether it lies past the end of the file (so
@@ -527,7 +565,7 @@ class VdiImage(Image):
         return slot, fresh
 
     def _publish(self, block: int, slot: int) -> None:
-        """After the data: make the file cover the slot, then the map entry, then the count."""
+        """After the data: make the file cover the slot, count it; the entry follows."""
         self._publish_many(block, slot, 1)
 
     def _fill(self, host: int, length: int, guest: int | None, fresh: bool = False) -> None:
@@ -579,12 +617,17 @@ class VdiImage(Image):
         entry = self.block_map[block]
         if entry == BLOCK_ZERO:
             return
+        self._publish_entries()  # every entry on disk before slots move
         self._set_entry(block, BLOCK_ZERO)
         if entry < BLOCK_ZERO and self.slot_owner[entry] == block:
             self._release_slot(entry)
 
     def _release_slot(self, slot: int) -> None:
-        """Keep slots dense: move the last slot's block into ``slot``, then shrink."""
+        """Keep slots dense: move the last slot's block into ``slot``, then shrink.
+
+        Each step is durable before the next: nothing points at ``slot`` before it is
+        overwritten, its new data is there before the entry points at it, and the
+        count drops only when no entry points past it."""
         header = self.header
         self.slot_owner[slot] = BLOCK_FREE
         last = self.next_slot - 1
@@ -592,11 +635,14 @@ class VdiImage(Image):
         if slot != last:
             if owner == BLOCK_FREE or self.block_map[owner] != last:
                 return  # the last slot is not cleanly owned: leave a leak for check()
+            self.file.sync()
             self._copy_slot(last, slot)
+            self.file.sync()
             self.slot_owner[slot] = owner
             self._set_entry(owner, slot)
+        self.file.sync()
         self.slot_owner[last] = BLOCK_FREE
-        self.next_slot = last
+        self.next_slot = self.used_slots = last
         del self.slot_owner[last:]
         self._set_blocks_allocated(last)
         self.file_end = header.offset_data + last * header.slot_size
@@ -625,7 +671,7 @@ class VdiImage(Image):
         header = self.header
         used_end = max(first_user, default=-1) + 1
         self._set_blocks_allocated(used_end)
-        self.next_slot = used_end
+        self.next_slot = self.used_slots = used_end
         self.slot_owner = array("I", [BLOCK_FREE]) * used_end
         for slot, block in first_user.items():
             self.slot_owner[slot] = block

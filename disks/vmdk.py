@@ -29,10 +29,11 @@ to plain data runs (the core reads and writes those itself, coalescing grains
 that are contiguous on the host); data in another file or compressed is a
 ``special`` run the driver serves.  Writes that need allocation land in
 :meth:`VmdkImage._write_unallocated`: a grain is written at the end of the file
-first, then its GT entries, and only for a GD entry that was empty, a new GT pair
-and then the GD entries; each redundant copy is written before its primary.  A
-crash therefore leaks space (or leaves the redundant copy ahead, which
-``check()`` reports as a leak) but never publishes a pointer to unwritten data.
+first, with a new GT pair where the GD entry was empty and the redundant GT and GD
+entries; then a barrier (fsync); then the primary GT and GD entries.  A crash,
+whatever subset of those writes it keeps, therefore leaks space (or leaves the
+redundant copy ahead, which ``check()`` reports as a leak) but never publishes a
+pointer to unwritten data.
 Grain entries that point into the metadata area are refused, never written
 through.  Stream-optimized extents open for writing only append compressed
 grains; their tables, footer and end-of-stream marker are written out on
@@ -876,11 +877,19 @@ class SparseExtent(Extent):
         return True
 
     def _publish(self, updates: dict[int, int]) -> None:
-        """Write GT entries (GT and redundant GT) for ``updates`` {grain: sector}."""
+        """Point GT entries at grains whose data is written: ``updates`` {grain: sector}.
+
+        Everything only a recovery would read goes out with the data: new tables (GT
+        and redundant GT, with their entries), redundant GT and GD entries.  Then a
+        barrier (fsync), then the primary GT and GD entries.  Whatever subset of the
+        writes a crash keeps, a primary entry is durable only after its grain, its table
+        and its redundant copy: the redundant copy may be ahead (a leak), never behind.
+        """
         gtes, tables = self.gtes, self.tables
         by_table: dict[int, list[int]] = {}
         for grain in sorted(updates):
             by_table.setdefault(grain // gtes, []).append(grain)
+        primary: list[tuple[bytes, int]] = []   # (bytes, host offset) after the barrier
         for index, grains in by_table.items():
             table = tables.table(index)
             fresh = table is None
@@ -889,19 +898,21 @@ class SparseExtent(Extent):
             for grain in grains:
                 table[grain % gtes] = updates[grain]
             if fresh:
-                self._allocate_table(index, table)
+                primary.append(self._allocate_table(index, table))
                 continue
             lo = grains[0] % gtes
             hi = grains[-1] % gtes + 1
             chunk = _table_bytes(table[lo:hi])
-            # the redundant copy first: a crash between the two leaves it only ahead
-            # (an unused grain, a leak), never the primary pointing somewhere it does not
             if tables.rgd is not None and tables.rgd[index]:
                 self.file.pwrite(chunk, tables.rgd[index] * SECTOR + lo * 4)
-            self.file.pwrite(chunk, tables.gd[index] * SECTOR + lo * 4)
+            primary.append((chunk, tables.gd[index] * SECTOR + lo * 4))
+        self.file.sync()
+        for chunk, offset in primary:
+            self.file.pwrite(chunk, offset)
 
-    def _allocate_table(self, index: int, table: array[int]) -> None:
-        """A new GT (and redundant GT) at the end of the file, then the RGD and GD entries."""
+    def _allocate_table(self, index: int, table: array[int]) -> tuple[bytes, int]:
+        """A new GT (and redundant GT) at the end of the file and the RGD entry; returns
+        the GD entry write, for after the barrier."""
         tables, header = self.tables, self.header
         gt_span = _round_up(self.gtes * 4, SECTOR)
         content = _table_bytes(table).ljust(gt_span, b"\0")
@@ -916,8 +927,8 @@ class SparseExtent(Extent):
             self.file.pwrite(struct.pack("<I", tables.rgd[index]),
                              header.rgd_offset * SECTOR + index * 4)
         tables.gd[index] = gt_sector
-        self.file.pwrite(struct.pack("<I", gt_sector), header.gd_offset * SECTOR + index * 4)
         tables.adopt(index, table)
+        return struct.pack("<I", gt_sector), header.gd_offset * SECTOR + index * 4
 
     # -- stream-optimized writing ----------------------------------------
     def _stream_begin(self) -> None:

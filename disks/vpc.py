@@ -30,13 +30,18 @@ Rules this driver follows beyond the letter of the spec:
   (creator ``vpc ``) and old QEMU (``qemu``), whose guests saw C*H*S sectors --
   the rule Hyper-V, Azure and QEMU follow.  An image at the maximum geometry
   (65535/16/255) keeps ``current_size`` since CHS cannot describe it.
-* Allocation appends a block where the end footer was, in the order data,
-  bitmap, BAT entry, footer at the new end of file; new bits and BAT entries are
-  published once per request, after its data (with a sync between in a
-  differencing disk, where a set bit over lost data would hide the parent).  A
-  crash at any point leaves either a leaked tail (the old BAT does not reference
-  it) or a missing end footer that the head copy replaces.  The footer's contents
-  never change on allocation, so the head copy stays in sync without a rewrite.
+* Allocation appends a block where the end footer was: first the footer at the
+  new end of file and a barrier (fsync), then the block's data and bitmap over the
+  old footer; new bits and BAT entries are published once per request, after a
+  barrier (in a dynamic disk one is needed only for new BAT entries: a clear bit
+  reads zeros and the data area of a clear-bit sector is zero on disk; in a
+  differencing disk a set bit over lost data would hide the parent's sector).
+  Whatever subset of these writes a crash keeps (a drive cache reorders them), the
+  file ends with a footer and a BAT entry names only a block whose bitmap and data
+  are on disk; what a crash cuts off is a leak.  Freeing the last blocks moves the
+  footer back the same way: entries, barrier, footer, barrier, truncate.  A
+  writable open rewrites a damaged end footer from the head copy.  The footer's
+  contents never change on allocation, so the head copy stays in sync.
 * Bitmaps are exact: only the bits of sectors actually written are set, and the
   rest of a partly written sector is filled from below (parent or zeros).
 * Every offset and count read from the file is checked against the file size
@@ -437,6 +442,11 @@ class VpcImage(Image):
             warnings.warn(f"{image.path}: footer at end of file is damaged "
                           f"({image.end_footer_problem}); using the copy at offset 0",
                           VpcWarning, stacklevel=3)
+            if not readonly:  # a writer restores it at once, after the last block
+                image.file.truncate(image.footer_offset)
+                image.cut_tail_before_append = False
+                image._write_end_footer()
+                image.file.sync()
         return image
 
     def _load(self) -> None:
@@ -786,14 +796,12 @@ class VpcImage(Image):
         bits, self.unpublished_bits = self.unpublished_bits, {}
         if not entries and not bits:
             return
-        if self.footer.disk_type == DiskType.DIFFERENCING:
-            self.file.sync()
+        if entries or self.footer.disk_type == DiskType.DIFFERENCING:
+            self.file.sync()  # the barrier: blocks and data are durable before they show
         for block, (first, last) in bits.items():
             self._write_bits(block, first, last)
         for block, entry in entries.items():
             self._write_bat_entry(block, entry)
-        if entries:
-            self._write_end_footer()
 
     def _write_unallocated(self, run: Run, data: memoryview) -> None:
         if self.backing is None and is_zero(data):
@@ -856,12 +864,16 @@ class VpcImage(Image):
         if self.cut_tail_before_append:
             self.file.truncate(host)
             self.cut_tail_before_append = False
+        # the footer moves first, and is durable before the block overwrites the old one:
+        # whatever a crash keeps, the file ends with a footer (and covers the block)
+        self.footer_offset = host + self.bitmap_size + self.block_size
+        self._write_end_footer()
+        self.file.sync()
         write_data(host + self.bitmap_size + first * SECTOR)
         self.file.pwrite(bitmap_to_disk(mask, self.bitmap_size), host)
         self.bat[block] = host // SECTOR
         self.bitmap_cache[block] = mask
         self.unpublished_entries[block] = host // SECTOR
-        self.footer_offset = host + self.bitmap_size + self.block_size
 
     def _write_bits(self, block: int, first: int, last: int) -> None:
         """Write the bitmap bytes covering sectors ``[first, last)`` of a block."""
@@ -911,8 +923,10 @@ class VpcImage(Image):
         """Give the space after the last referenced block back to the host."""
         _, last_end, _ = self._scan_blocks(None)
         if last_end < self.footer_offset:
+            self.file.sync()  # no BAT entry names the freed blocks before they are reused
             self.footer_offset = last_end
             self._write_end_footer()
+            self.file.sync()  # the new footer is durable before the old one is cut off
             self.file.truncate(last_end + FOOTER_SIZE)
 
     # --- check and info -----------------------------------------------------------
