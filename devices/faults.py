@@ -20,7 +20,8 @@ The drive consults it once per command, before it touches the image:
 Rules are ``(first, last, kind, times)``: ``unc`` fails reads with UNC, ``idnf``
 fails reads and writes with IDNF (the sector's ID cannot be found), ``write``
 fails writes with a write fault (DF and ERR in the status, ABRT in the error
-register: ATA-1 called DF "drive write fault").  ``times`` = how many commands
+register: ATA-1 called DF "drive write fault"), ``abrt`` fails reads and writes
+with ABRT (what QEMU's IDE reports for any host I/O error).  ``times`` = how many commands
 the rule fails before the sector recovers (``None``: forever), which is what a
 guest's retry loop needs to be tested.  The first rule matching the lowest LBA
 wins.
@@ -32,7 +33,7 @@ JSON or TOML file (:func:`load_plan`), whose shape is::
     flush = "fail"              # or a number: the first N flushes fail
     power_cut_after_writes = 3  # optional
     [[errors]]
-    kind = "unc"                # unc | idnf | write
+    kind = "unc"                # unc | idnf | write | abrt
     lba = 100                   # or lba = [100, 120] (inclusive range)
     times = 2                   # optional
 
@@ -61,6 +62,7 @@ KINDS: dict[str, tuple[int, bool, bool, bool]] = {
     "unc": (ERROR_UNC, False, True, False),
     "idnf": (ERROR_IDNF, False, True, True),
     "write": (ERROR_ABRT, True, False, True),
+    "abrt": (ERROR_ABRT, False, True, True),
 }
 
 # werror/rerror policies (QEMU's names) -> what to do with a host I/O error.
