@@ -971,7 +971,8 @@ class AtaChannel:
         if entry is None or self.command_hook is None:
             return
         entry["result"] = result or ("error" if unit.status & ERR else "ok")
-        entry["status"], entry["error"] = unit.status, unit.error
+        entry["status"] = unit.status
+        entry["error"] = unit.error if unit.status & ERR else 0   # meaningful only with ERR
         if unit.status & ERR and entry["lba"] is not None:
             regs = unit.regs
             lba48 = entry["opcode"] in COMMANDS and COMMANDS[entry["opcode"]].lba48

@@ -1239,8 +1239,6 @@ class Machine:
             report = stop_report(self, stop.reason.value, stop.detail)
         elif stop.reason is StopReason.NO_BOOT:
             report = f"emu: stopped: the BIOS found nothing to boot: {stop.detail}\n"
-        elif stop.reason is StopReason.POWER_CUT:
-            report = f"emu: stopped: {stop.detail}\n"
         if self.io_log is not None:
             self.io_log.flush()
         return RunResult(stop.exit_code, stop.reason, stop.detail, bytes(self.com1.transcript),
