@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_ata import (
     CONTROL,
     COUNT,
@@ -358,3 +360,44 @@ def test_unreadable_plan_file_is_one_error(tmp_path: Path) -> None:
         load_plan(tmp_path / "bad.toml")
     with pytest.raises(FaultPlanError, match="missing.json"):
         load_plan(tmp_path / "missing.json")
+
+
+# --- any plan, any range: the sectors before the first bad one, then its LBA ----------------
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=st.integers(0, 200), count=st.integers(1, 40),
+       bad=st.lists(st.integers(0, 260), max_size=4), block=st.sampled_from([1, 2, 4, 16]),
+       dma=st.booleans())
+def test_reads_stop_exactly_at_the_first_bad_sector(disk: disks.Image, first: int, count: int,
+                                                     bad: list[int], block: int,
+                                                     dma: bool) -> None:
+    rig = Rig(disk)
+    host = rig.host
+    plan = faults_of(host)
+    for lba in bad:
+        plan.unreadable(lba)
+    failing = min((lba for lba in bad if first <= lba < first + count), default=None)
+    if dma:
+        rig.table([(0x10000, count * SECTOR)])
+        host.command(0xC8, count=count, lba=first)
+        rig.start()
+        delivered = count if failing is None else failing - first
+        data = bytes(rig.memory.data[0x10000:0x10000 + delivered * SECTOR])
+        status = host.status()
+    else:
+        host.command(0xC6, count=block)
+        host.status()
+        host.command(0xC4, count=count, lba=first)
+        data = b""
+        status = host.status()
+        while status & DRQ:
+            data += host.insw(min(block, count - len(data) // SECTOR) * SECTOR // 2)
+            status = host.status()
+        delivered = count if failing is None else (failing - first) // block * block
+    assert data == pattern(first, delivered)
+    if failing is None:
+        assert status & (ERR | DRQ | BSY) == 0
+    else:
+        assert status == DRDY | ERR and host.error() == ERROR_UNC
+        assert task_lba28(host) == failing
