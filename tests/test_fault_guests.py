@@ -211,7 +211,7 @@ def test_unc_and_idnf_through_int13(disk: Path, bios: str, unc: str, idnf: str,
     lines = guest_lines(run_emu(disk, bios_file(bios), ("unc", "idnf")))
     assert lines[0] == f"{unc}102;BC\0"             # AH, CF=1, 2 sectors moved, their tags
     assert lines[1] == f"{idnf}100;"
-    assert lines[2].startswith(f"{write}1")
+    assert lines[2] == f"{write}100;"                # the failed sector is not counted
     assert lines[3] == f"{unc}100;{unc}100;00001;J"  # fail, fail, then the retry succeeds
 
 
@@ -508,7 +508,11 @@ def test_ata_guest_pio_errors_match_qemu(tmp_path: Path, nasm) -> None:
     ours = ata_values(ata_run(tmp_path / "emu", nasm, rom, abrt_plan))
     theirs = ata_values(ata_qemu(tmp_path, nasm, rom))
     pio = ours.index("dma")
-    assert ours[:pio] == theirs[:theirs.index("dma")]
+    # Values 0 and 6, the status right after each command, depend on QEMU's timing (BSY
+    # while its AIO runs); the outcome does not.
+    outcome = [value for index, value in enumerate(ours[:pio]) if index not in (0, 6)]
+    assert outcome == [value for index, value in enumerate(theirs[:theirs.index("dma")])
+                       if index not in (0, 6)]
     assert ours[:pio] == [0x58, 0x41, ERROR_ABRT, READ_LBA + 2, 0, 2,     # 2 sectors read
                           0x58, 0x41, ERROR_ABRT, WRITE_LBA + 1, 0, 2]    # 2 blocks sent
 
