@@ -1528,6 +1528,8 @@ class AtaChannel:
         unit.status = STATUS_DATA             # no interrupt before the packet (word 0 bits 6:5)
 
     def _atapi_execute(self, unit: _Unit, packet: bytes, limit: int) -> None:
+        if unit.log is not None:
+            unit.log["packet"] = packet.hex()
         handler = ATAPI_PACKET_COMMANDS.get(packet[0], "_scsi_invalid")
         result = getattr(self, handler)(self._atapi(unit), packet)
         if isinstance(result, tuple):
@@ -1558,6 +1560,8 @@ class AtaChannel:
         unit.status = STATUS_ERROR if error else STATUS_READY
         unit.error = error
         self._assert_irq()
+        if unit.log is not None:
+            self._log_end(unit)
 
     def _atapi_check_condition(self, unit: _Unit, sense: tuple[int, int, int]) -> None:
         self._atapi(unit).sense = sense

@@ -22,6 +22,7 @@ from test_ata import (
     COUNT,
     DATA,
     DEV0,
+    DEV1,
     LBA,
     LBA_HIGH,
     LBA_LOW,
@@ -41,12 +42,14 @@ from devices.ata import (
     DF,
     DRDY,
     DRQ,
+    DSC,
     ERR,
     ERROR_ABRT,
     ERROR_IDNF,
     ERROR_UNC,
     STATUS_READY,
     AtaDrive,
+    AtapiDrive,
 )
 from devices.faults import FaultPlan, FaultPlanError, load_plan, plan_from_mapping
 from devices.interfaces import BytearrayMemory
@@ -287,6 +290,38 @@ def test_werror_policy_on_a_full_host_disk(disk: disks.Image, monkeypatch: pytes
     assert host.alt_status() == status and (host.error() == error or status & BSY)
     assert [(unit, op, lba, event_action) for unit, op, lba, _, event_action in seen] \
         == [(0, "write", 4, action)]
+
+
+@pytest.mark.parametrize("policy, status, action", [
+    ("report", DRDY | ERR, "report"),
+    ("ignore", DRDY | DRQ, "ignore"),      # the guest gets a sector of zeros
+    ("stop", BSY | DRDY, "stop"),
+])
+def test_rerror_policy(disk: disks.Image, monkeypatch: pytest.MonkeyPatch, policy: str,
+                       status: int, action: str) -> None:
+    host = attach(disk, rerror=policy)
+    seen: list[tuple[Any, ...]] = []
+    host.channel.host_error_hook = lambda *event: seen.append(event)
+    def broken(*args: object) -> None:
+        raise disks.ImageIOError(disk.path, "simulated EIO")
+    monkeypatch.setattr(disk, "read", broken)
+    host.command(0x20, count=1, lba=6)
+    assert host.alt_status() & ~DSC == status
+    if action == "ignore":
+        assert host.insw(SECTOR // 2) == bytes(SECTOR)
+    assert [(op, lba, event_action) for _, op, lba, _, event_action in seen] \
+        == [("read", 6, action)]
+
+
+def test_atapi_commands_reach_the_log(disk: disks.Image) -> None:
+    host = attach(disk)
+    host.channel.attach(1, AtapiDrive())
+    entries: list[dict[str, Any]] = []
+    host.channel.command_hook = lambda unit, entry: entries.append({"unit": unit, **entry})
+    host.command(0xA0, device=DEV1, count=0)            # PACKET
+    host.outsw(bytes(12))                               # TEST UNIT READY
+    assert [(e["unit"], e["opcode"], e["packet"], e["result"]) for e in entries] \
+        == [(1, 0xA0, "00" * 12, "error")]
 
 
 def test_rerror_report_is_unc_and_enospc_policy_reports_other_errors(
