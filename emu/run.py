@@ -135,8 +135,10 @@ def drive_to_disk(text: str) -> str:
             if value != "ide":
                 raise _Usage(f"-drive {text!r}: if={value}: only if=ide exists")
         elif key == "media":
-            if value != "disk":
+            if value != "disk" and not _machine_knows("media"):
                 raise _Usage(f"-drive {text!r}: media={value}: only media=disk exists")
+            if value != "disk":
+                fields["media"] = value
         elif key == "index":
             if not value.isdigit() or int(value) >= DRIVE_POSITIONS:
                 raise _Usage(f"-drive {text!r}: index={value}: must be 0-3")
@@ -155,6 +157,12 @@ def drive_to_disk(text: str) -> str:
             raise _Usage(f"-drive {text!r}: index= and bus=/unit= together")
         fields["bus"], fields["unit"] = str(index // 2), str(index % 2)
     return ",".join([path, *(f"{key}={value}" for key, value in fields.items())])
+
+
+def _machine_knows(option: str) -> bool:
+    """Does this emu's --disk take ``option`` (e.g. media=, with the ATAPI work)?"""
+    from .machine import DiskSpec
+    return option in DiskSpec.__dataclass_fields__
 
 
 def memory_size(value: str) -> str:

@@ -179,10 +179,14 @@ def test_power_cut_from_a_plan_file_on_the_command_line(tmp_path: Path, nasm) ->
     disk.write_bytes(nasm.boot_sector(WRITER) + bytes(8 << 20))
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"power_cut_after_writes": 2}))
+    log = tmp_path / "io.jsonl"
     proc = emu_run("--disk", f"{disk},format=raw,faults={plan}", "-serial", "null",
-                   cwd=tmp_path)
+                   "--io-log", str(log), cwd=tmp_path)
     assert proc.returncode == EXIT_POWER_CUT
     assert proc.stderr == f"emu: drive 0 ({disk}): power cut after write 2 (fault plan)\n"
+    writes = [json.loads(line) for line in log.read_text().splitlines()
+              if json.loads(line)["opcode"] == 0x30]
+    assert [(entry["lba"], entry["result"]) for entry in writes] == [(1, "ok"), (2, "power-cut")]
     data = disk.read_bytes()
     assert data[SECTOR:3 * SECTOR] == bytes([1]) * SECTOR + bytes([2]) * SECTOR
     assert data[3 * SECTOR:4 * SECTOR] == bytes(SECTOR)
