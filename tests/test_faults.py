@@ -23,6 +23,7 @@ from test_ata import (
     DATA,
     DEV0,
     DEV1,
+    DEVICE,
     LBA,
     LBA_HIGH,
     LBA_LOW,
@@ -127,6 +128,20 @@ def test_first_sector_bad_fails_at_once_without_data(disk: disks.Image) -> None:
     assert host.insw(SECTOR // 2) == pattern(9)
     assert host.status() == DRDY | ERR and host.error() == ERROR_IDNF
     assert task_lba28(host) == 10
+
+
+def test_chs_command_gets_the_bad_sector_in_chs_form(disk: disks.Image) -> None:
+    host = attach(disk)
+    drive = host.channel.units[0].drive
+    assert isinstance(drive, AtaDrive) and drive.translation is not None
+    spt = drive.translation.sectors
+    bad = spt + 2                                       # cylinder 0, head 1, sector 3
+    faults_of(host).unreadable(bad)
+    host.chs_command(0x20, cylinder=0, head=1, sector=1, count=4)
+    data, status = read_until_error(host)
+    assert data == pattern(spt, 2) and status & ERR and host.error() == ERROR_UNC
+    assert host.inb(LBA_LOW) == 3 and host.inb(DEVICE) & 0x0F == 1
+    assert host.inb(LBA_MID) == host.inb(LBA_HIGH) == 0
 
 
 def test_lba48_error_address_in_the_high_order_bytes(tmp_path: Path) -> None:
