@@ -448,6 +448,7 @@ class Machine:
         self.images: list[tuple[int, int, DiskImage]] = []
         self.drive_options: list[dict[str, Any]] = []   # AtaDrive options, as images
         self.messages: list[str] = []
+        self.host_errors: dict[tuple[int, str, str], int] = {}   # (drive, op, policy): count
         self.message_hook = message_hook
         self.stop_on_boot_failure = stop_on_boot_failure
         self._console_line = bytearray()
@@ -687,16 +688,29 @@ class Machine:
 
     def _on_host_error(self, drive: int, op: str, lba: int, error: BaseException,
                        action: str) -> None:
-        """One line on the host for every image error, whatever the policy chose."""
+        """One line on the host for an image error, whatever the policy chose.
+
+        A guest retrying on a full disk would repeat it endlessly: the first error of
+        each kind per drive is printed, the rest are counted (a line at the end)."""
         policy = self.drive(drive).rerror if op == "read" else self.drive(drive).werror
         what = "ignored" if action == "ignore" else \
             "stopped" if action == "stop" else "reported to the guest"
         option = "rerror" if op == "read" else "werror"
         where = f" at LBA {lba}" if op != "flush" else ""
         line = f"drive {drive}: {op}{where} failed: {error} ({option}={policy}: {what})"
-        self._message(line)
+        key = (drive, op, f"{option}={policy}")
+        self.host_errors[key] = self.host_errors.get(key, 0) + 1
+        if self.host_errors[key] == 1:
+            self._message(line)
         if action == "stop":
             self._request_stop(StopReason.IO_ERROR, line)
+
+    def _host_error_summary(self) -> None:
+        for (drive, op, policy), count in self.host_errors.items():
+            if count > 1:
+                self._message(f"drive {drive}: {count - 1} more {op} errors after the first "
+                              f"({policy})")
+        self.host_errors.clear()
 
     def _message(self, line: str) -> None:
         self.messages.append(line)
@@ -1239,6 +1253,7 @@ class Machine:
             report = stop_report(self, stop.reason.value, stop.detail)
         elif stop.reason is StopReason.NO_BOOT:
             report = f"emu: stopped: the BIOS found nothing to boot: {stop.detail}\n"
+        self._host_error_summary()
         if self.io_log is not None:
             self.io_log.flush()
         return RunResult(stop.exit_code, stop.reason, stop.detail, bytes(self.com1.transcript),

@@ -129,6 +129,7 @@ WRITER = r"""
     mov cx, 512
     rep stosb                   ; sector n is filled with the byte n
     mov [dap_lba], bx
+    mov word [dap + 2], 1       ; a failed call leaves the count it managed (0) here
     mov si, dap
     mov ax, 0x4300
     mov dl, [drive]
@@ -199,3 +200,22 @@ def test_python_api_one_liner(tmp_path: Path, guest_disk: Path) -> None:
         result = machine.run()
     lines: list[Any] = result.debugcon_text.splitlines()
     assert lines[1] == "10100;"                      # AH=10h (UNC), CF=1, nothing read
+
+
+def test_repeated_host_errors_print_once_then_a_count(tmp_path: Path, nasm,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(nasm.boot_sector(WRITER) + bytes(1 << 20))
+    printed: list[str] = []
+    with Machine(bios=firmware_file("bios.bin"), disks=[f"{disk},format=raw,werror=report"],
+                 timeout=60, message_hook=printed.append) as machine:
+        def full(*args: object) -> int:
+            raise OSError(28, os.strerror(28))
+        monkeypatch.setattr(os, "pwritev", full)
+        result = machine.run()
+        monkeypatch.undo()
+    assert result.exit_code == 0                       # report: the guest saw the errors
+    assert printed == result.messages == [
+        f"drive 0: write at LBA 1 failed: {disk}: write at {SECTOR}: {os.strerror(28)} "
+        "(werror=report: reported to the guest)",
+        "drive 0: 4 more write errors after the first (werror=report)"]
