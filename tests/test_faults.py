@@ -451,3 +451,81 @@ def test_reads_stop_exactly_at_the_first_bad_sector(disk: disks.Image, first: in
     else:
         assert status == DRDY | ERR and host.error() == ERROR_UNC
         assert task_lba28(host) == failing
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=st.integers(0, 200), count=st.integers(1, 40),
+       bad=st.lists(st.integers(0, 260), max_size=4), block=st.sampled_from([1, 2, 4, 16]),
+       dma=st.booleans(), seed=st.integers(1, 1 << 30))
+def test_writes_store_exactly_the_sectors_before_the_first_bad_one(
+        tmp_path_factory: pytest.TempPathFactory, first: int, count: int, bad: list[int],
+        block: int, dma: bool, seed: int) -> None:
+    with make_disk(tmp_path_factory.mktemp("w") / "disk.raw") as image:
+        rig = Rig(image)
+        host = rig.host
+        for lba in bad:
+            faults_of(host).unwritable(lba)
+        failing = min((lba for lba in bad if first <= lba < first + count), default=None)
+        new = pattern(first, count, seed=seed)
+        if dma:
+            rig.memory.write(0x10000, new)
+            rig.table([(0x10000, count * SECTOR)])
+            host.command(0xCA, count=count, lba=first)
+            rig.start(to_memory=False)
+            status = host.status()
+        else:
+            host.command(0xC6, count=block)
+            host.status()
+            host.command(0xC5, count=count, lba=first)
+            sent = 0
+            status = host.alt_status()
+            while status & DRQ and not status & ERR:
+                step = min(block, count - sent)
+                host.outsw(new[sent * SECTOR:(sent + step) * SECTOR])
+                sent += step
+                status = host.status()
+        stored = count if failing is None else failing - first
+        assert file_bytes(image, first, count) == \
+            new[:stored * SECTOR] + pattern(first + stored, count - stored)
+        if failing is None:
+            assert status & (ERR | DRQ | BSY) == 0
+        else:
+            assert status == DRDY | DF | ERR and host.error() == ERROR_ABRT
+            assert task_lba28(host) == failing
+
+
+def test_dma_write_power_cut_after_the_nth_write(disk: disks.Image) -> None:
+    rig = Rig(disk)
+    cuts: list[int] = []
+    rig.host.channel.power_cut_hook = cuts.append
+    faults_of(rig.host).power_cut(after_writes=1)
+    rig.memory.write(0x20000, pattern(30, 2, seed=5))
+    rig.table([(0x20000, 2 * SECTOR)])
+    rig.host.command(0xCA, count=2, lba=30)
+    rig.start(to_memory=False)
+    assert cuts == [0] and rig.host.status() & BSY
+    assert file_bytes(disk, 30, 2) == pattern(30, 2, seed=5)
+    rig.host.command(0xCA, count=1, lba=40)                 # nothing answers any more
+    assert rig.host.status() & BSY and file_bytes(disk, 40, 1) == pattern(40)
+
+
+@pytest.mark.parametrize("policy, status, action", [
+    ("enospc", BSY | DRDY, "stop"),
+    ("report", DRDY | ERR, "report"),
+    ("ignore", STATUS_READY, "ignore"),
+])
+def test_flush_host_error_follows_werror(disk: disks.Image, monkeypatch: pytest.MonkeyPatch,
+                                         policy: str, status: int, action: str) -> None:
+    host = attach(disk, werror=policy)
+    seen: list[tuple[Any, ...]] = []
+    host.channel.host_error_hook = lambda *event: seen.append(event)
+    def full(*args: object) -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as error:
+            raise disks.ImageIOError(disk.path, "fsync: No space left on device") from error
+    monkeypatch.setattr(disk, "flush", full)
+    host.command(0xE7)
+    assert host.alt_status() == status
+    assert [(op, event_action) for _, op, _, _, event_action in seen] == [("flush", action)]
