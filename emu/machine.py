@@ -70,6 +70,19 @@ first item's hook: the rest of the burst goes through ``read_string`` /
 ``write_string`` and guest memory in one block, and (E)CX and (E)DI/(E)SI are
 set so that the CPU's own bookkeeping for the first item ends the instruction
 exactly where the slow path would.
+
+**Disks and their faults.**  Each drive carries a fault plan (``--disk
+F,faults=PLAN`` or ``machine.drive(0).faults``, :mod:`devices.faults`) and QEMU's
+``werror``/``rerror`` policies.  The channels report to the machine through
+hooks: every ATA command's outcome (``--io-log``, one JSON line each), every
+host I/O error (one line on the host; ``stop`` ends the run, exit 122) and a
+planned power cut (exit 119; the image is closed without flushing, as a crash
+leaves it).  The channels are timers too: a plan's busy time holds INTRQ back
+until the virtual clock passes it, so a HLT waits for it.
+
+**Boot failure.**  A console line (COM1 or the debug console) saying "No bootable
+d..." (our BIOS: "disk", SeaBIOS: "device") ends the run with exit 120 and that
+line, instead of a halt or SeaBIOS's reboot loop with a register dump.
 """
 
 from __future__ import annotations
