@@ -219,3 +219,17 @@ def test_repeated_host_errors_print_once_then_a_count(tmp_path: Path, nasm,
         f"drive 0: write at LBA 1 failed: {disk}: write at {SECTOR}: {os.strerror(28)} "
         "(werror=report: reported to the guest)",
         "drive 0: 4 more write errors after the first (werror=report)"]
+
+
+def test_plugin_fixture_takes_a_plan_in_every_format(nasm, disk_image, disk_format,
+                                                     emu_machine) -> None:
+    """The README's way, with a fault: ``emu_machine(image, faults={0: plan})``."""
+    boot = nasm.boot_sector(GUEST % HEX_OUTPUT)
+    image = disk_image(disk_format, "8M",
+                       content={0: boot, **{lba * SECTOR: bytes([0x40 + lba]) * SECTOR
+                                            for lba in range(1, 12)}})
+    run = emu_machine(image, faults={0: {"errors": [{"kind": "unc", "lba": [3, 4]}]}})
+    assert run.exit_code == 0, str(run)
+    assert run.debugcon.splitlines()[0] == "10101;B\0\0"      # LBA 2 arrived, then UNC at 3
+    failed = [entry for entry in run.io_log if entry["result"] == "error"]
+    assert [(entry["lba"], entry["error_lba"]) for entry in failed] == [(2, 3)]
