@@ -370,6 +370,17 @@ PCI_IDE         equ 0x80000900          ; 00:01.1, the PIIX3 IDE function
     xor ah, ah
     call print_value
     pop es
+
+    ; FLUSH CACHE: its status and error register
+    PRINT "flush"
+    mov al, 0xE7
+    call issue
+    call wait_irq
+    xor ah, ah
+    call print_value
+    mov dx, ATA_ERROR
+    in al, dx
+    call print_value
     PASS
 
 ; issue: command AL for [count] sectors at LBA EBX -> AX = the alternate status right after
@@ -457,13 +468,13 @@ bm_base: dw 0
 
 
 def ata_values(debugcon: str) -> list[int | str]:
-    """The program's "G: value" numbers, with "dma" marking the DMA part."""
+    """The program's "G: value" numbers, with "dma" and "flush" marking those parts."""
     values: list[int | str] = []
     for line in debugcon.splitlines():
         if line.startswith("G: value "):
             values.append(int(line[9:], 16))
-        elif line == "G: dma":
-            values.append("dma")
+        elif line in ("G: dma", "G: flush"):
+            values.append(line[3:])
         elif line.startswith("G: FAIL"):
             raise AssertionError(line)
     return values
@@ -519,7 +530,7 @@ def test_ata_guest_pio_errors_match_qemu(tmp_path: Path, nasm) -> None:
 
 def test_ata_guest_sees_unc_write_fault_and_partial_dma(tmp_path: Path, nasm) -> None:
     def plan(faults: FaultPlan) -> None:
-        faults.unreadable(READ_LBA + 2).unwritable(WRITE_LBA + 1)
+        faults.unreadable(READ_LBA + 2).unwritable(WRITE_LBA + 1).failing_flush()
     values = ata_values(ata_run(tmp_path, nasm, firmware_file("bios.bin"), plan))
     tag = 0x40 + READ_LBA % 64
     assert values == [
@@ -527,7 +538,8 @@ def test_ata_guest_sees_unc_write_fault_and_partial_dma(tmp_path: Path, nasm) ->
         0x58, DRDY | DF | ERR, ERROR_ABRT, WRITE_LBA + 1, 0, 2,
         "dma", DRDY | ERR, ERROR_UNC, READ_LBA + 2, 0, 0,
         0x04,                                  # bus master: interrupt, no longer active
-        (tag + 1) << 8 | tag, 0]               # two sectors in RAM, the third untouched
+        (tag + 1) << 8 | tag, 0,               # two sectors in RAM, the third untouched
+        "flush", DRDY | ERR, ERROR_ABRT]
 
 
 def test_ata_guest_waits_out_busy_time_on_its_interrupt(tmp_path: Path, nasm) -> None:
