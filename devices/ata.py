@@ -44,8 +44,17 @@ PARAMETERS really changes it, IDENTIFY words 53-58 follow), LBA28 (count 0 =
 256) and LBA48 (count 0 = 65536).  Out-of-range or untranslatable addresses
 get IDNF, unknown commands ABRT, writes to a read-only image ABRT before any
 data is accepted (a fixed ATA disk has no write-protect status; ABRT is what
-hypervisors report for a read-only backend), image errors UNC (reads) or ABRT
-(writes, flush, trim): no :class:`disks.ImageError` escapes to the machine.
+hypervisors report for a read-only backend), reported image errors UNC (reads) or
+ABRT (writes, flush, trim): no :class:`disks.ImageError` escapes to the machine.
+
+Faults: each :class:`AtaDrive` carries a :class:`devices.faults.FaultPlan`,
+consulted once per read/write command: the sectors before the first planned bad
+one move (whole DRQ blocks, PIO or DMA), then ERR posts with UNC/IDNF/ABRT (DF
+too for a write fault) and that LBA in the task file, INTRQ as usual.  A plan's
+busy time holds BSY and INTRQ back on the ``clock``; its power cut freezes the
+drive after the Nth write command stored its data.  A *host* error from the
+image is decided by the drive's ``rerror``/``werror`` policy (QEMU's: report,
+ignore, stop; enospc) and announced through :attr:`AtaChannel.host_error_hook`.
 
 Hard disks abort PACKET and IDENTIFY PACKET DEVICE, which is how SeaBIOS's
 probe tells them from ATAPI devices.  :class:`AtapiDrive` is an ATAPI CD-ROM
@@ -68,11 +77,13 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from disks import Geometry, Image, ImageError
 
+from .faults import DEFAULT_RERROR, DEFAULT_WERROR, FaultPlan, MediaError, error_action
 from .geometry import CHS_CAPACITY_LIMIT, drive_geometry
-from .interfaces import IrqLine
+from .interfaces import Clock, IrqLine
 
 SECTOR = 512
 PIO_CHUNK_SECTORS = 256            # image reads/writes per PIO command, at most 128 KiB
@@ -233,9 +244,13 @@ class AtaDrive:
     """
 
     def __init__(self, image: Image, *, model: str = "EMU HARDDISK",
-                 serial: str | None = None) -> None:
+                 serial: str | None = None, faults: FaultPlan | None = None,
+                 rerror: str = DEFAULT_RERROR, werror: str = DEFAULT_WERROR) -> None:
         self.image = image
         self.model = model
+        self.faults = FaultPlan() if faults is None else faults
+        self.rerror = rerror            # host read errors: report / ignore / stop
+        self.werror = werror            # host write errors: report / ignore / stop / enospc
         if serial is None:
             name = os.path.basename(str(image.path)).encode()
             serial = f"EMU{zlib.crc32(name):08X}"
@@ -402,10 +417,17 @@ class DmaRequest:
     chs: bool
     done: int = 0
     trim_ranges: bytearray | None = None
+    fault: MediaError | None = None   # injected: the transfer stops at ``good`` bytes
+    good: int = -1                    # bytes before the failing sector (-1: all)
 
     @property
     def remaining(self) -> int:
         return self.length - self.done
+
+    def allowed(self, length: int) -> int:
+        """How many of the next ``length`` bytes may move before an injected fault."""
+        length = min(length, self.remaining)
+        return length if self.fault is None else max(0, min(length, self.good - self.done))
 
 
 class _PioTransfer:
@@ -413,7 +435,7 @@ class _PioTransfer:
 
     __slots__ = ("command", "writing", "first_lba", "sectors", "next_lba", "left",
                  "block_sectors", "buffer", "pos", "block_end", "chs", "flushed_lba",
-                 "on_done")
+                 "on_done", "fault", "fault_stop")
 
     def __init__(self, command: AtaCommand, first_lba: int, sectors: int,
                  block_sectors: int, chs: bool) -> None:
@@ -430,12 +452,14 @@ class _PioTransfer:
         self.block_end = 0
         self.chs = chs
         self.on_done: Callable[[], None] | None = None   # a one-block transfer's continuation
+        self.fault: MediaError | None = None   # injected: fails when the transfer reaches it
+        self.fault_stop = first_lba + sectors   # reads: the first LBA not to be staged
 
 
 class _Unit:
     """One drive position on the channel: its task file, status and data phase."""
 
-    __slots__ = ("index", "drive", "regs", "status", "error", "pio", "dma")
+    __slots__ = ("index", "drive", "regs", "status", "error", "pio", "dma", "stopped", "log")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -445,6 +469,8 @@ class _Unit:
         self.error = 0
         self.pio: _PioTransfer | None = None
         self.dma: DmaRequest | None = None
+        self.stopped = False           # a host error's "stop" policy (or a power cut) froze it
+        self.log: dict[str, Any] | None = None   # the command's I/O-log entry, until it ends
 
 
 COMMAND_LIST = [
@@ -571,18 +597,32 @@ class AtaChannel:
     The bus-master engine attaches through :attr:`dma_ready_hook` (called when
     the selected drive posts a DMA request) and :attr:`interrupt_hook` (called
     whenever a drive asserts INTRQ, which sets the PIIX interrupt status bit).
+
+    The machine listens through :attr:`command_hook` (``(unit, entry)`` once per
+    command that ended: the I/O log), :attr:`host_error_hook` (``(unit, op, lba,
+    error, action)`` for an image error, after the drive's rerror/werror policy
+    chose the action) and :attr:`power_cut_hook` (``(unit)``: a fault plan cut the
+    power).  With a ``clock``, a fault plan's busy time keeps BSY set and holds
+    INTRQ back until the clock passes :attr:`busy_until` (:meth:`update`).
     """
 
-    def __init__(self, command_base: int, control_base: int, irq: IrqLine) -> None:
+    def __init__(self, command_base: int, control_base: int, irq: IrqLine,
+                 clock: Clock | None = None) -> None:
         self.command_base = command_base
         self.control_base = control_base
         self.irq = irq
+        self.clock = clock
         self.units = (_Unit(0), _Unit(1))
         self.selected = self.units[0]
         self.control = 0
         self.irq_pending = False
+        self.busy_until = 0            # virtual ns; 0 = not busy
+        self.irq_deferred = False      # INTRQ to assert when the busy time ends
         self.dma_ready_hook: Callable[[], None] | None = None
         self.interrupt_hook: Callable[[], None] | None = None
+        self.command_hook: Callable[[int, dict[str, Any]], None] | None = None
+        self.host_error_hook: Callable[[int, str, int, BaseException, str], None] | None = None
+        self.power_cut_hook: Callable[[int], None] | None = None
         self._dma_buffer = bytearray()
         self._data_port = command_base + REG_DATA
         # Per-port handlers with the bus's own signatures (see :meth:`port_handlers`).
@@ -641,8 +681,32 @@ class AtaChannel:
     def _empty(self) -> bool:
         return self.units[0].drive is None and self.units[1].drive is None
 
+    # --- busy time (fault plans) ------------------------------------------------
+    def _still_busy(self) -> bool:
+        """Is a command's busy time running?  Ends it (and raises INTRQ) once passed."""
+        assert self.clock is not None
+        if self.clock.now_ns() < self.busy_until:
+            return True
+        self.busy_until = 0
+        if self.irq_deferred:
+            self.irq_deferred = False
+            self._assert_irq()
+        return False
+
+    def update(self) -> None:
+        """Timer service: let a busy time that has passed raise its interrupt."""
+        if self.busy_until:
+            self._still_busy()
+
+    def next_deadline_ns(self) -> int | None:
+        """When a held-back interrupt is due (a HLT waits for it), else None."""
+        return self.busy_until if self.busy_until and self.irq_deferred else None
+
     # --- interrupt line -----------------------------------------------------
     def _assert_irq(self) -> None:
+        if self.busy_until and self._still_busy():
+            self.irq_deferred = True
+            return
         self.irq_pending = True
         if not self.control & CTRL_NIEN:
             self.irq.set(True)
@@ -665,12 +729,16 @@ class AtaChannel:
         return unit.status if unit.drive is not None else 0
 
     def _read_status(self, port: int, size: int) -> int:
+        if self.busy_until and self._still_busy():
+            return BSY
         if self.irq_pending:
             self._clear_irq()
         unit = self.selected   # (no drive there, or none at all: 0)
         return unit.status if unit.drive is not None else 0
 
     def _read_alt_status(self, port: int, size: int) -> int:
+        if self.busy_until and self._still_busy():
+            return BSY
         unit = self.selected
         return unit.status if unit.drive is not None else 0
 
@@ -794,9 +862,12 @@ class AtaChannel:
             self._reset_unit(unit)
         self.control &= ~CTRL_HOB
         self.selected = self.units[0]
+        self.busy_until = 0
+        self.irq_deferred = False
         self._clear_irq()
 
     def _reset_unit(self, unit: _Unit, *, keep_select: bool = False) -> None:
+        unit.stopped = False
         if unit.drive is None:
             unit.regs.set_signature(ABSENT_SIGNATURE, keep_select=keep_select)
             unit.status = unit.error = 0
@@ -813,7 +884,9 @@ class AtaChannel:
         if pio is not None and pio.writing and isinstance(unit.drive, AtaDrive) \
                 and pio.command.handler == "_cmd_transfer":
             done = pio.sectors - pio.left - (pio.flushed_lba - pio.first_lba)
-            if done > 0:
+            if pio.fault is not None:
+                done = min(done, pio.fault.lba - pio.flushed_lba)
+            if done > 0 and not unit.drive.faults.powered_off:
                 try:
                     unit.drive.image.write(pio.flushed_lba * SECTOR,
                                            memoryview(pio.buffer)[:done * SECTOR])
@@ -833,27 +906,109 @@ class AtaChannel:
         command = table.get(opcode, UNKNOWN_COMMAND)
         if drive is None and command.handler != "_cmd_diagnostic":
             return  # an absent device ignores commands
+        if isinstance(drive, AtaDrive) and (unit.stopped or drive.faults.powered_off):
+            return  # frozen by a "stop" policy, or without power: nothing answers
         self._clear_irq()
         self._abandon(unit)
-        if isinstance(drive, AtaDrive) and drive.power != POWER_ACTIVE \
-                and command.handler in ("_cmd_transfer", "_cmd_verify"):
-            drive.power = POWER_ACTIVE
+        if isinstance(drive, AtaDrive):
+            if drive.power != POWER_ACTIVE \
+                    and command.handler in ("_cmd_transfer", "_cmd_verify"):
+                drive.power = POWER_ACTIVE
+            if drive.faults.busy_ns and self.clock is not None:
+                self.busy_until = self.clock.now_ns() + drive.faults.busy_ns
+        if self.command_hook is not None:
+            unit.log = self._log_entry(unit, command)
         try:
             getattr(self, command.handler)(unit, command)
         except CommandFailed as failure:
             self._fail(unit, failure.error)
 
-    def _fail(self, unit: _Unit, error: int) -> None:
+    def _fail(self, unit: _Unit, error: int, *, device_fault: bool = False) -> None:
+        if unit.stopped:
+            return
         unit.pio = None
         unit.dma = None
-        unit.status = STATUS_ERROR
+        unit.status = STATUS_ERROR | (DF if device_fault else 0)
         unit.error = error
         self._assert_irq()
+        if unit.log is not None:
+            self._log_end(unit)
 
     def _complete(self, unit: _Unit) -> None:
+        if unit.stopped:
+            return
         unit.status = STATUS_READY
         unit.error = 0
         self._assert_irq()
+        if unit.log is not None:
+            self._log_end(unit)
+
+    # --- the I/O log ----------------------------------------------------------
+    def _log_entry(self, unit: _Unit, command: AtaCommand) -> dict[str, Any]:
+        """What the command asks for, read from the task file before it runs."""
+        entry: dict[str, Any] = {
+            "time_ns": self.clock.now_ns() if self.clock is not None else 0,
+            "opcode": command.opcode if command.opcode >= 0 else unit.regs.feature,
+            "command": command.name, "lba": None, "count": None}
+        if command.handler in ("_cmd_transfer", "_cmd_verify") \
+                and isinstance(unit.drive, AtaDrive):
+            regs = unit.regs
+            if command.lba48:
+                entry["lba"], entry["count"] = regs.lba48(), regs.count48()
+            elif regs.device & DEVICE_LBA:
+                entry["lba"], entry["count"] = regs.lba28(), regs.count28()
+            else:
+                try:
+                    entry["lba"] = self._chs_to_lba(unit.drive, regs)
+                except CommandFailed:
+                    pass
+                entry["count"] = regs.count28()
+        return entry
+
+    def _log_end(self, unit: _Unit, result: str | None = None) -> None:
+        """The command ended: hand its entry, with the outcome, to the log."""
+        entry, unit.log = unit.log, None
+        if entry is None or self.command_hook is None:
+            return
+        entry["result"] = result or ("error" if unit.status & ERR else "ok")
+        entry["status"] = unit.status
+        entry["error"] = unit.error if unit.status & ERR else 0   # meaningful only with ERR
+        if unit.status & ERR and entry["lba"] is not None:
+            regs = unit.regs
+            lba48 = entry["opcode"] in COMMANDS and COMMANDS[entry["opcode"]].lba48
+            entry["error_lba"] = regs.lba48() if lba48 else regs.lba28()
+        self.command_hook(unit.index, entry)
+
+    # --- host I/O errors and power cuts -------------------------------------------
+    def _host_error(self, unit: _Unit, op: str, lba: int, error: BaseException) -> str:
+        """An image read/write/flush failed: the drive's policy says what the guest sees.
+
+        "report": the caller posts the error; "ignore": the caller carries on as if it
+        worked; "stop": the drive freezes busy (the machine stops the run).
+        """
+        drive = self._drive(unit)
+        action = error_action(drive.rerror if op == "read" else drive.werror, error)
+        if action == "stop":
+            self._freeze(unit, "stopped")
+        if self.host_error_hook is not None:
+            self.host_error_hook(unit.index, op, lba, error, action)
+        return action
+
+    def _freeze(self, unit: _Unit, result: str) -> None:
+        unit.stopped = True
+        unit.pio = None
+        unit.dma = None
+        unit.status = BSY | DRDY
+        self._log_end(unit, result)
+
+    def _stored_write(self, unit: _Unit) -> bool:
+        """A write command's data is on the image: count it; False if the power went."""
+        if not self._drive(unit).faults.count_write():
+            return True
+        self._freeze(unit, "power-cut")
+        if self.power_cut_hook is not None:
+            self.power_cut_hook(unit.index)
+        return False
 
     @staticmethod
     def _drive(unit: _Unit) -> AtaDrive:
@@ -908,6 +1063,11 @@ class AtaChannel:
         self._post_address(unit, lba48, chs, lba)
         self._fail(unit, error)
 
+    def _fail_media(self, unit: _Unit, lba48: bool, chs: bool, fault: MediaError) -> None:
+        """An injected media error: its LBA in the task file, its bits in the registers."""
+        self._post_address(unit, lba48, chs, fault.lba)
+        self._fail(unit, fault.error, device_fault=fault.device_fault)
+
     # --- read/write commands ------------------------------------------------
     def _cmd_transfer(self, unit: _Unit, command: AtaCommand) -> None:
         drive = self._drive(unit)
@@ -916,13 +1076,29 @@ class AtaChannel:
         if command.write and drive.readonly:
             raise CommandFailed(ERROR_ABRT)
         lba, count, chs = self._address(unit, command)
-        if command.protocol is Protocol.DMA:
-            self._start_dma(unit, DmaRequest(
-                to_memory=not command.write, offset=lba * SECTOR, length=count * SECTOR,
-                first_lba=lba, sectors=count, command=command, chs=chs))
-            return
+        fault = None
+        if drive.faults.rules:
+            fault = drive.faults.write_fault(lba, count) if command.write \
+                else drive.faults.read_fault(lba, count)
         block = drive.multiple if command.multiple else 1
+        if fault is not None and not command.write:
+            # Reads: only whole DRQ blocks before the bad sector reach the host.
+            good = (fault.lba - lba) // block * block
+            if not good:
+                self._fail_media(unit, command.lba48, chs, fault)
+                return
+        if command.protocol is Protocol.DMA:
+            request = DmaRequest(
+                to_memory=not command.write, offset=lba * SECTOR, length=count * SECTOR,
+                first_lba=lba, sectors=count, command=command, chs=chs)
+            if fault is not None:
+                request.fault, request.good = fault, (fault.lba - lba) * SECTOR
+            self._start_dma(unit, request)
+            return
         pio = _PioTransfer(command, lba, count, block, chs)
+        if fault is not None:
+            pio.fault = fault
+            pio.fault_stop = lba + (fault.lba - lba) // block * block
         unit.pio = pio
         if pio.writing:
             self._pio_out_next_block(unit, pio, interrupt=False)
@@ -932,12 +1108,20 @@ class AtaChannel:
     def _pio_in_next_block(self, unit: _Unit, pio: _PioTransfer) -> None:
         if pio.pos >= len(pio.buffer):
             chunk = min(pio.left, max(pio.block_sectors,
-                                      PIO_CHUNK_SECTORS // pio.block_sectors * pio.block_sectors))
+                                      PIO_CHUNK_SECTORS // pio.block_sectors * pio.block_sectors),
+                        pio.fault_stop - pio.next_lba)
+            if pio.fault is not None and chunk <= 0:
+                self._fail_media(unit, pio.command.lba48, pio.chs, pio.fault)
+                return
             try:
                 pio.buffer = self._drive(unit).image.read(pio.next_lba * SECTOR, chunk * SECTOR)
-            except (ImageError, OSError):
-                self._fail_at(unit, pio.command.lba48, pio.chs, pio.next_lba, ERROR_UNC)
-                return
+            except (ImageError, OSError) as error:
+                action = self._host_error(unit, "read", pio.next_lba, error)
+                if action == "report":
+                    self._fail_at(unit, pio.command.lba48, pio.chs, pio.next_lba, ERROR_UNC)
+                if action != "ignore":
+                    return
+                pio.buffer = bytes(chunk * SECTOR)
             pio.next_lba += chunk
             pio.pos = 0
         pio.block_end = pio.pos + min(pio.block_sectors, pio.left) * SECTOR
@@ -959,6 +1143,8 @@ class AtaChannel:
         if pio.command.handler == "_cmd_transfer":
             self._post_address(unit, pio.command.lba48, pio.chs, pio.first_lba + pio.sectors - 1)
             unit.regs.count = unit.regs.hob_count = 0
+        if unit.log is not None:
+            self._log_end(unit)
 
     def _pio_out_next_block(self, unit: _Unit, pio: _PioTransfer, *, interrupt: bool) -> None:
         if pio.pos >= len(pio.buffer):
@@ -978,17 +1164,24 @@ class AtaChannel:
             return
         pio.left -= min(pio.block_sectors, pio.left)
         drive = self._drive(unit)
+        fault = pio.fault
+        if fault is not None and pio.first_lba + pio.sectors - pio.left > fault.lba:
+            # The block holding the bad sector arrived: what precedes it is stored.
+            good = fault.lba - pio.flushed_lba
+            if good > 0 and not self._pio_store(unit, pio, memoryview(pio.buffer)[:good * SECTOR]):
+                return
+            self._fail_media(unit, pio.command.lba48, pio.chs, fault)
+            return
         if pio.pos >= len(pio.buffer):
-            try:
-                drive.image.write(pio.flushed_lba * SECTOR, pio.buffer)
-            except (ImageError, OSError):
-                self._fail_at(unit, pio.command.lba48, pio.chs, pio.flushed_lba, ERROR_ABRT)
+            if not self._pio_store(unit, pio, pio.buffer):
                 return
             pio.flushed_lba += len(pio.buffer) // SECTOR
         if pio.left:
             self._pio_out_next_block(unit, pio, interrupt=True)
             return
         unit.pio = None
+        if not self._stored_write(unit):
+            return
         if not drive.write_cache and not self._flush(drive):
             self._fail_at(unit, pio.command.lba48, pio.chs, pio.first_lba, ERROR_ABRT)
             return
@@ -996,12 +1189,27 @@ class AtaChannel:
         unit.regs.count = unit.regs.hob_count = 0
         self._complete(unit)
 
-    @staticmethod
-    def _flush(drive: AtaDrive) -> bool:
+    def _pio_store(self, unit: _Unit, pio: _PioTransfer,
+                   data: bytes | bytearray | memoryview) -> bool:
+        """Write gathered PIO data at ``flushed_lba``; False if the command ended."""
+        try:
+            self._drive(unit).image.write(pio.flushed_lba * SECTOR, data)
+        except (ImageError, OSError) as error:
+            action = self._host_error(unit, "write", pio.flushed_lba, error)
+            if action == "report":
+                self._fail_at(unit, pio.command.lba48, pio.chs, pio.flushed_lba, ERROR_ABRT)
+            return action == "ignore"
+        return True
+
+    def _flush(self, drive: AtaDrive) -> bool:
+        """Flush the image; False: report ABRT (a planned failure or a host error)."""
+        if drive.faults.flush_failures and drive.faults.flush_fault():
+            return False
         try:
             drive.image.flush()
-        except (ImageError, OSError):
-            return False
+        except (ImageError, OSError) as error:
+            unit = self.selected
+            return self._host_error(unit, "flush", 0, error) == "ignore"
         return True
 
     def _cmd_verify(self, unit: _Unit, command: AtaCommand) -> None:
@@ -1031,20 +1239,32 @@ class AtaChannel:
         request = unit.dma
         if request is None or not request.to_memory:
             return memoryview(b"")
-        length = min(length, request.remaining)
+        length = request.allowed(length)
         if len(self._dma_buffer) < length:
             self._dma_buffer = bytearray(length)
         data = memoryview(self._dma_buffer)[:length]
-        try:
-            self._drive(unit).image.readinto(request.offset + request.done, data)
-        except (ImageError, OSError):
-            failed = request.first_lba + request.done // SECTOR
-            self._fail_at(unit, request.command.lba48, request.chs, failed, ERROR_UNC)
+        if not self._dma_read_image(unit, request, data):
             return memoryview(b"")
-        request.done += length
-        if not request.remaining:
-            self._dma_done(unit, request)
         return data
+
+    def _dma_read_image(self, unit: _Unit, request: DmaRequest, window: memoryview) -> bool:
+        """Read the request's next ``len(window)`` bytes; then complete or fail it."""
+        try:
+            self._drive(unit).image.readinto(request.offset + request.done, window)
+        except (ImageError, OSError) as error:
+            failed = request.first_lba + request.done // SECTOR
+            action = self._host_error(unit, "read", failed, error)
+            if action != "ignore":
+                if action == "report":
+                    self._fail_at(unit, request.command.lba48, request.chs, failed, ERROR_UNC)
+                return False
+            window[:] = bytes(len(window))
+        request.done += len(window)
+        if request.fault is not None and request.done >= request.good:
+            self._fail_media(unit, request.command.lba48, request.chs, request.fault)
+        elif not request.remaining:
+            self._dma_done(unit, request)
+        return True
 
     def dma_read_into(self, window: memoryview) -> int:
         """Device -> memory straight into ``window`` (guest RAM): the bytes moved, at
@@ -1054,17 +1274,8 @@ class AtaChannel:
         request = unit.dma
         if request is None or not request.to_memory:
             return 0
-        length = min(len(window), request.remaining)
-        try:
-            self._drive(unit).image.readinto(request.offset + request.done, window[:length])
-        except (ImageError, OSError):
-            failed = request.first_lba + request.done // SECTOR
-            self._fail_at(unit, request.command.lba48, request.chs, failed, ERROR_UNC)
-            return 0
-        request.done += length
-        if not request.remaining:
-            self._dma_done(unit, request)
-        return length
+        length = request.allowed(len(window))
+        return length if self._dma_read_image(unit, request, window[:length]) else 0
 
     def dma_write(self, data: bytes | bytearray | memoryview) -> None:
         """Memory -> device: the next bytes of the request."""
@@ -1076,11 +1287,21 @@ class AtaChannel:
         if request.trim_ranges is not None:
             request.trim_ranges += data
         else:
+            stored = data[:request.allowed(len(data))]
             try:
-                self._drive(unit).image.write(request.offset + request.done, data)
-            except (ImageError, OSError):
+                if stored:
+                    self._drive(unit).image.write(request.offset + request.done, stored)
+            except (ImageError, OSError) as error:
                 failed = request.first_lba + request.done // SECTOR
-                self._fail_at(unit, request.command.lba48, request.chs, failed, ERROR_ABRT)
+                action = self._host_error(unit, "write", failed, error)
+                if action != "ignore":
+                    if action == "report":
+                        self._fail_at(unit, request.command.lba48, request.chs, failed,
+                                      ERROR_ABRT)
+                    return
+            if request.fault is not None and request.done + len(data) >= request.good:
+                request.done = request.good
+                self._fail_media(unit, request.command.lba48, request.chs, request.fault)
                 return
         request.done += len(data)
         if not request.remaining:
@@ -1092,10 +1313,13 @@ class AtaChannel:
         if request.trim_ranges is not None:
             self._trim(unit, request.trim_ranges)
             return
-        if not request.to_memory and not drive.write_cache and not self._flush(drive):
-            self._fail_at(unit, request.command.lba48, request.chs, request.first_lba,
-                          ERROR_ABRT)
-            return
+        if not request.to_memory:
+            if not self._stored_write(unit):
+                return
+            if not drive.write_cache and not self._flush(drive):
+                self._fail_at(unit, request.command.lba48, request.chs, request.first_lba,
+                              ERROR_ABRT)
+                return
         self._post_address(unit, request.command.lba48, request.chs,
                            request.first_lba + request.sectors - 1)
         unit.regs.count = unit.regs.hob_count = 0
@@ -1167,6 +1391,8 @@ class AtaChannel:
         if master.drive is None:
             master.status = 0
         self._assert_irq()
+        if unit.log is not None:
+            self._log_end(unit)
 
     def _cmd_initialize_parameters(self, unit: _Unit, command: AtaCommand) -> None:
         regs = unit.regs
@@ -1302,6 +1528,8 @@ class AtaChannel:
         unit.status = STATUS_DATA             # no interrupt before the packet (word 0 bits 6:5)
 
     def _atapi_execute(self, unit: _Unit, packet: bytes, limit: int) -> None:
+        if unit.log is not None:
+            unit.log["packet"] = packet.hex()
         handler = ATAPI_PACKET_COMMANDS.get(packet[0], "_scsi_invalid")
         result = getattr(self, handler)(self._atapi(unit), packet)
         if isinstance(result, tuple):
@@ -1332,6 +1560,8 @@ class AtaChannel:
         unit.status = STATUS_ERROR if error else STATUS_READY
         unit.error = error
         self._assert_irq()
+        if unit.log is not None:
+            self._log_end(unit)
 
     def _atapi_check_condition(self, unit: _Unit, sense: tuple[int, int, int]) -> None:
         self._atapi(unit).sense = sense

@@ -33,6 +33,16 @@ class Clock(Protocol):
     def now_ns(self) -> int: ...
 
 
+class Timer(Protocol):
+    """A device with deadlines on the clock (PIT, RTC, a busy IDE channel)."""
+
+    def update(self) -> None:
+        """Raise whatever interrupts the clock's current time makes due."""
+
+    def next_deadline_ns(self) -> int | None:
+        """The next time something falls due (a halted CPU sleeps until then)."""
+
+
 @runtime_checkable
 class PortDevice(Protocol):
     """A device on the I/O port bus."""

@@ -70,20 +70,35 @@ first item's hook: the rest of the burst goes through ``read_string`` /
 ``write_string`` and guest memory in one block, and (E)CX and (E)DI/(E)SI are
 set so that the CPU's own bookkeeping for the first item ends the instruction
 exactly where the slow path would.
+
+**Disks and their faults.**  Each drive carries a fault plan (``--disk
+F,faults=PLAN`` or ``machine.drive(0).faults``, :mod:`devices.faults`) and QEMU's
+``werror``/``rerror`` policies.  The channels report to the machine through
+hooks: every ATA command's outcome (``--io-log``, one JSON line each), every
+host I/O error (one line on the host; ``stop`` ends the run, exit 122) and a
+planned power cut (exit 119; the image is closed without flushing, as a crash
+leaves it).  The channels are timers too: a plan's busy time holds INTRQ back
+until the virtual clock passes it, so a HLT waits for it.
+
+**Boot failure.**  A console line (COM1 or the debug console) saying "No bootable
+d..." (our BIOS: "disk", SeaBIOS: "device") ends the run with exit 120 and that
+line, instead of a halt or SeaBIOS's reboot loop with a register dump.
 """
 
 from __future__ import annotations
 
 import ctypes
 import enum
+import json
 import mmap
 import os
 import shutil
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +122,12 @@ from unicorn import (
 from unicorn import x86_const as X
 
 import disks
+from devices import faults as disk_faults
 from devices import geometry as disk_geometry
 from devices.ata import AtaChannel, AtaDrive
 from devices.busmaster import BusMasterIde
 from devices.cmos import DEFAULT_START, Cmos, CmosLayout
-from devices.interfaces import PortDevice, StringPortDevice
+from devices.interfaces import PortDevice, StringPortDevice, Timer
 from devices.misc import (
     DebugConsole,
     DebugExit,
@@ -181,11 +197,17 @@ class StopReason(enum.Enum):
     INSTRUCTION_BUDGET = "instruction-budget"
     USER_QUIT = "user-quit"
     INTERNAL_ERROR = "internal-error"
+    NO_BOOT = "no-bootable-device"
+    IO_ERROR = "io-error"
+    POWER_CUT = "power-cut"
 
 
 # Exit status of `emu run` for each way a run can end (debug exit: the value written).
 EXIT_RESET = 0
+EXIT_POWER_CUT = 119
+EXIT_NO_BOOT = 120
 EXIT_INTERNAL_ERROR = 121
+EXIT_IO_ERROR = 122
 EXIT_USER_QUIT = 123
 EXIT_TIMEOUT = 124
 EXIT_HALTED = 125
@@ -199,11 +221,53 @@ EXIT_CODES = {
     StopReason.HALTED: EXIT_HALTED,
     StopReason.CPU_FAULT: EXIT_CPU_FAULT,
     StopReason.INSTRUCTION_BUDGET: EXIT_INSTRUCTION_BUDGET,
+    StopReason.NO_BOOT: EXIT_NO_BOOT,
+    StopReason.IO_ERROR: EXIT_IO_ERROR,
+    StopReason.POWER_CUT: EXIT_POWER_CUT,
 }
+# Stops that explain themselves in one line: no register dump.
+QUIET_STOPS = (StopReason.DEBUG_EXIT, StopReason.RESET, StopReason.USER_QUIT,
+               StopReason.NO_BOOT, StopReason.IO_ERROR, StopReason.POWER_CUT)
+# What our BIOS ("No bootable disk.") and SeaBIOS ("No bootable device.") print when
+# nothing boots; a console line holding it ends the run.
+BOOT_FAILURE_TEXT = b"No bootable d"
+CONSOLE_LINE_MAX = 256
 
 
 class MachineConfigError(Exception):
     """A bad machine option (memory size, BIOS file, disk spec): one line for the user."""
+
+
+class UsageError(MachineConfigError):
+    """An option that is malformed as written (``emu run`` exits 2, as for argparse)."""
+
+
+def _bus_unit(value: str) -> int:
+    number = int(value)
+    if number not in (0, 1):
+        raise ValueError
+    return number
+
+
+def _policy(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError
+        return value
+    return parse
+
+
+# --disk option -> (DiskSpec field, parser of its value).
+DISK_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "format": ("format", str),
+    "bus": ("bus", _bus_unit),
+    "unit": ("unit", _bus_unit),
+    "readonly": ("readonly", disks.image.parse_bool),
+    "snapshot": ("snapshot", disks.image.parse_bool),
+    "faults": ("faults", str),
+    "werror": ("werror", _policy(disk_faults.POLICIES)),
+    "rerror": ("rerror", _policy(disk_faults.READ_POLICIES)),
+}
 
 
 @dataclass(frozen=True)
@@ -216,29 +280,25 @@ class DiskSpec:
     unit: int | None = None
     readonly: bool = False
     snapshot: bool = False
+    faults: str | None = None            # a fault plan file (devices.faults.load_plan)
+    werror: str = disk_faults.DEFAULT_WERROR
+    rerror: str = disk_faults.DEFAULT_RERROR
 
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
         path, *options = text.split(",")
         if not path:
-            raise MachineConfigError(f"--disk {text!r}: no file name")
+            raise UsageError(f"--disk {text!r}: no file name")
         values: dict[str, Any] = {}
         for option in options:
             key, sep, value = option.partition("=")
-            if not sep or key not in ("format", "bus", "unit", "readonly", "snapshot"):
-                raise MachineConfigError(f"--disk {text!r}: unknown option {option!r}")
+            if not sep or key not in DISK_OPTIONS:
+                raise UsageError(f"--disk {text!r}: unknown option {option!r}")
+            name, parse = DISK_OPTIONS[key]
             try:
-                if key in ("bus", "unit"):
-                    number = int(value)
-                    if number not in (0, 1):
-                        raise ValueError
-                    values[key] = number
-                elif key in ("readonly", "snapshot"):
-                    values[key] = disks.image.parse_bool(value)
-                else:
-                    values[key] = value
+                values[name] = parse(value)
             except ValueError:
-                raise MachineConfigError(f"--disk {text!r}: bad value for {key}") from None
+                raise UsageError(f"--disk {text!r}: bad value for {key}") from None
         return cls(path, **values)
 
 
@@ -252,6 +312,7 @@ class RunResult:
     virtual_ns: int
     instructions: int
     report: str = ""
+    messages: list[str] = field(default_factory=list)   # host-side lines (I/O errors)
 
     @property
     def serial_text(self) -> str:
@@ -282,7 +343,7 @@ def parse_memory_size(value: int | str) -> int:
     try:
         size = disks.image.parse_size(value)
     except ValueError:
-        raise MachineConfigError(f"--memory {value!r} is not a size") from None
+        raise UsageError(f"--memory {value!r} is not a size") from None
     if not MEMORY_MIN <= size <= MEMORY_MAX or size % PAGE:
         raise MachineConfigError(
             f"--memory {value}: must be a multiple of 4 KiB between 1M and 3584M")
@@ -310,6 +371,18 @@ def load_bios(bios: str | Path | bytes | None) -> bytes:
         raise MachineConfigError(
             f"BIOS image is {len(image)} bytes: must be a multiple of 4 KiB up to 256 KiB")
     return image
+
+
+def _looks_like_text(image: DiskImage) -> bool:
+    """Is the start of the image printable UTF-8 text (a file given as a disk by mistake)?"""
+    head = image.read(0, min(image.size, 512)) if image.size else b""
+    if not head or b"\0" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(char.isprintable() or char in "\t\r\n\f" for char in text)
 
 
 class PhysicalMemory:
@@ -373,7 +446,10 @@ class Machine:
                  trace: str | Path | None = None, reboot: bool = False,
                  max_instructions: int | None = None,
                  rtc_start: Any = DEFAULT_START, serial_input: bytes = b"",
-                 allow_paths: Sequence[str] = ()) -> None:
+                 allow_paths: Sequence[str] = (),
+                 io_log: str | Path | None = None,
+                 message_hook: Callable[[str], None] | None = None,
+                 stop_on_boot_failure: bool = True) -> None:
         self.ram_size = parse_memory_size(memory)
         self.bios = load_bios(bios)
         self.timeout = timeout
@@ -385,6 +461,14 @@ class Machine:
         self.snapshot = snapshot
         self.allow_paths = tuple(allow_paths)  # folders images may name files in (disks.paths)
         self.images: list[tuple[int, int, DiskImage]] = []
+        self.drive_options: list[dict[str, Any]] = []   # AtaDrive options, as images
+        self.messages: list[str] = []
+        self.host_errors: dict[tuple[int, str, str], int] = {}   # (drive, op, policy): count
+        self.message_hook = message_hook
+        self.stop_on_boot_failure = stop_on_boot_failure
+        self._console_line = bytearray()
+        self.io_log_path = Path(io_log) if io_log is not None else None
+        self.io_log: Any = None
         self._temporary_dirs: list[str] = []
         self._stop: _Stop | None = None
         self.instructions = 0
@@ -412,6 +496,12 @@ class Machine:
         self.debugcon_backend: CharBackend = open_backend(debugcon)
         try:
             self._open_disks()
+            if self.io_log_path is not None:
+                try:
+                    self.io_log = open(self.io_log_path, "w", encoding="utf-8")  # noqa: SIM115
+                except OSError as error:
+                    raise MachineConfigError(
+                        f"--io-log {self.io_log_path}: {error.strerror}") from None
             self.uc = self._make_cpu()
             self.memory = PhysicalMemory(self.uc, self.ram_size)  # maps RAM at 0
             self._build_devices()
@@ -450,12 +540,23 @@ class Machine:
                 raise MachineConfigError(prefix + text) from None
             except OSError as error:
                 raise MachineConfigError(f"--disk {spec.path}: {error.strerror}") from None
+            self.images.append((slot[0], slot[1], image))  # (closed on failure from here)
+            try:
+                plan = disk_faults.load_plan(spec.faults) if spec.faults else None
+            except disk_faults.FaultPlanError as error:
+                raise MachineConfigError(f"--disk {spec.path}: faults={error}") from None
+            self.drive_options.append({"faults": plan, "werror": spec.werror,
+                                       "rerror": spec.rerror})
+            if spec.format is None and image.format_name == "raw" and _looks_like_text(image):
+                warnings.warn(f"{spec.path}: probed as raw, but it looks like a text file, "
+                              "not a disk image (give format=raw to silence this)",
+                              stacklevel=2)
             if snapshot:
                 from disks.overlay import OverlayImage
                 folder = tempfile.mkdtemp(prefix="emu-snapshot-")
                 self._temporary_dirs.append(folder)
                 image = OverlayImage(image, os.path.join(folder, "overlay"))
-            self.images.append((slot[0], slot[1], image))
+                self.images[-1] = (slot[0], slot[1], image)
 
     def _make_cpu(self) -> FastUc:
         uc = FastUc(UC_ARCH_X86, UC_MODE_32)
@@ -472,18 +573,22 @@ class Machine:
         self.pit = Pit(clock, pic.irq_line(0))
         self.port_b = SystemControlPortB(self.pit)
         self.cmos = Cmos(clock, pic.irq_line(8), start=self.rtc_start)
-        self.com1 = Uart16550(COM1[0], pic.irq_line(COM1[1]), self.serial_backend.write)
+        self.com1 = Uart16550(COM1[0], pic.irq_line(COM1[1]),
+                              self._watched(self.serial_backend.write))
         self.com2 = Uart16550(COM2[0], pic.irq_line(COM2[1]))
         self.debug_exit = DebugExit(self._on_debug_exit)
-        self.debugcon = DebugConsole(self.debugcon_backend.write)
+        self.debugcon = DebugConsole(self._watched(self.debugcon_backend.write))
         self.post = PostCode()
         self.port_a = SystemControlPortA(self._on_reset)
         self.reset_control = ResetControl(self._on_reset)
         self.kbc = Kbc8042(self._on_reset, irq1=pic.irq_line(1), irq12=pic.irq_line(12))
-        self.channels = [AtaChannel(command, control, pic.irq_line(irq))
+        self.channels = [AtaChannel(command, control, pic.irq_line(irq), clock)
                          for command, control, irq in IDE_CHANNELS]
-        for bus_index, unit, image in self.images:
-            self.channels[bus_index].attach(unit, AtaDrive(image))
+        for (bus_index, unit, image), options in zip(self.images, self.drive_options,
+                                                     strict=True):
+            self.channels[bus_index].attach(unit, AtaDrive(image, **options))
+        for bus_index, channel in enumerate(self.channels):
+            self._wire_channel(bus_index, channel)
         self.busmaster = BusMasterIde(self.channels, self.memory)
         self.pci = PciHost(self.busmaster, self._on_pci_remap)
         devices: list[PortDevice] = [
@@ -493,7 +598,7 @@ class Machine:
             bus.attach(device)
         bus.attach(self.busmaster)
         bus.attach_byte_overlay(self.reset_control)
-        self.timers = (self.pit, self.cmos)
+        self.timers: tuple[Timer, ...] = (self.pit, self.cmos, *self.channels)
         self._fill_cmos()
 
     def _fill_cmos(self) -> None:
@@ -563,6 +668,90 @@ class Machine:
         self.pci.reset()
         self.bus.remap(self.busmaster)
         self._forget_port_classes()
+
+    # --- disks: faults, host errors, the I/O log ----------------------------------
+    def drive(self, index: int, unit: int | None = None) -> AtaDrive:
+        """The hard disk at IDE position ``index`` (0 primary master ... 3 secondary
+        slave, QEMU's -hda..-hdd), or at ``(bus, unit)`` when ``unit`` is given; its
+        ``faults`` plan and ``image`` are reachable: ``drive(0).faults.unreadable(9)``."""
+        if unit is not None:
+            index = index * 2 + unit
+        if not 0 <= index < 4:
+            raise IndexError(f"IDE position {index} is not 0-3")
+        drive = self.channels[index // 2].units[index % 2].drive
+        if not isinstance(drive, AtaDrive):
+            raise LookupError(f"no hard disk at IDE position {index}")
+        return drive
+
+    def _wire_channel(self, bus_index: int, channel: AtaChannel) -> None:
+        def command(unit: int, entry: dict[str, Any]) -> None:
+            if self.io_log is not None:
+                self.io_log.write(json.dumps({"drive": bus_index * 2 + unit, **entry}) + "\n")
+
+        def host_error(unit: int, op: str, lba: int, error: BaseException,
+                       action: str) -> None:
+            self._on_host_error(bus_index * 2 + unit, op, lba, error, action)
+
+        def power_cut(unit: int) -> None:
+            drive = bus_index * 2 + unit
+            self._message(f"drive {drive} ({self.drive(drive).image.path}): power cut after "
+                          f"write {self.drive(drive).faults.writes} (fault plan)")
+            self._request_stop(StopReason.POWER_CUT, f"power cut on drive {drive}")
+
+        channel.command_hook = command
+        channel.host_error_hook = host_error
+        channel.power_cut_hook = power_cut
+
+    def _on_host_error(self, drive: int, op: str, lba: int, error: BaseException,
+                       action: str) -> None:
+        """One line on the host for an image error, whatever the policy chose.
+
+        A guest retrying on a full disk would repeat it endlessly: the first error of
+        each kind per drive is printed, the rest are counted (a line at the end)."""
+        policy = self.drive(drive).rerror if op == "read" else self.drive(drive).werror
+        what = "ignored" if action == "ignore" else \
+            "stopped" if action == "stop" else "reported to the guest"
+        option = "rerror" if op == "read" else "werror"
+        where = f" at LBA {lba}" if op != "flush" else ""
+        line = f"drive {drive}: {op}{where} failed: {error} ({option}={policy}: {what})"
+        key = (drive, op, f"{option}={policy}")
+        self.host_errors[key] = self.host_errors.get(key, 0) + 1
+        if self.host_errors[key] == 1:
+            self._message(line)
+        if action == "stop":
+            self._request_stop(StopReason.IO_ERROR, line)
+
+    def _host_error_summary(self) -> None:
+        for (drive, op, policy), count in self.host_errors.items():
+            if count > 1:
+                self._message(f"drive {drive}: {count - 1} more {op} errors after the first "
+                              f"({policy})")
+        self.host_errors.clear()
+
+    def _message(self, line: str) -> None:
+        self.messages.append(line)
+        if self.message_hook is not None:
+            self.message_hook(line)
+
+    def _watched(self, sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        """A console sink that also watches for the BIOS's "no bootable device" line."""
+        def write(data: bytes) -> None:
+            sink(data)
+            if self.stop_on_boot_failure:
+                self._watch_console(data)
+        return write
+
+    def _watch_console(self, data: bytes) -> None:
+        line = self._console_line
+        for byte in data:
+            if byte == 0x0A:
+                found = line.find(BOOT_FAILURE_TEXT)
+                if found >= 0:
+                    text = line[found:].decode("latin-1")   # its first sentence
+                    self._request_stop(StopReason.NO_BOOT, text.partition(".")[0] + ".")
+                line.clear()
+            elif len(line) < CONSOLE_LINE_MAX:
+                line.append(byte)
 
     # --- device callbacks ---------------------------------------------------
     def _request_stop(self, reason: StopReason, detail: str, exit_code: int | None = None) -> None:
@@ -1076,18 +1265,29 @@ class Machine:
 
         stop = self._stop or _Stop(StopReason.INTERNAL_ERROR, "no stop reason", 121)
         report = ""
-        if stop.reason not in (StopReason.DEBUG_EXIT, StopReason.RESET, StopReason.USER_QUIT):
+        if stop.reason not in QUIET_STOPS:
             report = stop_report(self, stop.reason.value, stop.detail)
+        elif stop.reason is StopReason.NO_BOOT:
+            report = f"emu: stopped: the BIOS found nothing to boot: {stop.detail}\n"
+        self._host_error_summary()
+        if self.io_log is not None:
+            self.io_log.flush()
         return RunResult(stop.exit_code, stop.reason, stop.detail, bytes(self.com1.transcript),
                          bytes(self.debugcon.transcript), self.clock.now_ns(),
-                         self.instructions, report)
+                         self.instructions, report, list(self.messages))
 
     def close(self) -> None:
-        for _, _, image in getattr(self, "images", []):
+        for bus_index, unit, image in getattr(self, "images", []):
             try:
-                image.close()
+                if self._powered_off(bus_index * 2 + unit):
+                    _drop_without_flush(image)
+                else:
+                    image.close()
             except disks.ImageError:
                 pass
+        if getattr(self, "io_log", None) is not None:
+            self.io_log.close()
+            self.io_log = None
         for backend in (getattr(self, "serial_backend", None),
                         getattr(self, "debugcon_backend", None)):
             if backend is not None:
@@ -1100,11 +1300,27 @@ class Machine:
             shutil.rmtree(folder, ignore_errors=True)
         self._temporary_dirs = []
 
+    def _powered_off(self, index: int) -> bool:
+        try:
+            return self.drive(index).faults.powered_off
+        except (AttributeError, LookupError):
+            return False
+
     def __enter__(self) -> Machine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drop_without_flush(image: DiskImage) -> None:
+    """A power cut: close the files as a crash leaves them (no metadata flush, no sync)."""
+    layer: DiskImage | None = image
+    while layer is not None:
+        if not layer.closed:
+            layer.closed = True
+            layer.file.close()
+        layer = layer.backing
 
 
 def run_machine(**options: Any) -> RunResult:

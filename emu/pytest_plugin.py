@@ -15,7 +15,9 @@ gets these fixtures:
     A factory booting a machine on disks and returning a :class:`GuestRun` with
     the debug-exit code (0 = the guest wrote 0 to port 0xF4), the serial and
     debug-console transcripts, and the disk contents.  ``engine="qemu"`` runs the
-    same firmware and disks in ``qemu-system-i386 -M pc`` for comparison.
+    same firmware and disks in ``qemu-system-i386 -M pc`` for comparison.  Under
+    emu, ``faults={0: plan}`` gives disk 0 a fault plan (the dict of a plan file,
+    :mod:`devices.faults`) and ``run.io_log`` holds the I/O log's entries.
 ``nasm``
     Assembles NASM source to bytes: ``nasm(source_or_path)``, ``nasm.boot_sector(code)``
     (512 bytes with the signature) and ``nasm.guest_program(code)`` (a multi-sector
@@ -30,6 +32,7 @@ test, not the session.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -190,6 +193,7 @@ class GuestRun:
     disks: list[DiskImage]
     command: list[str] = field(default_factory=list)
     stderr: str = ""
+    io_log: list[dict[str, Any]] = field(default_factory=list)   # emu: one entry per command
 
     @cached_property
     def disk(self) -> bytes:
@@ -229,12 +233,13 @@ def firmware_file(name: str) -> Path:
 def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu",
                 bios: str | Path | None = None, timeout: float = 60.0,
                 memory: str = "64M", readonly: bool = False,
-                extra_args: Sequence[str] = ()) -> GuestRun:
+                extra_args: Sequence[str] = (),
+                faults: Mapping[int, Mapping[str, Any]] | None = None) -> GuestRun:
     """Boot ``disk_images`` under ``engine`` and wait for the end.
 
     Disks attach in the order primary master, primary slave, secondary master,
     secondary slave; ``None`` leaves a position empty.  The run's ``disks`` are the
-    attached ones, in that order.
+    attached ones, in that order.  ``faults`` maps a position to a fault plan (emu).
     """
     folder.mkdir(parents=True, exist_ok=True)
     run_id = len(list(folder.glob("run-*")))
@@ -242,16 +247,23 @@ def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu
     work.mkdir()
     serial, debugcon = work / "serial.txt", work / "debugcon.txt"
     rom = resolve_bios(bios)
+    io_log = work / "io.jsonl"
+    if faults and engine != "emu":
+        raise ValueError("fault plans need engine='emu'")
     if engine == "emu":
         argv = [sys.executable, "-m", "emu", "run", "--memory", memory,
                 "--serial", f"file:{serial}", "--debugcon", f"file:{debugcon}",
-                "--timeout", str(timeout)]
+                "--timeout", str(timeout), "--io-log", str(io_log)]
         if rom is not None:
             argv += ["--bios", str(rom)]
         for index, image in enumerate(disk_images):
             if image is None:
                 continue
             spec = f"{image.path},format={image.format},bus={index // 2},unit={index % 2}"
+            if faults and index in faults:
+                plan = work / f"faults{index}.json"
+                plan.write_text(json.dumps(faults[index]))
+                spec += f",faults={plan}"
             argv += ["--disk", spec + (",readonly=on" if readonly else "")]
         used = [image for image in disk_images if image is not None]
     elif engine == "qemu":
@@ -268,7 +280,8 @@ def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu
         code = EXIT_TIMEOUT
         stderr = (expired.stderr or b"").decode(errors="replace") \
             if isinstance(expired.stderr, bytes) else (expired.stderr or "")
-    return GuestRun(engine, code, _text(serial), _text(debugcon), used, argv, stderr)
+    entries = [json.loads(line) for line in _text(io_log).split("\n")[:-1]]  # whole lines
+    return GuestRun(engine, code, _text(serial), _text(debugcon), used, argv, stderr, entries)
 
 
 def _qemu_argv(work: Path, disk_images: Sequence[DiskImage | None], rom: Path | None,

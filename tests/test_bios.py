@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, need_tool
 from guests import qemu_pc_argv
 
+from emu.machine import EXIT_NO_BOOT
 from emu.pytest_plugin import DiskImage, GuestRun
 from firmware import build, path
 from firmware.demo import DEMO_DISK_SIZE, demo_format, make_demo_disk
@@ -25,7 +26,6 @@ BIOS_SEGMENT = 0xF000
 DEMO_GREETING = "Hello from the emu demo disk."
 DEMO_OK = "INT 13h: wrote LBA 1 (AH=43h), read it back (AH=02h): OK"
 NO_BOOT = "No bootable disk."
-EMU_EXIT_HALTED = 125         # emu run: halted with interrupts off
 
 
 def rom() -> bytes:
@@ -132,11 +132,13 @@ def test_emu_run_without_disk_boots_the_demo(tmp_path: Path) -> None:
     assert DEMO_OK in serial.read_text()
 
 
-def test_no_bootable_disk_prints_and_halts_under_emu(emu_machine, disk_image) -> None:
+def test_no_bootable_disk_prints_and_stops_under_emu(emu_machine, disk_image) -> None:
+    """The BIOS's line ends the run with its own status and one line, no register dump."""
     blank = disk_image("raw", "1M")
     run = boot("emu", emu_machine, blank)
     assert NO_BOOT in run.serial, str(run)
-    assert run.exit_code == EMU_EXIT_HALTED, str(run)      # halted with interrupts off
+    assert run.exit_code == EXIT_NO_BOOT, str(run)
+    assert run.stderr == f"emu: stopped: the BIOS found nothing to boot: {NO_BOOT}\n"
 
 
 def test_no_bootable_disk_prints_under_qemu(disk_image, tmp_path: Path) -> None:
