@@ -20,6 +20,7 @@ from typing import Any
 from .errors import ImageIOError, ImageLockedError
 
 _ZERO_CHUNK = bytes(1 << 20)
+NO_HOLE = (1 << 63) - 1   # seek_hole's answer when the file system cannot tell
 COPY_PART = 1 << 20   # copy_range splits copies of at least two of these ...
 COPY_THREADS = 4      # ... over this many threads
 _copy_threads: list[Any] = []
@@ -133,6 +134,8 @@ class HostFile:
                 if got == 0:
                     break
                 done += got
+        except OverflowError:
+            pass  # an offset past the largest possible file: past its end, so zeros
         except OSError as exc:
             raise ImageIOError(self.path, f"read at {offset}: {exc.strerror}") from exc
         if done < total and zero_past_eof:
@@ -154,6 +157,9 @@ class HostFile:
                     views.pop(0)
                 if views and done:
                     views[0] = views[0][done:]
+        except OverflowError:
+            raise ImageIOError(self.path, f"write at {offset}: beyond the largest possible "
+                               "file") from None
         except OSError as exc:
             raise ImageIOError(self.path, f"write at {offset}: {exc.strerror}") from exc
 
@@ -242,16 +248,21 @@ class HostFile:
         """Next offset holding data at or after ``offset`` (SEEK_DATA), None at EOF."""
         try:
             return os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OverflowError:
+            return None
         except OSError as exc:
             if exc.errno == errno.ENXIO:
                 return None
             return offset  # file system cannot tell: everything is data
 
     def seek_hole(self, offset: int) -> int:
+        """Next hole at or after ``offset`` (SEEK_HOLE); past any range asked about when
+        the file system cannot tell, as :meth:`seek_data` then calls everything data (a
+        smaller answer would make a caller's scan stop making progress)."""
         try:
             return os.lseek(self.fd, offset, os.SEEK_HOLE)
-        except OSError:
-            return self.size()
+        except (OSError, OverflowError):
+            return NO_HOLE
 
     def close(self) -> None:
         if not self.closed:
