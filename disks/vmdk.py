@@ -90,6 +90,7 @@ from .registry import register
 SECTOR = 512
 KDMV_MAGIC = b"KDMV"
 COWD_MAGIC = b"COWD"
+SESPARSE_MAGIC = struct.pack("<Q", 0xCAFEBABE)   # ESXi 6.5+ seSparse extent, constant header
 GD_AT_END = 0xFFFFFFFFFFFFFFFF
 NO_PARENT_CID = 0xFFFFFFFF
 GTE_ZEROED = 1  # a GT entry meaning "this grain reads as zeros" (with FLAG_ZEROED_GTE)
@@ -182,8 +183,8 @@ def _ceil_div(value: int, unit: int) -> int:
 ACCESS_MODES = ("RW", "RDONLY", "NOACCESS")
 EXTENT_TYPES = ("FLAT", "SPARSE", "ZERO", "VMFS", "VMFSSPARSE", "VMFSRDM", "VMFSRAW")
 _EXTENT_LINE = re.compile(
-    r"""^(?P<access>RW|RDONLY|NOACCESS)\s+(?P<sectors>\d+)\s+(?P<type>[A-Za-z]+)
-        (?:\s+"(?P<name>[^"]*)"(?:\s+(?P<offset>\d+))?)?\s*$""", re.X)
+    r"""^(?P<access>RW|RDONLY|NOACCESS)\s+(?P<sectors>\d{1,20})\s+(?P<type>[A-Za-z]+)
+        (?:\s+"(?P<name>[^"]*)"(?:\s+(?P<offset>\d{1,20}))?)?\s*$""", re.X)
 _KEY_LINE = re.compile(r"""^(?P<key>[A-Za-z0-9_.]+)\s*=\s*(?P<value>.*?)\s*$""")
 
 
@@ -237,15 +238,22 @@ class Descriptor:
                     raise UnsupportedImageError(path, f"more than {MAX_EXTENTS} extents",
                                                 field="extent")
                 kind = match["type"].upper()
+                if kind == "SESPARSE":
+                    raise UnsupportedImageError(path, "seSparse extents (ESXi) are not "
+                                                "supported", field="extent")
                 if kind not in EXTENT_TYPES:
                     raise UnsupportedImageError(path, f"unknown extent type {kind!r}",
                                                 field="extent")
                 name = match["name"]
+                sectors, offset = int(match["sectors"]), int(match["offset"] or 0)
+                if sectors > MAX_CAPACITY_SECTORS or offset > MAX_CAPACITY_SECTORS:
+                    raise UnsupportedImageError(path, f"extent of {sectors} sectors at sector "
+                                                f"{offset} is beyond the {MAX_CAPACITY_SECTORS}"
+                                                "-sector limit", field="extent")
                 if kind != "ZERO" and name is None:
                     raise CorruptImageError(path, f"extent line without a file name: {line!r}",
                                             field="extent")
-                desc.extents.append(ExtentLine(match["access"], int(match["sectors"]), kind,
-                                               name, int(match["offset"] or 0)))
+                desc.extents.append(ExtentLine(match["access"], sectors, kind, name, offset))
                 continue
             match = _KEY_LINE.match(line)
             if match:
@@ -408,11 +416,39 @@ class SparseHeader:
         if self.flags & FLAG_COMPRESSED and self.compress_algorithm != COMPRESS_DEFLATE:
             raise UnsupportedImageError(path, "compressed grains without deflate",
                                         field="compressAlgorithm")
+        if self.flags & ~KNOWN_FLAGS:
+            raise UnsupportedImageError(path, f"flags {self.flags:#x} hold bits this driver "
+                                        f"does not know ({self.flags & ~KNOWN_FLAGS:#x})",
+                                        field="flags")
         if self.descriptor_offset:
             end = (self.descriptor_offset + self.descriptor_sectors) * SECTOR
             if self.descriptor_sectors * SECTOR > MAX_DESCRIPTOR_BYTES or end > file_size:
                 raise CorruptImageError(path, "embedded descriptor lies outside the file or is "
                                         "too large", field="descriptorSize")
+            self._validate_descriptor_area(path)
+
+    def _validate_descriptor_area(self, path: str) -> None:
+        """The embedded descriptor is rewritten in place (a new CID on the first write):
+        it must lie after the header and before the grain directories and the first
+        grain, or that rewrite would wipe tables (spec 3: descriptor, RGD, GD, GTs, then
+        grains from ``overHead`` on)."""
+        start, end = self.descriptor_offset, self.descriptor_offset + self.descriptor_sectors
+        gd_sectors = _ceil_div(self.gd_entries * 4, SECTOR)
+        tables = [("gdOffset", self.gd_offset)]
+        if self.flags & FLAG_REDUNDANT_GT:
+            tables.append(("rgdOffset", self.rgd_offset))
+        if start < 1:
+            raise CorruptImageError(path, "embedded descriptor overlaps the header",
+                                    field="descriptorOffset")
+        for name, offset in tables:
+            if offset not in (0, GD_AT_END) and offset < end and start < offset + gd_sectors:
+                raise CorruptImageError(path, f"embedded descriptor (sectors {start}..{end}) "
+                                        f"overlaps the grain directory at sector {offset}",
+                                        field="descriptorSize")
+        if self.overhead and end > self.overhead:
+            raise CorruptImageError(path, f"embedded descriptor (sectors {start}..{end}) runs "
+                                    f"past overHead {self.overhead}, where grains start",
+                                    field="descriptorSize")
 
 
 @dataclass
@@ -578,6 +614,7 @@ class GrainTables:
         self.gt_bytes = entries_per_gt * 4
         self.cache: OrderedDict[int, array[int]] = OrderedDict()
         self.keep_all = keep_all   # stream writing: tables stay in memory until written out
+        self.known_size = 0        # file size last seen (it only grows while open)
 
     def table(self, index: int) -> array[int] | None:
         """The grain table for GD entry ``index``, or None when the entry is empty."""
@@ -585,6 +622,22 @@ class GrainTables:
         if cached is not None:
             self.cache.move_to_end(index)
             return cached
+        table = self.read_table(index)
+        if table is None:
+            return None
+        top = max(table)
+        if top * SECTOR >= self.known_size:
+            self.known_size = self.file.size()
+            if top * SECTOR >= self.known_size:   # a write there would grow the file by TBs
+                raise CorruptImageError(self.path, f"grain table {index} names sector {top}, "
+                                        f"past the end of the {self.known_size}-byte file",
+                                        field="gtEntry")
+        self._remember(index, table)
+        return table
+
+    def read_table(self, index: int) -> array[int] | None:
+        """The grain table as the file holds it, unchecked (for check(), which reports
+        what :meth:`table` would refuse)."""
         sector = self.gd[index]
         if sector == 0:
             return None
@@ -592,9 +645,7 @@ class GrainTables:
         if len(data) < self.gt_bytes:
             raise CorruptImageError(self.path, f"grain table {index} at sector {sector} lies "
                                     "beyond the end of the file", field="gdEntry")
-        table = _u32_table(data, self.entries_per_gt)
-        self._remember(index, table)
-        return table
+        return _u32_table(data, self.entries_per_gt)
 
     def _remember(self, index: int, table: array[int]) -> None:
         self.cache[index] = table
@@ -948,8 +999,13 @@ class SparseExtent(Extent):
             head = self.file.pread(GRAIN_MARKER.size, highest * SECTOR)
             if len(head) == GRAIN_MARKER.size:
                 _, size = GRAIN_MARKER.unpack(head)
+                if size > 2 * self.grain_bytes:
+                    raise CorruptImageError(self.filename, f"grain marker at sector {highest} "
+                                            f"claims {size} bytes", field="grainMarker")
                 last_grain_end = max(last_grain_end, _round_up(
                     highest * SECTOR + GRAIN_MARKER.size + size, SECTOR))
+        # never grow the file here: a marker running past the end names bytes that are gone
+        last_grain_end = min(last_grain_end, _round_up(self.file.size(), SECTOR))
         # old GT/GD sectors past this point are dropped: forget their addresses
         for index in range(len(tables.gd)):
             if tables.gd[index] * SECTOR >= last_grain_end:
@@ -1083,7 +1139,7 @@ class SparseExtent(Extent):
                 report.corrupt(f"{path}: grain table {index} at sector {gt_sector} "
                                "beyond end of file")
                 continue
-            table = tables.table(index)
+            table = tables.cache.get(index) or tables.read_table(index)
             assert table is not None
             if tables.rgd is not None and tables.rgd[index]:
                 rgt_sector = tables.rgd[index]
@@ -1328,8 +1384,8 @@ def _read_footer(file: HostFile, header: SparseHeader, path: str) -> SparseHeade
     if footer.gd_offset in (0, GD_AT_END):
         raise CorruptImageError(path, "footer does not locate the grain directory",
                                 field="gdOffset")
-    if (footer.capacity, footer.grain_sectors, footer.gtes_per_gt) != \
-            (header.capacity, header.grain_sectors, header.gtes_per_gt):
+    if (footer.capacity, footer.grain_sectors, footer.gtes_per_gt, footer.flags) != \
+            (header.capacity, header.grain_sectors, header.gtes_per_gt, header.flags):
         raise CorruptImageError(path, "footer disagrees with the header", field="footer")
     footer.rgd_offset = 0
     footer.flags &= ~FLAG_REDUNDANT_GT
@@ -1479,7 +1535,7 @@ class VmdkImage(Image):
     # -- probing and opening -----------------------------------------------
     @classmethod
     def probe(cls, data: ProbeInput) -> int:
-        if data.head[:4] in (KDMV_MAGIC, COWD_MAGIC):
+        if data.head[:4] in (KDMV_MAGIC, COWD_MAGIC) or data.head[:8] == SESPARSE_MAGIC:
             return 100
         text = data.head[:4096]
         if b"createType" in text and (b"# Disk DescriptorFile" in text or b"version" in text):
@@ -1510,14 +1566,21 @@ class VmdkImage(Image):
         if head[:4] == KDMV_MAGIC:
             header = SparseHeader.unpack(head, path)
             header.validate(path, size)
-            if header.descriptor_offset and header.descriptor_sectors:
-                text = file.pread(header.descriptor_sectors * SECTOR,
-                                  header.descriptor_offset * SECTOR)
-                self.descriptor = Descriptor.parse(
-                    text.split(b"\0", 1)[0].decode("utf-8", "replace"), path)
-                self.embedded = header
+            if not (header.descriptor_offset and header.descriptor_sectors):
+                # an extent of a disk whose descriptor is another file (qemu and libvmdk
+                # refuse it too): alone it says nothing of the disk it belongs to
+                raise CorruptImageError(path, "sparse extent without a descriptor: open the "
+                                        "descriptor file that names it", field="descriptorOffset")
+            text = file.pread(header.descriptor_sectors * SECTOR,
+                              header.descriptor_offset * SECTOR)
+            self.descriptor = Descriptor.parse(
+                text.split(b"\0", 1)[0].decode("utf-8", "replace"), path)
+            self.embedded = header
             whole_disk_line = ExtentLine("RW", header.capacity, "SPARSE",
                                          os.path.basename(path))
+        elif head[:8] == SESPARSE_MAGIC:
+            raise UnsupportedImageError(path, "an ESXi seSparse extent: this driver does not "
+                                        "read seSparse", field="magicNumber")
         elif head[:4] == COWD_MAGIC:
             cowd = CowdHeader.unpack(head, path)
             cowd.validate(path, size)
