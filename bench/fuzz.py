@@ -345,6 +345,8 @@ def exercise(folder: Path, seed: Seed, rng: random.Random) -> str:
     except disks.ImageError:
         return "refused"
     writes: list[tuple[int, bytes]] = []
+    # two writes, each may allocate a block (and a table or bitmap block beside it)
+    allowed = 2 * 2 * image.allocation_unit() + GROWTH_SLACK
     try:
         with image:
             size = image.size
@@ -364,9 +366,8 @@ def exercise(folder: Path, seed: Seed, rng: random.Random) -> str:
             for offset, data in writes:
                 image.write(offset, data)
             image.flush()
-            allowed = len(writes) * 2 * image.allocation_unit() + GROWTH_SLACK
     except disks.ImageError as exc:
-        if "File too large" in str(exc):
+        if "File too large" in str(exc) and before + allowed <= FILE_LIMIT:
             raise Grown(f"hit RLIMIT_FSIZE: {exc}") from None
         return "typed"
     grown = _tree_size(folder) - before
@@ -415,8 +416,10 @@ def run_one(fmt: str, seeds: list[Seed], run_seed: int, index: int, folder: Path
         result.update(outcome="lost", detail=str(exc))
     except BaseException as exc:  # noqa: B036 - the point is to see everything
         frames = traceback.extract_tb(exc.__traceback__)[-3:]
-        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
-        result.update(outcome="untyped", detail=f"{type(exc).__name__}: {str(exc)[:200]} at {where}")
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                            for f in reversed(frames))
+        result.update(outcome="untyped",
+                      detail=f"{type(exc).__name__}: {str(exc)[:200]} at {where}")
     return result
 
 
@@ -612,13 +615,15 @@ def main(argv: list[str] | None = None) -> int:
         for fmt in formats:
             began = time.monotonic()
             deadline = began + args.minutes * 60 if args.minutes else None
-            tally = fuzz_format(fmt, seeds_by_format[fmt], range(args.start, args.start + args.count),
-                                run_seed=args.seed, workers=args.workers, scratch=work,
+            indices = range(args.start, args.start + args.count)
+            tally = fuzz_format(fmt, seeds_by_format[fmt], indices, run_seed=args.seed,
+                                workers=args.workers, scratch=work,
                                 cpu_limit=args.cpu_limit, wall_limit=args.wall_limit,
                                 deadline=deadline, progress=not args.json)
             elapsed = time.monotonic() - began
             counts = {name: tally.outcomes.get(name, 0) for name in FAILURES}
-            report[fmt] = {"tried": tally.tried, **counts, "peak_rss_mib": tally.peak_rss_kib // 1024,
+            report[fmt] = {"tried": tally.tried, **counts,
+                           "peak_rss_mib": tally.peak_rss_kib // 1024,
                            "seconds": round(elapsed, 1), "outcomes": tally.outcomes,
                            "failures": tally.failures[:20]}
             failed += sum(counts.values())
@@ -632,8 +637,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"peak RSS {tally.peak_rss_kib // 1024} MiB  ({elapsed:.0f} s; "
                       f"{_summary(tally)})", flush=True)
                 for result in tally.failures[:10 if args.verbose else 3]:
+                    mutations = "; ".join(result["mutations"])[:200]
                     print(f"   {fmt}:{result['index']} {result['outcome']} [{result['seed']}] "
-                          f"{result.get('detail', '')[:300]} | {'; '.join(result['mutations'])[:200]}")
+                          f"{result.get('detail', '')[:300]} | {mutations}")
         if args.json:
             print(json.dumps(report))
     return 1 if failed else 0

@@ -434,13 +434,13 @@ class SparseHeader:
         grains from ``overHead`` on)."""
         start, end = self.descriptor_offset, self.descriptor_offset + self.descriptor_sectors
         gd_sectors = _ceil_div(self.gd_entries * 4, SECTOR)
-        tables = [("gdOffset", self.gd_offset)]
+        tables = [self.gd_offset]
         if self.flags & FLAG_REDUNDANT_GT:
-            tables.append(("rgdOffset", self.rgd_offset))
+            tables.append(self.rgd_offset)
         if start < 1:
             raise CorruptImageError(path, "embedded descriptor overlaps the header",
                                     field="descriptorOffset")
-        for name, offset in tables:
+        for offset in tables:
             if offset not in (0, GD_AT_END) and offset < end and start < offset + gd_sectors:
                 raise CorruptImageError(path, f"embedded descriptor (sectors {start}..{end}) "
                                         f"overlaps the grain directory at sector {offset}",
