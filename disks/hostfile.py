@@ -230,6 +230,33 @@ class HostFile:
         finally:
             view.close()
 
+    def private_copy(self, offset: int, length: int) -> memoryview | None:
+        """A writable copy of ``[offset, offset+length)`` that costs nothing until used.
+
+        A private (copy-on-write) memory map: pages are read from the page cache when
+        first touched, and changes stay in this process (write them with pwrite too).
+        A 256 MiB table loads in no time and is held once.  None when the range is not
+        inside the file or cannot be mapped (the caller reads a copy instead).
+        """
+        if length <= 0 or offset < 0 or offset + length > self.size():
+            return None
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        # The map keeps a descriptor of its own (mmap dups the one it is given) for as
+        # long as it lives: it must not be one holding this file's locks, or the lock
+        # would outlive close().  A fresh open of the same inode shares no lock.
+        try:
+            fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            view = mmap.mmap(fd, offset + length - base, flags=mmap.MAP_PRIVATE,
+                             prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=base)
+        except (OSError, ValueError, AttributeError):
+            return None
+        finally:
+            os.close(fd)
+        return memoryview(view)[offset - base:offset - base + length]
+
     def truncate(self, size: int) -> None:
         self._mapped_size = min(self._mapped_size, size)
         try:

@@ -114,6 +114,7 @@ COPY_BLOCKS = 64              # whole blocks allocated by one in-kernel copy
 
 _HOST_IS_LITTLE = sys.byteorder == "little"
 _FREE_CHUNK = b"\xff" * (64 << 10)   # a stretch of free map entries, for a quick compare
+_ZERO_CHUNK = struct.pack("=I", 0xFFFFFFFE) * (len(_FREE_CHUNK) // 4)   # ... of zero ones
 
 
 @dataclass
@@ -282,7 +283,7 @@ class VdiImage(Image):
     supports_backing = True
 
     header: VdiHeader
-    block_map: array           # u32 per block, host byte order
+    block_map: array | memoryview   # u32 per block, host byte order
     slot_owner: array          # block index per slot (BLOCK_FREE when unreferenced)
     next_slot: int             # the slot the next allocation takes
     file_end: int              # size of the host file (only this writer changes it)
@@ -365,12 +366,18 @@ class VdiImage(Image):
         make the next block land gigabytes after the data.
         """
         header = self.header
-        raw = self.file.pread(4 * header.blocks_in_image, header.offset_bmap)
-        block_map = array("I")
-        block_map.frombytes(raw)
-        if not _HOST_IS_LITTLE:
-            block_map.byteswap()
-        self.block_map = block_map
+        # a 64 TiB image has a 256 MiB map: mapped copy-on-write (no read, held once)
+        # where the host's byte order is the file's, else read and swapped
+        mapped = self.file.private_copy(header.offset_bmap, 4 * header.blocks_in_image) \
+            if _HOST_IS_LITTLE else None
+        if mapped is not None:
+            self.block_map = mapped.cast("I")
+        else:
+            block_map = array("I", bytes(4 * header.blocks_in_image))
+            self.file.preadinto(memoryview(block_map).cast("B"), header.offset_bmap)
+            if not _HOST_IS_LITTLE:
+                block_map.byteswap()
+            self.block_map = block_map
         file_size = self.file_end = self.file.size()
         slots_in_file = max(0, -(-(file_size - header.offset_data) // header.slot_size))
         owners: dict[int, int] = {}
@@ -457,6 +464,9 @@ class VdiImage(Image):
                 kind, host = RunKind.DATA, self._slot_host(entry) + within
             else:
                 kind, host = (RunKind.UNALLOCATED if entry == BLOCK_FREE else RunKind.ZERO), None
+                # a whole stretch of free (or zero) blocks at once
+                stop = self._same_entries_end(block, entry, -(-end // block_size))
+                step = min(end, stop * block_size) - pos
             if run_kind is kind and (host is None or run_host is not None
                                      and run_host + run_len == host):
                 run_len += step
@@ -467,6 +477,24 @@ class VdiImage(Image):
             pos += step
         if run_kind is not None:
             yield Run(run_start, run_len, run_kind, run_host)
+
+    def _same_entries_end(self, block: int, entry: int, limit: int) -> int:
+        """The first block after ``block`` (up to ``limit``) whose map entry is not
+        ``entry`` (BLOCK_FREE or BLOCK_ZERO), compared a chunk of entries at a time."""
+        block_map = self.block_map
+        raw = memoryview(block_map).cast("B")
+        pattern = _FREE_CHUNK if entry == BLOCK_FREE else _ZERO_CHUNK
+        step = len(pattern) // 4
+        at = block + 1
+        while at < limit:
+            count = min(step, limit - at)
+            if pattern.startswith(raw[4 * at:4 * (at + count)]):
+                at += count
+                continue
+            while at < limit and block_map[at] == entry:
+                at += 1
+            return at
+        return limit
 
     def allocation_unit(self) -> int:
         return self.header.block_size
@@ -710,6 +738,10 @@ class VdiImage(Image):
         if file_size > data_end:
             report.leak(f"{file_size - data_end} bytes after the last block slot are unused")
         return first_user, broken
+
+    def _close(self) -> None:
+        if isinstance(self.block_map, memoryview):
+            self.block_map.release()   # unmaps it once no other view is left
 
     def _info(self) -> dict[str, Any]:
         header = self.header
