@@ -53,6 +53,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import stat
 import struct
 import sys
 import zlib
@@ -565,6 +566,17 @@ class ZeroExtent(Extent):
 
 class FlatExtent(Extent):
     """FLAT and VMFS extents: the bytes lie in one file from a sector offset on."""
+
+    def __init__(self, line: ExtentLine, file: HostFile | None, filename: str | None) -> None:
+        super().__init__(line, file, filename)
+        assert file is not None
+        end = line.offset * SECTOR + self.length
+        if file.writable and stat.S_ISREG(os.fstat(file.fd).st_mode) and file.size() < end:
+            # the tools that make flat extents make them whole; a short one (a damaged
+            # descriptor offset, most likely) would have a write extend it by gigabytes
+            raise CorruptImageError(filename, f"flat extent file holds {file.size()} bytes, "
+                                    f"the descriptor places the extent up to byte {end} "
+                                    "(open read-only to read it)", field="extent")
 
     def map(self, rel: int, length: int) -> Iterator[Piece]:
         yield rel, length, RunKind.DATA, self.line.offset * SECTOR + rel, False

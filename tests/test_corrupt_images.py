@@ -186,6 +186,18 @@ def test_vmdk_flat_extent_beyond_any_disk_is_refused(tmp_path: Path) -> None:
         disks.open(path)
 
 
+def test_vmdk_flat_extent_moved_past_its_file_is_not_written(tmp_path: Path) -> None:
+    """A damaged start sector (0 -> 8829732) made a write grow the flat file to 4.5 GB."""
+    path = tmp_path / "moved.vmdk"
+    disks.create(path, "vmdk", MiB, subformat="monolithicFlat").close()
+    path.write_text(path.read_text().replace('"moved-flat.vmdk" 0', '"moved-flat.vmdk" 8829732'))
+    with pytest.raises(disks.CorruptImageError, match="flat extent"):
+        disks.open(path)
+    with disks.open(path, readonly=True) as image:
+        assert image.read(0, 512) == bytes(512)
+    assert (tmp_path / "moved-flat.vmdk").stat().st_size == MiB
+
+
 def test_vmdk_sparse_extent_without_descriptor_is_refused(tmp_path: Path) -> None:
     """qemu-img and libvmdk refuse it; it used to open as a 64 KiB disk and check clean."""
     disks.create(tmp_path / "split.vmdk", "vmdk", 4 * MiB,
