@@ -74,12 +74,14 @@ class Seed:
 
     name: str
     format: str
-    target: str                              # the file that is mutated
+    target: str                              # the file that is opened (and mostly mutated)
     files: dict[str, bytes]                  # every file of the image, by name
     metadata: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) in target
     hot: list[int] = field(default_factory=list)    # nonzero metadata sectors
     big_endian: bool = False
     weight: int = 10
+    folder: Path | None = None               # where the seed's files lie (copied from there)
+    extents: list[Seed] = field(default_factory=list)   # other binary files also mutated
 
 
 # (name, format, create options, child of) -- a child seed is made over its parent
@@ -151,8 +153,13 @@ def _load_seed(name: str, fmt: str, folder: Path, target: str, weight: int) -> S
     files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     blob = files[target]
     ranges = _metadata_ranges(str(folder / target), fmt, len(blob))
-    return Seed(name, fmt, target, files, ranges, _hot_sectors(blob, ranges),
-                big_endian=fmt == "vpc", weight=weight)
+    seed = Seed(name, fmt, target, files, ranges, _hot_sectors(blob, ranges),
+                big_endian=fmt == "vpc", weight=weight, folder=folder)
+    for other, data in files.items():   # the sparse extents a descriptor file names
+        if other != target and data[:4] in (b"KDMV", b"COWD") and not other.startswith("base"):
+            whole = [(0, len(data))]
+            seed.extents.append(Seed(other, fmt, other, {}, whole, _hot_sectors(data, whole)))
+    return seed
 
 
 def build_seeds(work: Path, formats: tuple[str, ...]) -> dict[str, list[Seed]]:
@@ -294,31 +301,113 @@ def mutate_descriptor(rng: random.Random, seed: Seed, blob: bytearray) -> str:
 MUTATORS = [(mutate_field, 6), (mutate_bytes, 3), (mutate_size, 1)]
 
 
+class Patched:
+    """A large file's bytes with a few changed: what a mutator sees as a bytearray,
+    without copying megabytes per input (page faults dominate on small VMs)."""
+
+    def __init__(self, base: bytes) -> None:
+        self.base = base
+        self.size = len(base)
+        self.changes: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: int | slice) -> int | bytes:
+        if isinstance(key, int):
+            if key in self.changes:
+                return self.changes[key]
+            return self.base[key] if key < len(self.base) else 0
+        start, stop, _ = key.indices(self.size)
+        out = bytearray(self.base[start:min(stop, len(self.base))].ljust(stop - start, b"\0"))
+        for at in range(start, stop):
+            if at in self.changes:
+                out[at - start] = self.changes[at]
+        return bytes(out)
+
+    def __setitem__(self, key: int | slice, value: int | bytes) -> None:
+        if isinstance(key, int):
+            assert isinstance(value, int)
+            self.changes[key] = value
+            return
+        start, stop, _ = key.indices(self.size)
+        assert isinstance(value, (bytes, bytearray)) and len(value) == stop - start
+        for n, byte in enumerate(value):
+            self.changes[start + n] = byte
+
+    def __delitem__(self, key: slice) -> None:
+        assert key.stop is None and key.start is not None
+        self.size = key.start
+        self.changes = {k: v for k, v in self.changes.items() if k < self.size}
+
+    def extend(self, zeros: bytes) -> None:
+        self.size += len(zeros)
+
+    def find(self, sub: bytes, start: int = 0) -> int:
+        at = self.base.find(sub, start, self.size)
+        return at
+
+    def write(self, path: Path, source: Path) -> None:
+        """The mutated file at ``path``: a kernel copy of the seed, then the changes."""
+        shutil.copyfile(source, path)
+        with open(path, "r+b") as out:
+            out.truncate(self.size)
+            for at, byte in sorted(self.changes.items()):
+                out.seek(at)
+                out.write(bytes([byte]))
+
+    def materialize(self) -> bytes:
+        return self[0:self.size]  # type: ignore[return-value]
+
+
+BIG_FILE = 256 << 10   # files above this are mutated as Patched, below as bytearray
+
+
 def make_input(fmt: str, seeds: list[Seed], run_seed: int, index: int
-               ) -> tuple[Seed, dict[str, bytes], list[str]]:
-    """Input ``index``: a seed and its files with one to three mutations of the target."""
+               ) -> tuple[Seed, dict[str, bytes | bytearray | Patched], list[str]]:
+    """Input ``index``: a seed and its files with one to three mutations of one of them
+    (the file opened, or a sparse extent it names); unchanged files are the seed's."""
     rng = random.Random(f"{fmt}:{run_seed}:{index}")
     seed = rng.choices(seeds, weights=[s.weight for s in seeds])[0]
-    files = dict(seed.files)
+    files: dict[str, bytes | bytearray | Patched] = dict(seed.files)
     mutators = list(MUTATORS)
     if fmt == "vmdk":
         mutators.append((mutate_descriptor, 3))
-    targets = [seed.target]
-    descriptor_only = [n for n, b in files.items() if n != seed.target
+    victim = seed
+    if seed.extents and rng.random() < 0.4:
+        victim = rng.choice(seed.extents)
+    descriptor_only = [n for n, b in seed.files.items() if n != seed.target
                        and b.startswith(b"# Disk DescriptorFile")]
-    blob = bytearray(files[seed.target])
-    notes = []
+    base = seed.files[victim.target]
+    blob: bytearray | Patched = Patched(base) if len(base) > BIG_FILE else bytearray(base)
+    notes = [] if victim is seed else [f"in {victim.target}"]
     for _ in range(rng.choice((1, 1, 1, 2, 3))):
         mutator = rng.choices([m for m, _ in mutators], weights=[w for _, w in mutators])[0]
-        notes.append(mutator(rng, seed, blob))
-    files[targets[0]] = bytes(blob)
+        notes.append(mutator(rng, victim, blob))  # type: ignore[arg-type]
+    files[victim.target] = blob
     if descriptor_only and rng.random() < 0.2:  # a separate descriptor beside the extent
         name = rng.choice(descriptor_only)
-        text = bytearray(files[name])
+        text = bytearray(seed.files[name])
         other = Seed(name, fmt, name, {}, [(0, len(text))], [0])
         notes.append(name + ": " + mutate_descriptor(rng, other, text))
-        files[name] = bytes(text)
+        files[name] = text
     return seed, files, notes
+
+
+def write_input(seed: Seed, files: dict[str, bytes | bytearray | Patched], folder: Path) -> None:
+    """Lay the input's files out in ``folder`` (kernel copies of unchanged seed files)."""
+    assert seed.folder is not None
+    for name, blob in files.items():
+        if isinstance(blob, Patched):
+            blob.write(folder / name, seed.folder / name)
+        elif blob is seed.files.get(name) and name.startswith("base") \
+                and seed.format != "vmdk":   # a descriptor could name it as an RW extent
+            if not (folder / name).exists():   # a parent: only ever opened read-only
+                os.link(seed.folder / name, folder / name)
+        elif blob is seed.files.get(name):
+            shutil.copyfile(seed.folder / name, folder / name)
+        else:
+            (folder / name).write_bytes(blob)
 
 
 # -- one input -----------------------------------------------------------------------------
@@ -403,9 +492,9 @@ def _final_contents(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
 def run_one(fmt: str, seeds: list[Seed], run_seed: int, index: int, folder: Path) -> dict:
     seed, files, notes = make_input(fmt, seeds, run_seed, index)
     for item in folder.iterdir():
-        item.unlink()
-    for name, blob in files.items():
-        (folder / name).write_bytes(blob)
+        if item.name not in files:
+            item.unlink()
+    write_input(seed, files, folder)
     rng = random.Random(f"ops:{fmt}:{run_seed}:{index}")
     result = {"index": index, "seed": seed.name, "mutations": notes}
     try:
@@ -607,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_one(fmt, seeds, args.seed, int(index), folder)
             print(json.dumps(result, indent=1))
             if args.keep:
-                _keep(args.keep, fmt, result, make_input(fmt, seeds, args.seed, int(index))[1])
+                _keep(args.keep, fmt, result, *make_input(fmt, seeds, args.seed, int(index))[:2])
             return 0 if result["outcome"] not in FAILURES else 1
         seeds_by_format = build_seeds(work / "seeds", formats)
         report = {}
@@ -630,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.keep:
                 for result in tally.failures[:50]:
                     _keep(args.keep, fmt, result,
-                          make_input(fmt, seeds_by_format[fmt], args.seed, result["index"])[1])
+                          *make_input(fmt, seeds_by_format[fmt], args.seed, result["index"])[:2])
             if not args.json:
                 print(f"{fmt:5} tried {tally.tried:7}  untyped {counts['untyped']}  hang "
                       f"{counts['hang']}  grown {counts['grown']}  lost {counts['lost']}  "
@@ -645,11 +734,11 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _keep(folder: Path, fmt: str, result: dict, files: dict[str, bytes]) -> None:
+def _keep(folder: Path, fmt: str, result: dict, seed: Seed,
+          files: dict[str, bytes | bytearray | Patched]) -> None:
     target = folder / f"{fmt}-{result['index']}"
     target.mkdir(parents=True, exist_ok=True)
-    for name, blob in files.items():
-        (target / name).write_bytes(blob)
+    write_input(seed, files, target)
     (target / "REPORT.json").write_text(json.dumps(result, indent=1))
 
 

@@ -743,7 +743,12 @@ class VpcImage(Image):
             block, in_block = divmod(offset, block_size)
             piece = min(end - offset, block_size - in_block)
             entry = self.bat[block]
-            if entry == UNUSED_ENTRY:
+            if entry == UNUSED_ENTRY:   # one run for a stretch of unused blocks
+                last = block + 1
+                last_block = (end - 1) // block_size
+                while last <= last_block and self.bat[last] == UNUSED_ENTRY:
+                    last += 1
+                piece = min(end, last * block_size) - offset
                 yield Run(offset, piece, RunKind.UNALLOCATED)
                 offset += piece
                 continue
