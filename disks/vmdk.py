@@ -1201,16 +1201,18 @@ class SparseExtent(Extent):
     def _table_reader(self) -> Callable[[int], bytes]:
         """Reads of grain tables in file order, served from CHECK_READ-byte reads (tables
         made together lie back to back: a 64 TiB disk has two million of them)."""
-        window = [0, b""]   # file offset, bytes
+        length = self.gtes * 4
+        buffer = bytearray(max(CHECK_READ, length))   # one buffer, read into again and again
+        window = [0, 0]   # file offset and length of what the buffer holds
 
         def read(sector: int) -> bytes:
-            start, length = sector * SECTOR, self.gtes * 4
-            at, data = window
-            assert isinstance(at, int) and isinstance(data, bytes)
-            if not (at <= start and start + length <= at + len(data)):
-                at, data = start, self.file.pread(max(CHECK_READ, length), start)
-                window[:] = [at, data]
-            return data[start - at:start - at + length]
+            start = sector * SECTOR
+            at, held = window
+            if not (at <= start and start + length <= at + held):
+                at, held = start, self.file.preadinto(memoryview(buffer), start,
+                                                      zero_past_eof=False)
+                window[:] = [at, held]
+            return bytes(buffer[start - at:min(start - at + length, held)])
         return read
 
     def _compare_redundant(self, report: CheckReport, index: int, table: array[int],
