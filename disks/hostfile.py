@@ -26,6 +26,7 @@ from .errors import ImageIOError, ImageLockedError, InvalidOptionError
 from .paths import PathPolicy
 
 _ZERO_CHUNK = bytes(1 << 20)
+NO_HOLE = (1 << 63) - 1   # seek_hole's answer when the file system cannot tell
 COPY_PART = 1 << 20   # copy_range splits copies of at least two of these ...
 COPY_THREADS = 4      # ... over this many threads
 _copy_threads: list[Any] = []
@@ -184,6 +185,8 @@ class HostFile:
                 if got == 0:
                     break
                 done += got
+        except OverflowError:
+            pass  # an offset past the largest possible file: past its end, so zeros
         except OSError as exc:
             raise ImageIOError(self.path, f"read at {offset}: {exc.strerror}") from exc
         if done < total and zero_past_eof:
@@ -205,6 +208,9 @@ class HostFile:
                     views.pop(0)
                 if views and done:
                     views[0] = views[0][done:]
+        except OverflowError:
+            raise ImageIOError(self.path, f"write at {offset}: beyond the largest possible "
+                               "file") from None
         except OSError as exc:
             raise ImageIOError(self.path, f"write at {offset}: {exc.strerror}") from exc
 
@@ -275,6 +281,33 @@ class HostFile:
         finally:
             view.close()
 
+    def private_copy(self, offset: int, length: int) -> memoryview | None:
+        """A writable copy of ``[offset, offset+length)`` that costs nothing until used.
+
+        A private (copy-on-write) memory map: pages are read from the page cache when
+        first touched, and changes stay in this process (write them with pwrite too).
+        A 256 MiB table loads in no time and is held once.  None when the range is not
+        inside the file or cannot be mapped (the caller reads a copy instead).
+        """
+        if length <= 0 or offset < 0 or offset + length > self.size():
+            return None
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        # The map keeps a descriptor of its own (mmap dups the one it is given) for as
+        # long as it lives: it must not be one holding this file's locks, or the lock
+        # would outlive close().  A fresh open of the same inode shares no lock.
+        try:
+            fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            view = mmap.mmap(fd, offset + length - base, flags=mmap.MAP_PRIVATE,
+                             prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=base)
+        except (OSError, ValueError, AttributeError):
+            return None
+        finally:
+            os.close(fd)
+        return memoryview(view)[offset - base:offset - base + length]
+
     def truncate(self, size: int) -> None:
         self._mapped_size = min(self._mapped_size, size)
         try:
@@ -293,16 +326,21 @@ class HostFile:
         """Next offset holding data at or after ``offset`` (SEEK_DATA), None at EOF."""
         try:
             return os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OverflowError:
+            return None
         except OSError as exc:
             if exc.errno == errno.ENXIO:
                 return None
             return offset  # file system cannot tell: everything is data
 
     def seek_hole(self, offset: int) -> int:
+        """Next hole at or after ``offset`` (SEEK_HOLE); past any range asked about when
+        the file system cannot tell, as :meth:`seek_data` then calls everything data (a
+        smaller answer would make a caller's scan stop making progress)."""
         try:
             return os.lseek(self.fd, offset, os.SEEK_HOLE)
-        except OSError:
-            return self.size()
+        except (OSError, OverflowError):
+            return NO_HOLE
 
     def close(self) -> None:
         if not self.closed:

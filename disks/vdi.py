@@ -119,6 +119,8 @@ FILL_CHUNK = 4 << 20          # bound on buffers used to fill partial blocks
 COPY_BLOCKS = 64              # whole blocks allocated by one in-kernel copy
 
 _HOST_IS_LITTLE = sys.byteorder == "little"
+_FREE_CHUNK = b"\xff" * (64 << 10)   # a stretch of free map entries, for a quick compare
+_ZERO_CHUNK = struct.pack("=I", 0xFFFFFFFE) * (len(_FREE_CHUNK) // 4)   # ... of zero ones
 
 
 @dataclass
@@ -229,6 +231,9 @@ class VdiHeader:
         if self.offset_data < map_end:
             raise corrupt("offset_data", f"{self.offset_data} overlaps the block map "
                           f"ending at {map_end}")
+        if self.offset_data > file_size + DATA_ALIGN:  # the first block would land far
+            raise corrupt("offset_data", f"{self.offset_data} is past the end of the "  # away
+                          f"{file_size}-byte file")
 
     def geometry(self) -> Geometry | None:
         if self.cylinders and self.heads and self.sectors:
@@ -284,7 +289,7 @@ class VdiImage(Image):
     supports_backing = True
 
     header: VdiHeader
-    block_map: array           # u32 per block, host byte order
+    block_map: array | memoryview   # u32 per block, host byte order
     slot_owner: array          # block index per slot (BLOCK_FREE when unreferenced)
     next_slot: int             # the slot the next allocation takes
     file_end: int              # size of the host file (only this writer changes it)
@@ -357,30 +362,71 @@ class VdiImage(Image):
         return image
 
     def _load_block_map(self) -> None:
+        """Read the map and check every entry that names a slot against the file.
+
+        A writable open also refuses entries a write would make worse (two blocks in
+        one slot, slots beyond ``blocks_in_image``); read-only opens leave those for
+        check() to report.  The next slot is the one after the last slot in use, or
+        after ``blocks_allocated`` but never past the file's end: a wrong count must not
+        make the next block land gigabytes after the data.
+        """
         header = self.header
-        raw = self.file.pread(4 * header.blocks_in_image, header.offset_bmap)
-        block_map = array("I")
-        block_map.frombytes(raw)
-        if not _HOST_IS_LITTLE:
-            block_map.byteswap()
+        # a 64 TiB image has a 256 MiB map: mapped copy-on-write (no read, held once)
+        # where the host's byte order is the file's, else read and swapped
+        mapped = self.file.private_copy(header.offset_bmap, 4 * header.blocks_in_image) \
+            if _HOST_IS_LITTLE else None
+        if mapped is not None:
+            self.block_map = mapped.cast("I")
+        else:
+            block_map = array("I", bytes(4 * header.blocks_in_image))
+            self.file.preadinto(memoryview(block_map).cast("B"), header.offset_bmap)
+            if not _HOST_IS_LITTLE:
+                block_map.byteswap()
+            self.block_map = block_map
         file_size = self.file_end = self.file.size()
-        highest = -1
-        for block, entry in enumerate(block_map):
-            if entry >= BLOCK_ZERO:
-                continue
+        slots_in_file = max(0, -(-(file_size - header.offset_data) // header.slot_size))
+        owners: dict[int, int] = {}
+        for block, entry in self._slot_entries():
             if self._slot_host(entry) >= file_size:
                 raise CorruptImageError(
                     self.path, f"block {block} points at slot {entry}, past the end of the "
                     f"{file_size}-byte file", field=f"block_map[{block}]")
-            highest = max(highest, entry)
-        self.block_map = block_map
+            if self.readonly:
+                owners[entry] = block
+                continue
+            if entry >= header.blocks_in_image:
+                raise CorruptImageError(
+                    self.path, f"block {block} points at slot {entry}, beyond blocks_in_image "
+                    f"{header.blocks_in_image} (emu img check shows the damage)",
+                    field=f"block_map[{block}]")
+            if entry in owners:
+                raise CorruptImageError(
+                    self.path, f"blocks {owners[entry]} and {block} share slot {entry} (a "
+                    "write to one would change the other; emu img check shows the damage)",
+                    field=f"block_map[{block}]")
+            owners[entry] = block
+        highest = max(owners, default=-1)
         self.used_slots = highest + 1
-        self.next_slot = max(header.blocks_allocated, highest + 1)
+        self.next_slot = max(min(header.blocks_allocated, slots_in_file), highest + 1)
         self.unpublished: dict[int, int] = {}  # block -> map entry, written at the barrier
         self.slot_owner = array("I", [BLOCK_FREE]) * self.next_slot
-        for block, entry in enumerate(block_map):
-            if entry < BLOCK_ZERO:
-                self.slot_owner[entry] = block
+        for entry, block in owners.items():
+            self.slot_owner[entry] = block
+
+    def _slot_entries(self) -> Iterator[tuple[int, int]]:
+        """(block, slot) for every map entry naming a slot, in block order.  Stretches
+        of the map with no slot (free or zero blocks) are skipped at memcmp speed: a
+        64 TiB image has 64 Mi entries, nearly all free."""
+        block_map = self.block_map
+        raw = memoryview(block_map).cast("B")
+        step = len(_FREE_CHUNK) // 4
+        for first in range(0, len(block_map), step):
+            if _FREE_CHUNK.startswith(raw[4 * first:4 * (first + step)]):
+                continue
+            chunk = block_map[first:first + step]
+            for n, entry in enumerate(chunk):
+                if entry < BLOCK_ZERO:
+                    yield first + n, entry
 
     def _recover_orphans(self) -> None:
         """Finish what a crash interrupted: free the reserved slots past the last used
@@ -439,6 +485,9 @@ class VdiImage(Image):
                 kind, host = RunKind.DATA, self._slot_host(entry) + within
             else:
                 kind, host = (RunKind.UNALLOCATED if entry == BLOCK_FREE else RunKind.ZERO), None
+                # a whole stretch of free (or zero) blocks at once
+                stop = self._same_entries_end(block, entry, -(-end // block_size))
+                step = min(end, stop * block_size) - pos
             if run_kind is kind and (host is None or run_host is not None
                                      and run_host + run_len == host):
                 run_len += step
@@ -449,6 +498,24 @@ class VdiImage(Image):
             pos += step
         if run_kind is not None:
             yield Run(run_start, run_len, run_kind, run_host)
+
+    def _same_entries_end(self, block: int, entry: int, limit: int) -> int:
+        """The first block after ``block`` (up to ``limit``) whose map entry is not
+        ``entry`` (BLOCK_FREE or BLOCK_ZERO), compared a chunk of entries at a time."""
+        block_map = self.block_map
+        raw = memoryview(block_map).cast("B")
+        pattern = _FREE_CHUNK if entry == BLOCK_FREE else _ZERO_CHUNK
+        step = len(pattern) // 4
+        at = block + 1
+        while at < limit:
+            count = min(step, limit - at)
+            if pattern.startswith(raw[4 * at:4 * (at + count)]):
+                at += count
+                continue
+            while at < limit and block_map[at] == entry:
+                at += 1
+            return at
+        return limit
 
     def allocation_unit(self) -> int:
         return self.header.block_size
@@ -690,9 +757,7 @@ class VdiImage(Image):
         file_size = self.file.size()
         first_user: dict[int, int] = {}
         broken = False
-        for block, entry in enumerate(self.block_map):
-            if entry >= BLOCK_ZERO:
-                continue
+        for block, entry in self._slot_entries():
             if entry >= header.blocks_in_image:
                 report.corrupt(f"block {block}: map entry {entry} is beyond blocks_in_image "
                                f"{header.blocks_in_image}")
@@ -719,6 +784,10 @@ class VdiImage(Image):
         if file_size > data_end:
             report.leak(f"{file_size - data_end} bytes after the last block slot are unused")
         return first_user, broken
+
+    def _close(self) -> None:
+        if isinstance(self.block_map, memoryview):
+            self.block_map.release()   # unmaps it once no other view is left
 
     def _info(self) -> dict[str, Any]:
         header = self.header

@@ -1321,12 +1321,14 @@ class VhdxImage(Image):
                 if state not in PAYLOAD_STATE_NAMES:
                     report.corrupt(f"{what}: reserved state {state}")
                     continue
+                if state == PAYLOAD_BLOCK_PARTIALLY_PRESENT and not self.has_parent:
+                    # no sector bitmap entries here: the block reads as zeros, and the
+                    # next write into it allocates afresh (qemu-img check is silent)
+                    continue
                 if state == PAYLOAD_BLOCK_PARTIALLY_PRESENT:
                     chunk = index // (self.chunk_ratio + 1)
                     sb_entry = int(self.bat[self._bitmap_index(chunk)])
-                    if not self.has_parent:
-                        report.corrupt(f"{what}: PARTIALLY_PRESENT in a non-differencing image")
-                    elif sb_entry & BAT_STATE_MASK != SB_BLOCK_PRESENT:
+                    if sb_entry & BAT_STATE_MASK != SB_BLOCK_PRESENT:
                         report.corrupt(f"{what}: PARTIALLY_PRESENT without a sector bitmap")
                 length = self.block_size
             if host + length > file_size:

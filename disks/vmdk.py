@@ -53,6 +53,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import stat
 import struct
 import sys
 import zlib
@@ -90,6 +91,7 @@ from .registry import register
 SECTOR = 512
 KDMV_MAGIC = b"KDMV"
 COWD_MAGIC = b"COWD"
+SESPARSE_MAGIC = struct.pack("<Q", 0xCAFEBABE)   # ESXi 6.5+ seSparse extent, constant header
 GD_AT_END = 0xFFFFFFFFFFFFFFFF
 NO_PARENT_CID = 0xFFFFFFFF
 GTE_ZEROED = 1  # a GT entry meaning "this grain reads as zeros" (with FLAG_ZEROED_GTE)
@@ -126,6 +128,7 @@ COWD_GTES_PER_GT = 4096
 COWD_HEADER_BYTES = 2048
 STREAM_COMPRESS_LEVEL = 6
 STREAM_READ_WINDOW = 1 << 20           # bytes read at once when inflating stream grains
+CHECK_READ = 4 << 20                   # bytes of grain tables check() reads at once
 _LITTLE = sys.byteorder == "little"
 
 # The "KDMV" hosted sparse extent header (spec section 3, SparseExtentHeader).
@@ -182,8 +185,8 @@ def _ceil_div(value: int, unit: int) -> int:
 ACCESS_MODES = ("RW", "RDONLY", "NOACCESS")
 EXTENT_TYPES = ("FLAT", "SPARSE", "ZERO", "VMFS", "VMFSSPARSE", "VMFSRDM", "VMFSRAW")
 _EXTENT_LINE = re.compile(
-    r"""^(?P<access>RW|RDONLY|NOACCESS)\s+(?P<sectors>\d+)\s+(?P<type>[A-Za-z]+)
-        (?:\s+"(?P<name>[^"]*)"(?:\s+(?P<offset>\d+))?)?\s*$""", re.X)
+    r"""^(?P<access>RW|RDONLY|NOACCESS)\s+(?P<sectors>\d{1,20})\s+(?P<type>[A-Za-z]+)
+        (?:\s+"(?P<name>[^"]*)"(?:\s+(?P<offset>\d{1,20}))?)?\s*$""", re.X)
 _KEY_LINE = re.compile(r"""^(?P<key>[A-Za-z0-9_.]+)\s*=\s*(?P<value>.*?)\s*$""")
 
 
@@ -237,15 +240,22 @@ class Descriptor:
                     raise UnsupportedImageError(path, f"more than {MAX_EXTENTS} extents",
                                                 field="extent")
                 kind = match["type"].upper()
+                if kind == "SESPARSE":
+                    raise UnsupportedImageError(path, "seSparse extents (ESXi) are not "
+                                                "supported", field="extent")
                 if kind not in EXTENT_TYPES:
                     raise UnsupportedImageError(path, f"unknown extent type {kind!r}",
                                                 field="extent")
                 name = match["name"]
+                sectors, offset = int(match["sectors"]), int(match["offset"] or 0)
+                if sectors > MAX_CAPACITY_SECTORS or offset > MAX_CAPACITY_SECTORS:
+                    raise UnsupportedImageError(path, f"extent of {sectors} sectors at sector "
+                                                f"{offset} is beyond the {MAX_CAPACITY_SECTORS}"
+                                                "-sector limit", field="extent")
                 if kind != "ZERO" and name is None:
                     raise CorruptImageError(path, f"extent line without a file name: {line!r}",
                                             field="extent")
-                desc.extents.append(ExtentLine(match["access"], int(match["sectors"]), kind,
-                                               name, int(match["offset"] or 0)))
+                desc.extents.append(ExtentLine(match["access"], sectors, kind, name, offset))
                 continue
             match = _KEY_LINE.match(line)
             if match:
@@ -398,11 +408,39 @@ class SparseHeader:
         if self.flags & FLAG_COMPRESSED and self.compress_algorithm != COMPRESS_DEFLATE:
             raise UnsupportedImageError(path, "compressed grains without deflate",
                                         field="compressAlgorithm")
+        if self.flags & ~KNOWN_FLAGS:
+            raise UnsupportedImageError(path, f"flags {self.flags:#x} hold bits this driver "
+                                        f"does not know ({self.flags & ~KNOWN_FLAGS:#x})",
+                                        field="flags")
         if self.descriptor_offset:
             end = (self.descriptor_offset + self.descriptor_sectors) * SECTOR
             if self.descriptor_sectors * SECTOR > MAX_DESCRIPTOR_BYTES or end > file_size:
                 raise CorruptImageError(path, "embedded descriptor lies outside the file or is "
                                         "too large", field="descriptorSize")
+            self._validate_descriptor_area(path)
+
+    def _validate_descriptor_area(self, path: str) -> None:
+        """The embedded descriptor is rewritten in place (a new CID on the first write):
+        it must lie after the header and before the grain directories and the first
+        grain, or that rewrite would wipe tables (spec 3: descriptor, RGD, GD, GTs, then
+        grains from ``overHead`` on)."""
+        start, end = self.descriptor_offset, self.descriptor_offset + self.descriptor_sectors
+        gd_sectors = _ceil_div(self.gd_entries * 4, SECTOR)
+        tables = [self.gd_offset]
+        if self.flags & FLAG_REDUNDANT_GT:
+            tables.append(self.rgd_offset)
+        if start < 1:
+            raise CorruptImageError(path, "embedded descriptor overlaps the header",
+                                    field="descriptorOffset")
+        for offset in tables:
+            if offset not in (0, GD_AT_END) and offset < end and start < offset + gd_sectors:
+                raise CorruptImageError(path, f"embedded descriptor (sectors {start}..{end}) "
+                                        f"overlaps the grain directory at sector {offset}",
+                                        field="descriptorSize")
+        if self.overhead and end > self.overhead:
+            raise CorruptImageError(path, f"embedded descriptor (sectors {start}..{end}) runs "
+                                    f"past overHead {self.overhead}, where grains start",
+                                    field="descriptorSize")
 
 
 @dataclass
@@ -520,6 +558,17 @@ class ZeroExtent(Extent):
 class FlatExtent(Extent):
     """FLAT and VMFS extents: the bytes lie in one file from a sector offset on."""
 
+    def __init__(self, line: ExtentLine, file: HostFile | None, filename: str | None) -> None:
+        super().__init__(line, file, filename)
+        assert file is not None
+        end = line.offset * SECTOR + self.length
+        if file.writable and stat.S_ISREG(os.fstat(file.fd).st_mode) and file.size() < end:
+            # the tools that make flat extents make them whole; a short one (a damaged
+            # descriptor offset, most likely) would have a write extend it by gigabytes
+            raise CorruptImageError(filename, f"flat extent file holds {file.size()} bytes, "
+                                    f"the descriptor places the extent up to byte {end} "
+                                    "(open read-only to read it)", field="extent")
+
     def map(self, rel: int, length: int) -> Iterator[Piece]:
         yield rel, length, RunKind.DATA, self.line.offset * SECTOR + rel, False
 
@@ -568,6 +617,7 @@ class GrainTables:
         self.gt_bytes = entries_per_gt * 4
         self.cache: OrderedDict[int, array[int]] = OrderedDict()
         self.keep_all = keep_all   # stream writing: tables stay in memory until written out
+        self.known_size = 0        # file size last seen (it only grows while open)
 
     def table(self, index: int) -> array[int] | None:
         """The grain table for GD entry ``index``, or None when the entry is empty."""
@@ -575,6 +625,22 @@ class GrainTables:
         if cached is not None:
             self.cache.move_to_end(index)
             return cached
+        table = self.read_table(index)
+        if table is None:
+            return None
+        top = max(table)
+        if top * SECTOR >= self.known_size:
+            self.known_size = self.file.size()
+            if top * SECTOR >= self.known_size:   # a write there would grow the file by TBs
+                raise CorruptImageError(self.path, f"grain table {index} names sector {top}, "
+                                        f"past the end of the {self.known_size}-byte file",
+                                        field="gtEntry")
+        self._remember(index, table)
+        return table
+
+    def read_table(self, index: int) -> array[int] | None:
+        """The grain table as the file holds it, unchecked (for check(), which reports
+        what :meth:`table` would refuse)."""
         sector = self.gd[index]
         if sector == 0:
             return None
@@ -582,9 +648,7 @@ class GrainTables:
         if len(data) < self.gt_bytes:
             raise CorruptImageError(self.path, f"grain table {index} at sector {sector} lies "
                                     "beyond the end of the file", field="gdEntry")
-        table = _u32_table(data, self.entries_per_gt)
-        self._remember(index, table)
-        return table
+        return _u32_table(data, self.entries_per_gt)
 
     def _remember(self, index: int, table: array[int]) -> None:
         self.cache[index] = table
@@ -948,8 +1012,13 @@ class SparseExtent(Extent):
             head = self.file.pread(GRAIN_MARKER.size, highest * SECTOR)
             if len(head) == GRAIN_MARKER.size:
                 _, size = GRAIN_MARKER.unpack(head)
+                if size > 2 * self.grain_bytes:
+                    raise CorruptImageError(self.filename, f"grain marker at sector {highest} "
+                                            f"claims {size} bytes", field="grainMarker")
                 last_grain_end = max(last_grain_end, _round_up(
                     highest * SECTOR + GRAIN_MARKER.size + size, SECTOR))
+        # never grow the file here: a marker running past the end names bytes that are gone
+        last_grain_end = min(last_grain_end, _round_up(self.file.size(), SECTOR))
         # old GT/GD sectors past this point are dropped: forget their addresses
         for index in range(len(tables.gd)):
             if tables.gd[index] * SECTOR >= last_grain_end:
@@ -1065,6 +1134,8 @@ class SparseExtent(Extent):
         gt_span = _round_up(self.gtes * 4, SECTOR)
         grain_span = self.grain_bytes
         claimed: dict[int, str] = {}
+        primary, redundant = self._table_reader(), self._table_reader()
+        empty_table = bytes(self.gtes * 4)
         expected = _ceil_div(self.length, self.grain_bytes * self.gtes)
         if len(tables.gd) < expected:
             report.corrupt(f"{path}: grain directory has {len(tables.gd)} entries, "
@@ -1083,15 +1154,19 @@ class SparseExtent(Extent):
                 report.corrupt(f"{path}: grain table {index} at sector {gt_sector} "
                                "beyond end of file")
                 continue
-            table = tables.table(index)
-            assert table is not None
+            cached = tables.cache.get(index)
+            raw_table = primary(gt_sector) if cached is None else b""
+            raw_copy = None
             if tables.rgd is not None and tables.rgd[index]:
-                rgt_sector = tables.rgd[index]
-                raw = self.file.pread(self.gtes * 4, rgt_sector * SECTOR)
-                if len(raw) < self.gtes * 4:
+                raw_copy = redundant(tables.rgd[index])
+                if len(raw_copy) < self.gtes * 4:
                     report.corrupt(f"{path}: redundant grain table {index} beyond end of file")
-                else:
-                    self._compare_redundant(report, index, table, _u32_table(raw, self.gtes))
+                    raw_copy = None
+            if cached is None and raw_table == empty_table and raw_copy in (None, raw_table):
+                continue   # an empty table and its copy (most of a big, fresh disk)
+            table = cached if cached is not None else _u32_table(raw_table, self.gtes)
+            if raw_copy is not None:
+                self._compare_redundant(report, index, table, _u32_table(raw_copy, self.gtes))
             if self.compressed:
                 for slot, entry in enumerate(table):
                     if entry > GTE_ZEROED and entry * SECTOR + GRAIN_MARKER.size > size:
@@ -1122,6 +1197,23 @@ class SparseExtent(Extent):
                                    f"{claimed[key]}")
                 else:
                     claimed[key] = f"grain {grain}"
+
+    def _table_reader(self) -> Callable[[int], bytes]:
+        """Reads of grain tables in file order, served from CHECK_READ-byte reads (tables
+        made together lie back to back: a 64 TiB disk has two million of them)."""
+        length = self.gtes * 4
+        buffer = bytearray(max(CHECK_READ, length))   # one buffer, read into again and again
+        window = [0, 0]   # file offset and length of what the buffer holds
+
+        def read(sector: int) -> bytes:
+            start = sector * SECTOR
+            at, held = window
+            if not (at <= start and start + length <= at + held):
+                at, held = start, self.file.preadinto(memoryview(buffer), start,
+                                                      zero_past_eof=False)
+                window[:] = [at, held]
+            return bytes(buffer[start - at:min(start - at + length, held)])
+        return read
 
     def _compare_redundant(self, report: CheckReport, index: int, table: array[int],
                            redundant: array[int]) -> None:
@@ -1328,8 +1420,8 @@ def _read_footer(file: HostFile, header: SparseHeader, path: str) -> SparseHeade
     if footer.gd_offset in (0, GD_AT_END):
         raise CorruptImageError(path, "footer does not locate the grain directory",
                                 field="gdOffset")
-    if (footer.capacity, footer.grain_sectors, footer.gtes_per_gt) != \
-            (header.capacity, header.grain_sectors, header.gtes_per_gt):
+    if (footer.capacity, footer.grain_sectors, footer.gtes_per_gt, footer.flags) != \
+            (header.capacity, header.grain_sectors, header.gtes_per_gt, header.flags):
         raise CorruptImageError(path, "footer disagrees with the header", field="footer")
     footer.rgd_offset = 0
     footer.flags &= ~FLAG_REDUNDANT_GT
@@ -1478,7 +1570,7 @@ class VmdkImage(Image):
     # -- probing and opening -----------------------------------------------
     @classmethod
     def probe(cls, data: ProbeInput) -> int:
-        if data.head[:4] in (KDMV_MAGIC, COWD_MAGIC):
+        if data.head[:4] in (KDMV_MAGIC, COWD_MAGIC) or data.head[:8] == SESPARSE_MAGIC:
             return 100
         text = data.head[:4096]
         if b"createType" in text and (b"# Disk DescriptorFile" in text or b"version" in text):
@@ -1508,14 +1600,21 @@ class VmdkImage(Image):
         if head[:4] == KDMV_MAGIC:
             header = SparseHeader.unpack(head, path)
             header.validate(path, size)
-            if header.descriptor_offset and header.descriptor_sectors:
-                text = file.pread(header.descriptor_sectors * SECTOR,
-                                  header.descriptor_offset * SECTOR)
-                self.descriptor = Descriptor.parse(
-                    text.split(b"\0", 1)[0].decode("utf-8", "replace"), path)
-                self.embedded = header
+            if not (header.descriptor_offset and header.descriptor_sectors):
+                # an extent of a disk whose descriptor is another file (qemu and libvmdk
+                # refuse it too): alone it says nothing of the disk it belongs to
+                raise CorruptImageError(path, "sparse extent without a descriptor: open the "
+                                        "descriptor file that names it", field="descriptorOffset")
+            text = file.pread(header.descriptor_sectors * SECTOR,
+                              header.descriptor_offset * SECTOR)
+            self.descriptor = Descriptor.parse(
+                text.split(b"\0", 1)[0].decode("utf-8", "replace"), path)
+            self.embedded = header
             whole_disk_line = ExtentLine("RW", header.capacity, "SPARSE",
                                          os.path.basename(path))
+        elif head[:8] == SESPARSE_MAGIC:
+            raise UnsupportedImageError(path, "an ESXi seSparse extent: this driver does not "
+                                        "read seSparse", field="magicNumber")
         elif head[:4] == COWD_MAGIC:
             cowd = CowdHeader.unpack(head, path)
             cowd.validate(path, size)

@@ -754,7 +754,12 @@ class VpcImage(Image):
             block, in_block = divmod(offset, block_size)
             piece = min(end - offset, block_size - in_block)
             entry = self.bat[block]
-            if entry == UNUSED_ENTRY:
+            if entry == UNUSED_ENTRY:   # one run for a stretch of unused blocks
+                last = block + 1
+                last_block = (end - 1) // block_size
+                while last <= last_block and self.bat[last] == UNUSED_ENTRY:
+                    last += 1
+                piece = min(end, last * block_size) - offset
                 yield Run(offset, piece, RunKind.UNALLOCATED)
                 offset += piece
                 continue
@@ -970,13 +975,17 @@ class VpcImage(Image):
     def _scan_blocks(self, data_limit: int | None) -> tuple[dict[int, str], int, int]:
         """Blocks that cannot be trusted (why), the end of the last block, leaked bytes.
 
-        A block is bad when it overlaps the metadata or another block, or runs past
-        ``data_limit`` (the footer).  Leaks are gaps between and after blocks; what
-        precedes the first block is alignment padding, never a leak, and so is a gap
-        shorter than ``DATA_ALIGNMENT`` that puts the next block's data on that boundary
-        (Hyper-V starts every block's data on a 4 KiB boundary, bitmap just before).
+        A block is bad when it overlaps the metadata or another block, runs past
+        ``data_limit`` (the footer), or (without a footer to bound it) has its bitmap
+        outside the file: the next block is appended after the last good one, so a
+        corrupt entry can never make a write grow the file by more than one block.
+        Leaks are gaps between and after blocks; what precedes the first block is
+        alignment padding, never a leak, and so is a gap shorter than
+        ``DATA_ALIGNMENT`` that puts the next block's data on that boundary (Hyper-V
+        starts every block's data on a 4 KiB boundary, bitmap just before).
         """
         bad: dict[int, str] = {}
+        file_end = self.file.size()
         span = self.bitmap_size + self.block_size
         metadata_end = max(end for _, end, _ in self.metadata)
         blocks = sorted((entry * SECTOR, index) for index, entry in enumerate(self.bat)
@@ -989,6 +998,10 @@ class VpcImage(Image):
                 continue
             if data_limit is not None and end > data_limit:
                 bad[index] = f"block {index} at {start} runs past the footer at {data_limit}"
+                continue
+            if start + self.bitmap_size > file_end:
+                bad[index] = f"block {index} at {start} is past the end of the " \
+                             f"{file_end}-byte file"
                 continue
             if start < previous_end:
                 bad[index] = f"block {index} at {start} overlaps block {previous_index}"

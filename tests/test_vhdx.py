@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -866,6 +867,17 @@ def test_info_matches_qemu_img(tmp_path: Path) -> None:
         assert ours[key] == theirs[key], key
 
 
+class ImageBytes(dict[str, bytes]):
+    """Image files by name, shown by name only (Hypothesis prints a failing example's
+    arguments, fixtures included: megabytes of image otherwise)."""
+
+    def __repr__(self) -> str:
+        return f"<images {', '.join(self)}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+
 @pytest.fixture(scope="module")
 def small_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     folder = tmp_path_factory.mktemp("fuzz")
@@ -874,7 +886,8 @@ def small_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     with disks.create(folder / "child.vhdx", "vhdx", backing=folder / "parent.vhdx",
                       block_size="1M") as image:
         image.write(MiB - 512, pattern(91, 5000))
-    return {name: (folder / name).read_bytes() for name in ("parent.vhdx", "child.vhdx")}
+    return ImageBytes((name, (folder / name).read_bytes()) for name in ("parent.vhdx",
+                                                                         "child.vhdx"))
 
 
 @settings(max_examples=60, deadline=None,
