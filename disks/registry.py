@@ -266,7 +266,12 @@ def _create_replacing(path: str, driver: type[Image], size: int, options: dict[s
             file = HostFile(temp, writable=True, create=True)
             try:
                 file.path = path                  # errors and derived names use the target's
-                driver.create_file(file, size, options, parent)
+                try:
+                    driver.create_file(file, size, options, parent)
+                except BaseException:
+                    for extra in file.created:    # extents made for the failed image
+                        _unlink_quietly(extra)
+                    raise
                 file.sync()
                 if old is not None:   # the new file keeps the old one's mode and owner
                     _copy_mode_and_owner(old.fd, file.fd)

@@ -202,3 +202,27 @@ def test_usage_errors_are_one_line_exit_1(capsys: pytest.CaptureFixture[str],
         img_main(argv)
     assert caught.value.code == 1
     one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv", [["-f", "vmdk", "-o", "subformat=monolithicFlat"],
+                                  ["-f", "vmdk", "-o", "subformat=twoGbMaxExtentFlat"],
+                                  ["-f", "vdi", "-o", "static=on"],
+                                  ["-f", "vhdx", "-o", "subformat=fixed"]])
+@pytest.mark.parametrize("exists", [False, True])
+def test_create_running_out_of_space_leaves_nothing_new(tmp_path: Path, argv: list[str],
+                                                        exists: bool) -> None:
+    import resource
+    path = tmp_path / "x.img"
+    if exists:
+        image(path)
+    before = sorted(p.name for p in tmp_path.iterdir()), path.read_bytes() if exists else None
+
+    def small_disk() -> None:   # every write past 1 MiB fails (EFBIG), as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MiB, MiB))
+
+    proc = subprocess.run([sys.executable, "-m", "emu", "img", "create", *argv, str(path),
+                           "64M"], capture_output=True, text=True, timeout=120,
+                          preexec_fn=small_disk)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert (sorted(p.name for p in tmp_path.iterdir()),
+            path.read_bytes() if exists else None) == before
