@@ -26,14 +26,14 @@ from .errors import (
     UnsupportedImageError,
 )
 from .image import CheckReport, Extent, Geometry, Image, RunKind
-from .registry import create, driver_for, formats, open, probe
+from .registry import create, creating, driver_for, formats, open, probe
 
 __all__ = [
     "BackingChainError", "CheckReport", "CorruptImageError", "Extent", "Geometry", "Image",
     "ImageError", "ImageIOError", "ImageLockedError", "ImageWarning", "InvalidOptionError",
     "MissingBackingError", "OutOfRangeError", "PathNotAllowedError", "ReadOnlyImageError",
-    "RunKind", "UnknownFormatError", "UnsupportedImageError", "create", "driver_for",
-    "formats", "open", "probe",
+    "RunKind", "UnknownFormatError", "UnsupportedImageError", "create", "creating",
+    "driver_for", "formats", "open", "probe",
 ]
 
 
