@@ -537,7 +537,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="emu img", description="Inspect, create and convert "
-                                     "disk images (qemu-img's verbs).")
+                     "disk images (qemu-img's verbs).")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("create", help="create an image")
