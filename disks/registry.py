@@ -155,11 +155,10 @@ def _open(path: str, format: str | None, readonly: bool,  # noqa: A002
                                          locks=_Locks(locks.force_share, paths))
         return image
     except BaseException:
-        if image is not None:  # its parent failed: release its extents (and their locks)
-            try:
-                image.close(sync=False)
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                image.closed = True
+        if image is not None:  # its parent failed: release its extents' files and locks
+            image.closed = True  # without writing anything
+            for extra in image.files()[1:]:
+                extra.close()
         file.close()
         raise
 
