@@ -1,10 +1,13 @@
 """emu's disk-image layer: one interface over raw, VDI, VHD, VMDK and VHDX images.
 
-Use :func:`open`, :func:`create` and :func:`probe`; every image is a
-:class:`Image`.  Errors are :class:`ImageError` subclasses naming the file and
-field.  Format modules register their drivers in :mod:`disks.registry` when
-imported; the registry imports them on first use (``disks.vdi`` and friends also
-load on attribute access), so a run that names its formats loads only those.
+Use :func:`open`, :func:`create` (:func:`creating` to fill an image before it
+replaces its target) and :func:`probe`; every image is a :class:`Image`.  Errors
+are :class:`ImageError` subclasses naming the file and field.  Every file is
+locked in QEMU's scheme (:mod:`disks.locking`), and files an image names lie in
+its chain's folders unless allowed (:mod:`disks.paths`).  Format modules
+register their drivers in :mod:`disks.registry` when imported; the registry
+imports them on first use (``disks.vdi`` and friends also load on attribute
+access), so a run that names its formats loads only those.
 """
 
 import importlib
@@ -26,14 +29,14 @@ from .errors import (
     UnsupportedImageError,
 )
 from .image import CheckReport, Extent, Geometry, Image, RunKind
-from .registry import create, driver_for, formats, open, probe
+from .registry import create, creating, driver_for, formats, open, probe
 
 __all__ = [
     "BackingChainError", "CheckReport", "CorruptImageError", "Extent", "Geometry", "Image",
     "ImageError", "ImageIOError", "ImageLockedError", "ImageWarning", "InvalidOptionError",
     "MissingBackingError", "OutOfRangeError", "PathNotAllowedError", "ReadOnlyImageError",
-    "RunKind", "UnknownFormatError", "UnsupportedImageError", "create", "driver_for",
-    "formats", "open", "probe",
+    "RunKind", "UnknownFormatError", "UnsupportedImageError", "create", "creating",
+    "driver_for", "formats", "open", "probe",
 ]
 
 

@@ -89,6 +89,7 @@ class HostFile:
         self.writable = writable or create
         self.force_share = False
         self.paths: PathPolicy | None = None  # where files this one names may lie
+        self.created: list[str] = []  # files create_related made (removed if a create fails)
         self._locked = False
         flags = os.O_RDWR if self.writable else os.O_RDONLY
         if create:
@@ -124,6 +125,16 @@ class HostFile:
         except BaseException:
             related.close()
             raise
+        return related
+
+    def create_related(self, path: str) -> HostFile:
+        """Create a file this one names while this one is being created (an extent),
+        emptying an existing one only once locked; :attr:`created` lists the new ones
+        so that a failed create can remove them."""
+        existed = os.path.lexists(path)
+        related = HostFile(path, writable=True, create=True)
+        if not existed:
+            self.created.append(path)
         return related
 
     # -- locking -----------------------------------------------------------

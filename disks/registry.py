@@ -11,7 +11,8 @@ import importlib
 import os
 import random
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,11 +155,10 @@ def _open(path: str, format: str | None, readonly: bool,  # noqa: A002
                                          locks=_Locks(locks.force_share, paths))
         return image
     except BaseException:
-        if image is not None:  # its parent failed: release its extents (and their locks)
-            try:
-                image.close(sync=False)
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                image.closed = True
+        if image is not None:  # its parent failed: release its extents' files and locks
+            image.closed = True  # without writing anything
+            for extra in image.files()[1:]:
+                extra.close()
         file.close()
         raise
 
@@ -219,16 +219,96 @@ def create(path: str | os.PathLike[str], format: str, size: int | str | None = N
     temporary file beside it that replaces it only once complete and synced.  A
     failed create leaves no file behind (and the old one whole).
     """
-    path = os.fspath(path)
+    driver, staged = _stage(os.fspath(path), format, size, backing, backing_format,
+                            allow_paths, options)
+    staged.commit()
+    return open(path, format=driver.format_name,
+                backing=os.fspath(staged.backing) if staged.backing is not None else None,
+                allow_paths=allow_paths)
+
+
+@contextmanager
+def creating(path: str | os.PathLike[str], format: str,  # noqa: A002
+             size: int | str | None = None, *, backing: str | os.PathLike[str] | None = None,
+             backing_format: str | None = None,
+             allow_paths: Iterable[str | os.PathLike[str]] | None = None,
+             **options: Any) -> Iterator[Image]:
+    """:func:`create` for an image filled before it may replace ``path`` (convert).
+
+    The image is open for writing under a temporary name beside ``path`` (errors name
+    ``path``); it takes ``path``'s place only when the block ends without an error,
+    after a close (the caller may close it first, e.g. without a sync).  On an error
+    the new files are removed and whatever was at ``path`` is left whole.
+    """
+    driver, staged = _stage(os.fspath(path), format, size, backing, backing_format,
+                            allow_paths, options)
+    try:
+        image = open(staged.temp, format=driver.format_name,
+                     backing=os.fspath(staged.backing) if staged.backing is not None else None,
+                     allow_paths=allow_paths)
+    except BaseException:
+        staged.abort()
+        raise
+    image.path = image.file.path = staged.path
+    try:
+        yield image
+        image.close()   # nothing to do when the caller closed it
+    except BaseException:
+        try:
+            image.close(sync=False)
+        except ImageError:
+            pass  # the first error is the one to report
+        staged.abort()
+        raise
+    staged.commit()
+
+
+@dataclass
+class _Staged:
+    """A new image built under a temporary name beside its target, the old file locked."""
+
+    path: str                     # as the caller named it
+    target: str                   # what the rename replaces (symlinks resolved)
+    temp: str
+    old: HostFile | None          # what was there, locked as a writer until the end
+    created: list[str]            # extents made beside it (removed on abort)
+    backing: str | None
+
+    def commit(self) -> None:
+        try:
+            os.replace(self.temp, self.target)
+        except OSError as exc:
+            self.abort()
+            raise ImageIOError(self.path, f"cannot create: {exc.strerror}") from exc
+        _sync_folder(os.path.dirname(self.target))
+        self._release()
+
+    def abort(self) -> None:
+        for leftover in (self.temp, *self.created):
+            _unlink_quietly(leftover)
+        self._release()
+
+    def _release(self) -> None:
+        if self.old is not None:
+            self.old.close()
+            self.old = None
+
+
+def _stage(path: str, format: str, size: int | str | None,  # noqa: A002
+           backing: str | os.PathLike[str] | None, backing_format: str | None,
+           allow_paths: Iterable[str | os.PathLike[str]] | None,
+           options: dict[str, Any]) -> tuple[type[Image], _Staged]:
+    """Validate everything, lock what is at ``path``, build the image beside it."""
     driver = driver_for(format, path)
     parsed = parse_options(driver, options, path)
     parent: Image | None = None
+    parent_path: str | None = None
     if backing is not None:
         if not driver.supports_backing:
             raise InvalidOptionError(
                 path, f"{driver.format_name} images cannot have a backing file", field="backing")
-        backing = _resolve_backing_arg(os.fspath(backing), path)
-        parent = open(backing, format=backing_format, readonly=True, allow_paths=allow_paths)
+        parent_path = _resolve_backing_arg(os.fspath(backing), path)
+        parent = open(parent_path, format=backing_format, readonly=True, allow_paths=allow_paths)
     try:
         if size is None:
             if parent is None:
@@ -237,19 +317,18 @@ def create(path: str | os.PathLike[str], format: str, size: int | str | None = N
             byte_size = parent.size
         else:
             byte_size = _parse_size(size, path)
-        _create_replacing(path, driver, byte_size, parsed, parent)
+        staged = _build_beside(path, driver, byte_size, parsed, parent)
     finally:
         if parent is not None:
             parent.close()
-    return open(path, format=driver.format_name,
-                backing=os.fspath(backing) if backing is not None else None,
-                allow_paths=allow_paths)
+    staged.backing = parent_path
+    return driver, staged
 
 
-def _create_replacing(path: str, driver: type[Image], size: int, options: dict[str, Any],
-                      parent: Image | None) -> None:
-    """Build the image in a temporary file beside ``path``, then rename it over ``path``
-    while holding the writer's lock on what was there."""
+def _build_beside(path: str, driver: type[Image], size: int, options: dict[str, Any],
+                  parent: Image | None) -> _Staged:
+    """Build the image in a temporary file beside ``path`` while holding the writer's
+    lock on what is there (the rename is the caller's, through :class:`_Staged`)."""
     old: HostFile | None = None
     if os.path.exists(path):                     # a dangling symlink: create its target
         old = HostFile(path, writable=True)   # refuses a FIFO, a device, a directory
@@ -260,28 +339,26 @@ def _create_replacing(path: str, driver: type[Image], size: int, options: dict[s
             raise
     target = os.path.realpath(path)              # a symlink stays a symlink
     folder, name = os.path.split(target)
+    staged = _Staged(path, target, "", old, [], None)
     try:
-        temp = _temporary_beside(folder, name, path)
+        staged.temp = _temporary_beside(folder, name, path)
+        file = HostFile(staged.temp, writable=True, create=True)
         try:
-            file = HostFile(temp, writable=True, create=True)
-            try:
-                file.path = path                  # errors and derived names use the target's
-                driver.create_file(file, size, options, parent)
-                file.sync()
-                if old is not None:   # the new file keeps the old one's mode and owner
-                    _copy_mode_and_owner(old.fd, file.fd)
-            finally:
-                file.close()
-            os.replace(temp, target)
-        except BaseException:
-            _unlink_quietly(temp)
-            raise
-        _sync_folder(folder)
+            file.path = path                      # errors and derived names use the target's
+            staged.created = file.created         # extents made for it
+            driver.create_file(file, size, options, parent)
+            file.sync()
+            if old is not None:   # the new file keeps the old one's mode and owner
+                _copy_mode_and_owner(old.fd, file.fd)
+        finally:
+            file.close()
     except OSError as exc:
+        staged.abort()
         raise ImageIOError(path, f"cannot create: {exc.strerror}") from exc
-    finally:
-        if old is not None:
-            old.close()
+    except BaseException:
+        staged.abort()
+        raise
+    return staged
 
 
 def _temporary_beside(folder: str, name: str, path: str) -> str:
@@ -362,5 +439,5 @@ def parse_options(driver: type[Image], options: Mapping[str, Any], path: str) ->
     return parsed
 
 
-__all__ = ["DRIVER_MODULES", "ImageError", "create", "driver_for", "formats", "load_drivers",
-           "open", "parse_options", "probe", "register"]
+__all__ = ["DRIVER_MODULES", "ImageError", "create", "creating", "driver_for", "formats",
+           "load_drivers", "open", "parse_options", "probe", "register"]

@@ -1943,7 +1943,7 @@ class VmdkImage(Image):
                 "twoGbMaxExtentSparse": "SPARSE", "vmfsSparse": "VMFSSPARSE"}[subformat]
         lines = [ExtentLine("RW", sectors, kind, name) for name, sectors in pieces]
         for name, sectors in pieces:
-            extent_file = HostFile(os.path.join(folder, name), writable=True, create=True)
+            extent_file = file.create_related(os.path.join(folder, name))
             try:
                 if kind == "SPARSE":
                     _write_sparse_extent(extent_file, sectors, None, zeroed_grain=zeroed,

@@ -419,10 +419,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     with _open(args, args.source, args.f) as src:
         _refuse_same_file(src, args.target)
-        dst = disks.create(args.target, out_fmt, src.size, **options)
-        try:
+        # the copy takes the target's name only once complete: a failed convert leaves
+        # whatever was there whole
+        with disks.creating(args.target, out_fmt, src.size, **options) as dst:
             copy_image(src, dst, show if args.p else None)
-        finally:
             dst.close(sync=args.t != "unsafe")
     if args.p:
         print(f"    ({100.0:.2f}/100%)")
@@ -537,7 +537,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="emu img", description="Inspect, create and convert "
-                                     "disk images (qemu-img's verbs).")
+                     "disk images (qemu-img's verbs).")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("create", help="create an image")

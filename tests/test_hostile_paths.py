@@ -189,3 +189,21 @@ def test_create_on_a_parent_whose_chain_leaves_its_folder(
                      "-b", str(middle), str(top)]) == 0
     with disks.open(top, readonly=True, allow_paths=[tmp_path / "out"]) as image:
         assert image.read(0, 512) == b"p" * 512
+
+
+def test_a_refused_parent_leaves_no_file_locked(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "img").mkdir()
+    flat = tmp_path / "img" / "c.vmdk"
+    with disks.create(flat, "vmdk", 4 * MiB, subformat="monolithicFlat"):
+        pass
+    text = flat.read_text().replace('parentCID=ffffffff', 'parentCID=12345678\n'
+                                    'parentFileNameHint="../out/p.vmdk"')
+    flat.write_text(text)
+    with disks.create(tmp_path / "out" / "p.vmdk", "vmdk", 4 * MiB):
+        pass
+    for _ in range(2):   # the extent opened before the parent was refused is released
+        with pytest.raises(disks.PathNotAllowedError):
+            disks.open(flat)
+    with disks.open(tmp_path / "img" / "c-flat.vmdk", format="raw") as extent:
+        assert extent.size == 4 * MiB

@@ -202,3 +202,73 @@ def test_usage_errors_are_one_line_exit_1(capsys: pytest.CaptureFixture[str],
         img_main(argv)
     assert caught.value.code == 1
     one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv", [["-f", "vmdk", "-o", "subformat=monolithicFlat"],
+                                  ["-f", "vmdk", "-o", "subformat=twoGbMaxExtentFlat"],
+                                  ["-f", "vdi", "-o", "static=on"],
+                                  ["-f", "vhdx", "-o", "subformat=fixed"]])
+@pytest.mark.parametrize("exists", [False, True])
+def test_create_running_out_of_space_leaves_nothing_new(tmp_path: Path, argv: list[str],
+                                                        exists: bool) -> None:
+    import resource
+    path = tmp_path / "x.img"
+    if exists:
+        image(path)
+    before = sorted(p.name for p in tmp_path.iterdir()), path.read_bytes() if exists else None
+
+    def small_disk() -> None:   # every write past 1 MiB fails (EFBIG), as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MiB, MiB))
+
+    proc = subprocess.run([sys.executable, "-m", "emu", "img", "create", *argv, str(path),
+                           "64M"], capture_output=True, text=True, timeout=120,
+                          preexec_fn=small_disk)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert (sorted(p.name for p in tmp_path.iterdir()),
+            path.read_bytes() if exists else None) == before
+
+
+@pytest.mark.parametrize("options", [["-O", "vdi"],
+                                     ["-O", "vmdk", "-o", "subformat=monolithicFlat"]])
+def test_convert_failing_midway_leaves_the_old_target_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        options: list[str]) -> None:
+    import emu.img
+    source, target = image(tmp_path / "src.vdi"), image(tmp_path / "old.img")
+    before = target.read_bytes()
+    real_copy = emu.img.copy_image
+
+    def copy_then_fail(src: disks.Image, dst: disks.Image, progress: object = None) -> None:
+        real_copy(src, dst)
+        raise disks.ImageIOError(src.path, "read at 0: Input/output error")
+
+    monkeypatch.setattr(emu.img, "copy_image", copy_then_fail)
+    assert img_main(["convert", *options, str(source), str(target)]) == 1
+    assert "Input/output error" in one_line_error(capsys)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.img", "src.vdi"]
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_convert_running_out_of_space_leaves_nothing_new(tmp_path: Path, exists: bool) -> None:
+    import resource
+    source = tmp_path / "src.vdi"
+    with disks.create(source, "vdi", 16 * MiB) as img:
+        img.write(0, b"\x01" * (4 * MiB))
+    target = tmp_path / "x.vhdx"
+    if exists:
+        image(target, "vhdx")
+    before = sorted(p.name for p in tmp_path.iterdir()), target.read_bytes() if exists else None
+
+    def small_disk() -> None:   # the empty image fits (4 MiB), the copied data does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6 * MiB, 6 * MiB))
+
+    proc = subprocess.run([sys.executable, "-m", "emu", "img", "convert", "-O", "vhdx",
+                           "-o", "block_size=1M", str(source), str(target)],
+                          capture_output=True, text=True, timeout=120, preexec_fn=small_disk)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "File too large" in proc.stderr and "cannot create" not in proc.stderr
+    assert (sorted(p.name for p in tmp_path.iterdir()),
+            target.read_bytes() if exists else None) == before
+    if exists:
+        qemu_img("check", "-f", "vhdx", target)

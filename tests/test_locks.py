@@ -237,3 +237,13 @@ def test_a_second_emu_process_is_refused(tmp_path: Path) -> None:
         assert subprocess.run([sys.executable, "-c", script, str(path)],
                               timeout=60).returncode == 3
     assert subprocess.run([sys.executable, "-c", script, str(path)], timeout=60).returncode == 0
+
+
+def test_emu_run_refuses_a_disk_qemu_io_writes_in_one_line(tmp_path: Path) -> None:
+    path = make(tmp_path / "busy.vdi", "vdi")
+    with qemu_io_holding(path, "vdi"):
+        proc = subprocess.run([sys.executable, "-m", "emu", "run", "--disk", f"{path}",
+                               "--serial", "null", "--max-instructions", "1000"],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and 'Failed to get "write" lock' in proc.stderr
