@@ -109,6 +109,8 @@ from unicorn import x86_const as X
 import disks
 from devices import geometry as disk_geometry
 from devices.ata import AtaChannel, AtaDrive
+from devices.atapi import BLOCK as CD_BLOCK
+from devices.atapi import AtapiDrive, MediumLockedError
 from devices.busmaster import BusMasterIde
 from devices.cmos import DEFAULT_START, Cmos, CmosLayout
 from devices.interfaces import PortDevice, StringPortDevice
@@ -208,7 +210,8 @@ class MachineConfigError(Exception):
 
 @dataclass(frozen=True)
 class DiskSpec:
-    """One ``--disk`` option."""
+    """One ``--disk`` option (``media="cdrom"``: an ATAPI CD/DVD-ROM drive, whose
+    empty ``path`` means an empty drive)."""
 
     path: str
     format: str | None = None
@@ -216,19 +219,23 @@ class DiskSpec:
     unit: int | None = None
     readonly: bool = False
     snapshot: bool = False
+    media: str = "disk"
 
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
         path, *options = text.split(",")
-        if not path:
-            raise MachineConfigError(f"--disk {text!r}: no file name")
         values: dict[str, Any] = {}
         for option in options:
             key, sep, value = option.partition("=")
-            if not sep or key not in ("format", "bus", "unit", "readonly", "snapshot"):
+            if not sep or key not in ("format", "bus", "unit", "readonly", "snapshot",
+                                      "media"):
                 raise MachineConfigError(f"--disk {text!r}: unknown option {option!r}")
             try:
-                if key in ("bus", "unit"):
+                if key == "media":
+                    if value not in MEDIA:
+                        raise ValueError
+                    values[key] = value
+                elif key in ("bus", "unit"):
                     number = int(value)
                     if number not in (0, 1):
                         raise ValueError
@@ -239,7 +246,41 @@ class DiskSpec:
                     values[key] = value
             except ValueError:
                 raise MachineConfigError(f"--disk {text!r}: bad value for {key}") from None
+        if not path and values.get("media") != "cdrom":
+            raise MachineConfigError(f"--disk {text!r}: no file name")
         return cls(path, **values)
+
+    @classmethod
+    def cdrom(cls, path: str) -> DiskSpec:
+        """``--cdrom FILE``: the secondary master, as QEMU places it."""
+        return cls(path, bus=1, unit=0, media="cdrom")
+
+    @property
+    def is_cdrom(self) -> bool:
+        return self.media == "cdrom"
+
+
+MEDIA = ("disk", "cdrom")
+# --boot letters (QEMU's) -> CMOS boot device names.
+BOOT_LETTERS = {"a": "floppy", "c": "disk", "d": "cdrom", "n": "network"}
+DEFAULT_BOOT_ORDER = "cd"
+
+
+def parse_boot_order(text: str) -> list[str]:
+    """``--boot order=dc`` / ``--boot dc`` -> CMOS boot devices, at most three (QEMU's
+    set_boot_dev publishes three in CMOS 3Dh/38h)."""
+    letters = text
+    for option in text.split(","):
+        key, sep, value = option.partition("=")
+        if sep and key == "order":
+            letters = value
+        elif sep or option != text:
+            raise MachineConfigError(f"--boot {text!r}: unknown option {option!r}")
+    if not letters or len(letters) > 3 or len(set(letters)) != len(letters) \
+            or any(letter not in BOOT_LETTERS for letter in letters):
+        raise MachineConfigError(
+            f"--boot {text!r}: the order is up to three distinct letters of a, c, d, n")
+    return [BOOT_LETTERS[letter] for letter in letters]
 
 
 @dataclass
@@ -372,7 +413,8 @@ class Machine:
                  debugcon: str = "null", snapshot: bool = False, timeout: float | None = None,
                  trace: str | Path | None = None, reboot: bool = False,
                  max_instructions: int | None = None,
-                 rtc_start: Any = DEFAULT_START, serial_input: bytes = b"") -> None:
+                 rtc_start: Any = DEFAULT_START, serial_input: bytes = b"",
+                 cdrom: str | None = None, boot: str = DEFAULT_BOOT_ORDER) -> None:
         self.ram_size = parse_memory_size(memory)
         self.bios = load_bios(bios)
         self.timeout = timeout
@@ -381,8 +423,12 @@ class Machine:
         self.rtc_start = rtc_start
         self.disk_specs = [spec if isinstance(spec, DiskSpec) else DiskSpec.parse(spec)
                            for spec in disks]
+        if cdrom is not None:
+            self.disk_specs.append(DiskSpec.cdrom(cdrom))
+        self.boot_order = parse_boot_order(boot)
         self.snapshot = snapshot
         self.images: list[tuple[int, int, DiskImage]] = []
+        self.cdroms: list[tuple[int, int, DiskImage | None]] = []   # (bus, unit, medium)
         self._temporary_dirs: list[str] = []
         self._stop: _Stop | None = None
         self.instructions = 0
@@ -437,6 +483,10 @@ class Machine:
                 raise MachineConfigError(
                     f"--disk {spec.path}: bus {slot[0]} unit {slot[1]} is already in use")
             taken.add(slot)
+            if spec.is_cdrom:
+                self.cdroms.append((slot[0], slot[1], self._open_cd_image(spec.path,
+                                                                          spec.format)))
+                continue
             snapshot = spec.snapshot or self.snapshot
             try:
                 image = disks.open(spec.path, format=spec.format,
@@ -453,6 +503,62 @@ class Machine:
                 self._temporary_dirs.append(folder)
                 image = OverlayImage(image, os.path.join(folder, "overlay"))
             self.images.append((slot[0], slot[1], image))
+
+    def _open_cd_image(self, path: str, format: str | None = None) -> DiskImage | None:
+        """A CD/DVD medium, read-only through the disks layer (empty path: no medium)."""
+        if not path:
+            return None
+        try:
+            image = disks.open(path, format=format, readonly=True)
+        except disks.ImageError as error:
+            text = str(error)
+            raise MachineConfigError(("--cdrom: " if path in text else f"--cdrom {path}: ")
+                                     + text) from None
+        except OSError as error:
+            raise MachineConfigError(f"--cdrom {path}: {error.strerror}") from None
+        if image.size < CD_BLOCK:
+            image.close()
+            raise MachineConfigError(f"--cdrom {path}: {image.size} bytes is less than one "
+                                     f"{CD_BLOCK}-byte CD sector")
+        return image
+
+    def cdrom_drive(self, bus: int | None = None, unit: int | None = None) -> AtapiDrive:
+        """The CD/DVD drive at ``bus``/``unit`` (default: the first one attached)."""
+        for bus_index, unit_index, _ in self.cdroms:
+            if bus in (None, bus_index) and unit in (None, unit_index):
+                drive = self.channels[bus_index].units[unit_index].drive
+                assert isinstance(drive, AtapiDrive)
+                return drive
+        raise MachineConfigError("no CD/DVD drive" + (f" at bus {bus} unit {unit}"
+                                                      if bus is not None else ""))
+
+    def change_cdrom(self, path: str | None, *, format: str | None = None,
+                     bus: int | None = None, unit: int | None = None,
+                     force: bool = False) -> None:
+        """Eject the drive's medium and insert ``path`` (None: eject, tray left open),
+        at run time.
+
+        Raises :class:`MachineConfigError` for a bad image and
+        :class:`devices.atapi.MediumLockedError` when the guest has locked the tray
+        (the guest is then asked to eject); ``force`` overrides the lock.
+        """
+        drive = self.cdrom_drive(bus, unit)
+        image = self._open_cd_image(path, format) if path else None
+        try:
+            old = drive.change(image, force=force)
+        except MediumLockedError:
+            if image is not None:
+                image.close()
+            raise
+        self.cdroms = [(b, u, image if self.channels[b].units[u].drive is drive else medium)
+                       for b, u, medium in self.cdroms]
+        if old is not None:
+            old.close()
+
+    def eject_cdrom(self, *, bus: int | None = None, unit: int | None = None,
+                    force: bool = False) -> None:
+        """Open the drive's tray and take its medium out (see :meth:`change_cdrom`)."""
+        self.change_cdrom(None, bus=bus, unit=unit, force=force)
 
     def _make_cpu(self) -> FastUc:
         uc = FastUc(UC_ARCH_X86, UC_MODE_32)
@@ -481,6 +587,8 @@ class Machine:
                          for command, control, irq in IDE_CHANNELS]
         for bus_index, unit, image in self.images:
             self.channels[bus_index].attach(unit, AtaDrive(image))
+        for bus_index, unit, medium in self.cdroms:
+            self.channels[bus_index].attach(unit, AtapiDrive(medium))
         self.busmaster = BusMasterIde(self.channels, self.memory)
         self.pci = PciHost(self.busmaster, self._on_pci_remap)
         devices: list[PortDevice] = [
@@ -503,7 +611,7 @@ class Machine:
             drive = disk_geometry.drive_geometry(image)
             layout.disk(bus_index * 2 + unit, drive.cylinders, drive.heads, drive.sectors,
                         int(disk_geometry.bios_translation(image)))
-        layout.boot_order()
+        layout.boot_order(self.boot_order)
         layout.checksum()
 
     def _on_pci_remap(self) -> None:
@@ -1080,7 +1188,8 @@ class Machine:
                          self.instructions, report)
 
     def close(self) -> None:
-        for _, _, image in getattr(self, "images", []):
+        media = [image for _, _, image in getattr(self, "cdroms", []) if image is not None]
+        for image in [image for _, _, image in getattr(self, "images", [])] + media:
             try:
                 image.close()
             except disks.ImageError:

@@ -35,7 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emu run", description="Boot the emulated PC (Unicorn x86, IDE disks on images).")
     parser.add_argument("--disk", action="append", default=[], metavar="FILE[,OPTIONS]",
                         help="IDE disk: FILE[,format=F][,bus=0|1][,unit=0|1][,readonly=on]"
-                             "[,snapshot=on]; repeatable (default: the built-in demo disk)")
+                             "[,snapshot=on][,media=cdrom]; repeatable (default: the built-in "
+                             "demo disk); media=cdrom makes an ATAPI CD/DVD drive (an empty "
+                             "FILE: no disc)")
+    parser.add_argument("--cdrom", metavar="FILE",
+                        help="CD/DVD image (ISO 9660) in an ATAPI drive at the secondary master")
+    parser.add_argument("--boot", default="cd", metavar="[order=]LETTERS",
+                        help="boot order, up to three of c (first hard disk), d (CD-ROM), "
+                             "a (floppy), n (network), as QEMU (default cd)")
     parser.add_argument("--bios", metavar="ROM", help="firmware image (default: built-in BIOS)")
     parser.add_argument("--memory", default="64M", help="RAM size (default 64M)")
     parser.add_argument("--serial", default="stdio", metavar="stdio|file:PATH|null",
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="emu-run-") as scratch:
         disks = list(args.disk)
-        if not disks:
+        if not disks and args.cdrom is None:
             from firmware.demo import make_demo_disk
             demo = Path(scratch) / "demo.vhd"
             make_demo_disk(demo)
@@ -74,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             machine = Machine(bios=args.bios, memory=args.memory, disks=disks,
                               serial=args.serial, debugcon=args.debugcon,
                               snapshot=args.snapshot, timeout=args.timeout, trace=args.trace,
-                              reboot=args.reboot, max_instructions=args.max_instructions)
+                              reboot=args.reboot, max_instructions=args.max_instructions,
+                              cdrom=args.cdrom, boot=args.boot)
         except (MachineConfigError, ChardevError) as error:
             print(f"emu run: {error}", file=sys.stderr)
             return SETUP_ERROR
