@@ -19,7 +19,9 @@ the checks every command shares, in the order of SPC-3 5.9 / MMC-5 4.1.6:
 * a pending UNIT ATTENTION (06h/28h/00h, "medium may have changed", posted by
   a media change) fails every command not flagged ``allow_attention``
   (INQUIRY, REQUEST SENSE, GET CONFIGURATION, GET EVENT STATUS NOTIFICATION);
-  it stays pending until REQUEST SENSE reports it, as QEMU's drive does;
+  it stays pending until REQUEST SENSE reports it, as QEMU's drive does (other
+  sense is replaced by the next command's outcome; QEMU keeps it until REQUEST
+  SENSE);
 * commands flagged ``needs_medium`` fail with NOT READY, MEDIUM NOT PRESENT
   (02h/3Ah/00h) while the tray is open or empty;
 * unknown operation codes get ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE
@@ -299,8 +301,8 @@ class AtapiDrive:
             reply = getattr(self, command.handler)(packet)
         if reply.sense is not None:
             self.sense = reply.sense
-        elif packet[0] != REQUEST_SENSE:
-            self.sense = NO_SENSE
+        elif not command.allow_attention:
+            self.sense = NO_SENSE        # sense describes the last command (SPC-3 4.5.1)
         return reply
 
     def read_failed(self) -> None:
