@@ -156,7 +156,8 @@ def test_a_zero_byte_count_limit_aborts_data_commands_only(host: Host) -> None:
             assert host.inb(ERROR) == ERROR_ABRT
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lba=st.integers(0, BLOCKS - 1), count=st.integers(0, 20),
        limit=st.integers(2, 0xFFFF))
 def test_any_read_moves_exactly_its_blocks(host: Host, lba: int, count: int,
