@@ -23,8 +23,11 @@
 ;   * probes both ATA channels (soft reset, register echo, IDENTIFY DEVICE) and
 ;     numbers up to four hard disks 80h-83h, with the BIOS geometry translation
 ;     that CMOS register 39h asks for (none / LBA-assisted / large / r-ECHS);
-;   * calls INT 19h, which loads LBA 0 of each disk in turn to 0000:7C00 and
-;     jumps to the first one that ends in 55AAh, with DL = its drive number.
+;   * finds the first ATAPI CD/DVD-ROM drive (bios_cdrom.inc);
+;   * calls INT 19h, which tries the devices of the CMOS boot order: for the
+;     hard disks, LBA 0 of each disk in turn to 0000:7C00, jumping to the
+;     first one that ends in 55AAh with DL = its drive number; for the CD-ROM,
+;     its El Torito no-emulation image, entered with DL = E0h.
 ;
 ; Boot loaders "reboot" by jumping to F000:FFF0 (GRUB, SYSLINUX's reboot.c32),
 ; which is not a machine reset.  POST leaves POST_MARKER in the EBDA; finding it
@@ -104,6 +107,7 @@ post:
     sti
     call setup_ticks_from_rtc
     call ata_detect
+    call cd_detect
     call setup_disk_vectors
 
     mov si, msg_banner
@@ -632,10 +636,11 @@ print_both:
     ret
 
 msg_banner:     db "emu BIOS", 13, 10, 0
-msg_no_boot:    db "No bootable disk.", 13, 10, 0
+msg_no_boot:    db "No bootable device.", 13, 10, 0
 
 %include "bios_video.inc"
 %include "bios_disk.inc"
+%include "bios_cdrom.inc"
 %include "bios_services.inc"
 
 ; ====================================================================================
