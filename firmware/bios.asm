@@ -37,13 +37,15 @@
 ;
 ; Services: INT 10h text video (80x25 at B800h, every character written is also
 ; sent to COM1 until the guest takes the UART over), 11h, 12h, 13h (hard disks
-; over ATA PIO, with the EDD 3.0 extensions), 14h, 15h (E820/E801/88h memory,
+; over ATA PIO, with the EDD 3.0 extensions; the CD-ROM as drive E0h with
+; 2048-byte sectors, and 4Bh), 14h, 15h (E820/E801/88h memory,
 ; A20, 86h wait, 87h block move, C0h, APM "not present"), 16h (keys come from
-; COM1), 1Ah (ticks and CMOS clock), 18h ("no bootable disk": print and halt
+; COM1), 1Ah (ticks and CMOS clock), 18h ("no bootable device": print and halt
 ; with interrupts off).
 ;
 ; Not modelled: floppy drives (INT 13h answers 01h "invalid" for DL < 80h, as
-; SeaBIOS does without a floppy), ATAPI, DMA, graphics modes, the PS/2
+; SeaBIOS does without a floppy), El Torito floppy and hard-disk emulation,
+; DMA, graphics modes, the PS/2
 ; keyboard, option ROMs, INT 15h 89h (switch to protected mode), PnP, ACPI.
 ; It needs a 386 (32-bit registers in real mode).
 ;
