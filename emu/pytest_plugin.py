@@ -229,12 +229,15 @@ def firmware_file(name: str) -> Path:
 def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu",
                 bios: str | Path | None = None, timeout: float = 60.0,
                 memory: str = "64M", readonly: bool = False,
-                extra_args: Sequence[str] = ()) -> GuestRun:
+                extra_args: Sequence[str] = (), cdrom: Path | str | None = None,
+                boot: str | None = None) -> GuestRun:
     """Boot ``disk_images`` under ``engine`` and wait for the end.
 
     Disks attach in the order primary master, primary slave, secondary master,
     secondary slave; ``None`` leaves a position empty.  The run's ``disks`` are the
-    attached ones, in that order.
+    attached ones, in that order.  ``cdrom`` is an ISO image for a CD/DVD drive at
+    the secondary master (``""``: the drive, empty); ``boot`` the boot order letters
+    (``c`` disk, ``d`` CD-ROM), both as QEMU's ``-cdrom`` and ``-boot``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     run_id = len(list(folder.glob("run-*")))
@@ -253,9 +256,18 @@ def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu
                 continue
             spec = f"{image.path},format={image.format},bus={index // 2},unit={index % 2}"
             argv += ["--disk", spec + (",readonly=on" if readonly else "")]
+        if cdrom is not None:
+            argv += ["--disk", f"{cdrom},media=cdrom,bus=1,unit=0"]
+        if boot is not None:
+            argv += ["--boot", boot]
         used = [image for image in disk_images if image is not None]
     elif engine == "qemu":
         argv, used = _qemu_argv(work, disk_images, rom, memory, serial, debugcon)
+        if cdrom is not None:
+            argv += ["-drive", "if=ide,index=2,media=cdrom,readonly=on"
+                               + (f",format=raw,file={cdrom}" if cdrom else "")]
+        if boot is not None:
+            argv += ["-boot", boot]
     else:
         raise ValueError(f"unknown engine {engine!r} (emu or qemu)")
     argv += list(extra_args)
