@@ -61,6 +61,7 @@ FRAMES_PER_SECOND = 75
 SECONDS_PER_MINUTE = 60
 LEAD_OUT_TRACK = 0xAA
 DATA_TRACK_CONTROL = 0x14          # ADR 1 (Q sub-channel position), control 4 (data)
+LEAD_OUT_CONTROL = 0x16            # ... and copy permitted, as QEMU's lead-out entry
 MAX_SPEED_KBS = 706                # 4x CD, what old drives report in the capabilities page
 BUFFER_KIB = 512
 
@@ -80,6 +81,8 @@ ILLEGAL_OPCODE = Sense(0x05, 0x20, 0x00)
 ILLEGAL_LBA = Sense(0x05, 0x21, 0x00)
 ILLEGAL_FIELD = Sense(0x05, 0x24, 0x00)
 ILLEGAL_SAVING = Sense(0x05, 0x39, 0x00)           # saving parameters not supported
+# Medium removal prevented: NOT READY with a disc in the tray, else ILLEGAL REQUEST (QEMU's).
+NOT_READY_REMOVAL_PREVENTED = Sense(0x02, 0x53, 0x02)
 ILLEGAL_REMOVAL_PREVENTED = Sense(0x05, 0x53, 0x02)
 UNIT_ATTENTION_CHANGED = Sense(0x06, 0x28, 0x00)   # not ready to ready, medium may have changed
 UNIT_ATTENTION = 0x06
@@ -379,7 +382,7 @@ class AtapiDrive:
             body = b""
             if track <= 1:
                 body += bytes([0, DATA_TRACK_CONTROL, 1, 0]) + _address(0, msf)
-            body += bytes([0, DATA_TRACK_CONTROL, LEAD_OUT_TRACK, 0]) + _address(lead_out, msf)
+            body += bytes([0, LEAD_OUT_CONTROL, LEAD_OUT_TRACK, 0]) + _address(lead_out, msf)
             toc = struct.pack(">HBB", len(body) + 2, 1, 1) + body
         elif form == 1:                                 # sessions: one, starting at track 1
             toc = struct.pack(">HBB", 10, 1, 1) + bytes([0, DATA_TRACK_CONTROL, 1, 0]) \
@@ -449,11 +452,11 @@ class AtapiDrive:
     def _mode_pages(self) -> dict[int, bytes]:
         locked = 0x02 if self.locked else 0
         capabilities = struct.pack(
-            ">BBBBBBBBHHHHHH", PAGE_CAPABILITIES, 0x12,
+            ">BBBBBBBBHHHHHHH", PAGE_CAPABILITIES, 0x14,
             0x3B, 0x00,                   # reads CD-R/RW, Method 2, DVD-ROM; writes nothing
             0x71, 0x00,                   # multi-session, Mode 2 Form 1/2, audio play
             0x29 | locked, 0x00,          # tray, eject, lock (state)
-            MAX_SPEED_KBS, 0x00FF, BUFFER_KIB, MAX_SPEED_KBS, 0, 0)
+            MAX_SPEED_KBS, 0x00FF, BUFFER_KIB, MAX_SPEED_KBS, 0, 0, 0)
         return {
             PAGE_ERROR_RECOVERY: bytes([PAGE_ERROR_RECOVERY, 0x06, 0x00, 0x05, 0, 0, 0, 0]),
             PAGE_CAPABILITIES: capabilities,
@@ -490,7 +493,8 @@ class AtapiDrive:
                     self.events.append(EVENT_NEW_MEDIA)
             return GOOD
         if self.locked:
-            return _check(ILLEGAL_REMOVAL_PREVENTED)
+            return _check(NOT_READY_REMOVAL_PREVENTED if self.image is not None
+                          else ILLEGAL_REMOVAL_PREVENTED)
         if not self.tray_open:                    # eject: the disc stays in the open tray
             self.tray_open = True
             if self.image is not None:

@@ -258,8 +258,8 @@ def test_tray_lock_eject_and_events(host: Host) -> None:
     drive = drive_of(host)
     assert event(host) == (0, 0x02)                              # no event, medium present
     assert result(host, bytes([0x1E, 0, 0, 0, 1]))[0] == GOOD    # PREVENT removal
-    assert result(host, bytes([0x1B, 0, 0, 0, 0x02]))[0] == 0x05  # eject refused
-    assert sense(host) == (0x05, 0x53, 0x02)
+    assert result(host, bytes([0x1B, 0, 0, 0, 0x02]))[0] == 0x02  # eject refused
+    assert sense(host) == (0x02, 0x53, 0x02)
     with pytest.raises(MediumLockedError):
         drive.eject()
     assert event(host) == (1, 0x02)                              # eject request
@@ -281,7 +281,7 @@ def test_read_toc_formats(host: Host) -> None:
     key, toc = result(host, bytes([0x43, 0, 0, 0, 0, 0, 0]) + alloc)
     assert key == GOOD
     assert toc == struct.pack(">HBB", 18, 1, 1) + bytes([0, 0x14, 1, 0]) + struct.pack(">I", 0) \
-        + bytes([0, 0x14, 0xAA, 0]) + struct.pack(">I", BLOCKS)
+        + bytes([0, 0x16, 0xAA, 0]) + struct.pack(">I", BLOCKS)
     key, toc = result(host, bytes([0x43, 0x02, 0, 0, 0, 0, 0]) + alloc)      # MSF
     assert toc[8:12] == bytes([0, 0, 2, 0]) and toc[16:20] == lba_to_msf(BLOCKS)
     assert lba_to_msf(BLOCKS) == bytes([0, 0, 6, 0])          # 300 + 150 frames = 6 s
