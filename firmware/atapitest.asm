@@ -26,8 +26,8 @@
 ;     811C9DC5h over the bytes moved, zero-padded to a dword) when the bytes are
 ;     the disc's or fixed by MMC, or the first bytes in hex, or nothing when the
 ;     answer is the drive's own (INQUIRY strings, mode pages);
-;   * after a CHECK CONDITION the test also prints REQUEST SENSE's key, ASC and
-;     ASCQ, so each test starts with no sense pending.
+;   * after an error the test also prints REQUEST SENSE's key, ASC and ASCQ, so
+;     each test starts with no sense pending.
 ;
 ; Where QEMU's drive departs from MMC the line prints less: READ TOC format 1
 ; (QEMU leaves the session descriptor's control and track fields zero) prints
@@ -109,8 +109,7 @@ BUFFER_SEG      equ 0x2000          ; data lands at 0x20000 (PIO and DMA)
 T_DMA           equ 0x01            ; DMA data phase
 T_HASH          equ 0x02            ; print the data's hash
 T_DUMP          equ 0x04            ; print the first .dump bytes in hex
-T_SENSE         equ 0x08            ; print REQUEST SENSE after a CHECK CONDITION
-T_NO_ASCQ       equ 0x10            ; ...without its qualifier
+T_NO_ASCQ       equ 0x10            ; REQUEST SENSE after an error: without its qualifier
 
 struc ptest
     .name:      resw 1
@@ -633,8 +632,6 @@ run_test:
 .sense:
     test byte [v_status], ST_ERR
     jz .end
-    test word [v_flags], T_SENSE
-    jz .end
     call request_sense
 .end:
     mov al, 10
@@ -765,7 +762,7 @@ request_sense:
 ; ---------------------------------------------------------------- the packets
 READ10 equ 0x28
 tests:
-    PTEST "TEST UNIT READY", 0xFFFE, T_SENSE, 0, 0,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    PTEST "TEST UNIT READY", 0xFFFE, 0, 0, 0,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     PTEST "INQUIRY", 0xFFFE, T_DUMP, 2, 0,  0x12, 0, 0, 0, 36, 0, 0, 0, 0, 0, 0, 0
     PTEST "READ CAPACITY", 0xFFFE, T_DUMP, 8, 0,  0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     PTEST "READ10 0+1", 0xFFFE, T_HASH, 0, 0,  READ10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0
@@ -774,37 +771,37 @@ tests:
     PTEST "READ10 9+2 bcl 1000", 0x1000, T_HASH, 0, 0,  READ10, 0, 0, 0, 0, 9, 0, 0, 2, 0, 0, 0
     PTEST "READ10 9+2 bcl FFFF", 0xFFFF, T_HASH, 0, 0,  READ10, 0, 0, 0, 0, 9, 0, 0, 2, 0, 0, 0
     PTEST "READ10 3+0", 0xFFFE, T_HASH, 0, 0,  READ10, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0
-    PTEST "READ10 last", 0xFFFE, T_HASH | T_SENSE, 0, 0,  READ10, 0, 0, 0, 0x01, 0xFF, 0, 0, 1, 0, 0, 0
-    PTEST "READ10 past end", 0xFFFE, T_SENSE, 0, 0,  READ10, 0, 0, 0, 0x02, 0x00, 0, 0, 1, 0, 0, 0
-    PTEST "READ10 across end", 0xFFFE, T_SENSE, 0, 0,  READ10, 0, 0, 0, 0x01, 0xFE, 0, 0, 4, 0, 0, 0
+    PTEST "READ10 last", 0xFFFE, T_HASH, 0, 0,  READ10, 0, 0, 0, 0x01, 0xFF, 0, 0, 1, 0, 0, 0
+    PTEST "READ10 past end", 0xFFFE, 0, 0, 0,  READ10, 0, 0, 0, 0x02, 0x00, 0, 0, 1, 0, 0, 0
+    PTEST "READ10 across end", 0xFFFE, 0, 0, 0,  READ10, 0, 0, 0, 0x01, 0xFE, 0, 0, 4, 0, 0, 0
     PTEST "READ12 100+4", 0xFFFE, T_HASH, 0, 0,  0xA8, 0, 0, 0, 0, 100, 0, 0, 0, 4, 0, 0
-    PTEST "READ CD 7+2 user data", 0xFFFE, T_HASH | T_SENSE, 0, 0,  0xBE, 0, 0, 0, 0, 7, 0, 0, 2, 0x10, 0, 0
-    PTEST "READ TOC 0 LBA", 0xFFFE, T_DUMP | T_SENSE, 20, 0,  0x43, 0, 0, 0, 0, 0, 0, 0x03, 0x24, 0, 0, 0
-    PTEST "READ TOC 0 MSF", 0xFFFE, T_DUMP | T_SENSE, 20, 0,  0x43, 2, 0, 0, 0, 0, 0, 0x03, 0x24, 0, 0, 0
-    PTEST "READ TOC 0 lead-out", 0xFFFE, T_DUMP | T_SENSE, 12, 0,  0x43, 0, 0, 0, 0, 0, 0xAA, 0x03, 0x24, 0, 0, 0
-    PTEST "READ TOC 1", 0xFFFE, T_DUMP | T_SENSE, 4, 0,  0x43, 0, 1, 0, 0, 0, 0, 0x03, 0x24, 0x40, 0, 0
-    PTEST "READ TOC 1 MSF", 0xFFFE, T_DUMP | T_SENSE, 4, 0,  0x43, 2, 1, 0, 0, 0, 0, 0x03, 0x24, 0x40, 0, 0
-    PTEST "READ TOC 2", 0xFFFE, T_DUMP | T_SENSE, 48, 0,  0x43, 2, 2, 0, 0, 0, 1, 0x03, 0x24, 0x80, 0, 0
-    PTEST "READ TOC 0 alloc 4", 0xFFFE, T_DUMP | T_SENSE, 4, 0,  0x43, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0
-    PTEST "bad opcode", 0xFFFE, T_SENSE, 0, 0,  0xD8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    PTEST "SEEK 50", 0xFFFE, T_SENSE, 0, 0,  0x2B, 0, 0, 0, 0, 50, 0, 0, 0, 0, 0, 0
-    PTEST "MODE SENSE 2A", 0xFFFE, T_SENSE, 0, 0,  0x5A, 0, 0x2A, 0, 0, 0, 0, 0, 0x80, 0, 0, 0
-    PTEST "PREVENT", 0xFFFE, T_SENSE, 0, 0,  0x1E, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0
-    PTEST "eject locked", 0xFFFE, T_SENSE | T_NO_ASCQ, 0, 0,  0x1B, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0
-    PTEST "ALLOW", 0xFFFE, T_SENSE, 0, 0,  0x1E, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    PTEST "SET CD SPEED", 0xFFFE, T_SENSE, 0, 0,  0xBB, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0
-    PTEST "TUR bcl 0", 0x0000, T_SENSE, 0, 0,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    PTEST "DMA READ10 32+4", 0xFFFE, T_DMA | T_HASH | T_SENSE, 0, 0x2000,  READ10, 0, 0, 0, 0, 32, 0, 0, 4, 0, 0, 0
-    PTEST "DMA READ12 200+1", 0, T_DMA | T_HASH | T_SENSE, 0, 0x0800,  0xA8, 0, 0, 0, 0, 200, 0, 0, 0, 1, 0, 0
-    PTEST "DMA READ CAPACITY", 0xFFFE, T_DMA | T_DUMP | T_SENSE, 8, 8,  0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    PTEST "DMA READ10 past end", 0xFFFE, T_DMA | T_SENSE, 0, 0x0800,  READ10, 0, 0, 0, 0x02, 0x00, 0, 0, 1, 0, 0, 0
-    PTEST "DMA TUR", 0xFFFE, T_DMA | T_SENSE, 0, 0x0800,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    PTEST "eject", 0xFFFE, T_SENSE, 0, 0,  0x1B, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0
-    PTEST "TUR tray open", 0xFFFE, T_SENSE, 0, 0,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    PTEST "load", 0xFFFE, T_SENSE, 0, 0,  0x1B, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0
-    PTEST "TUR loaded", 0xFFFE, T_SENSE, 0, 0,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    PTEST "TUR again", 0xFFFE, T_SENSE, 0, 0,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    PTEST "READ10 after load", 0xFFFE, T_HASH | T_SENSE, 0, 0,  READ10, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0
+    PTEST "READ CD 7+2 user data", 0xFFFE, T_HASH, 0, 0,  0xBE, 0, 0, 0, 0, 7, 0, 0, 2, 0x10, 0, 0
+    PTEST "READ TOC 0 LBA", 0xFFFE, T_DUMP, 20, 0,  0x43, 0, 0, 0, 0, 0, 0, 0x03, 0x24, 0, 0, 0
+    PTEST "READ TOC 0 MSF", 0xFFFE, T_DUMP, 20, 0,  0x43, 2, 0, 0, 0, 0, 0, 0x03, 0x24, 0, 0, 0
+    PTEST "READ TOC 0 lead-out", 0xFFFE, T_DUMP, 12, 0,  0x43, 0, 0, 0, 0, 0, 0xAA, 0x03, 0x24, 0, 0, 0
+    PTEST "READ TOC 1", 0xFFFE, T_DUMP, 4, 0,  0x43, 0, 1, 0, 0, 0, 0, 0x03, 0x24, 0x40, 0, 0
+    PTEST "READ TOC 1 MSF", 0xFFFE, T_DUMP, 4, 0,  0x43, 2, 1, 0, 0, 0, 0, 0x03, 0x24, 0x40, 0, 0
+    PTEST "READ TOC 2", 0xFFFE, T_DUMP, 48, 0,  0x43, 2, 2, 0, 0, 0, 1, 0x03, 0x24, 0x80, 0, 0
+    PTEST "READ TOC 0 alloc 4", 0xFFFE, T_DUMP, 4, 0,  0x43, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0
+    PTEST "bad opcode", 0xFFFE, 0, 0, 0,  0xD8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    PTEST "SEEK 50", 0xFFFE, 0, 0, 0,  0x2B, 0, 0, 0, 0, 50, 0, 0, 0, 0, 0, 0
+    PTEST "MODE SENSE 2A", 0xFFFE, 0, 0, 0,  0x5A, 0, 0x2A, 0, 0, 0, 0, 0, 0x80, 0, 0, 0
+    PTEST "PREVENT", 0xFFFE, 0, 0, 0,  0x1E, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0
+    PTEST "eject locked", 0xFFFE, T_NO_ASCQ, 0, 0,  0x1B, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0
+    PTEST "ALLOW", 0xFFFE, 0, 0, 0,  0x1E, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    PTEST "SET CD SPEED", 0xFFFE, 0, 0, 0,  0xBB, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0
+    PTEST "TUR bcl 0", 0x0000, 0, 0, 0,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    PTEST "DMA READ10 32+4", 0xFFFE, T_DMA | T_HASH, 0, 0x2000,  READ10, 0, 0, 0, 0, 32, 0, 0, 4, 0, 0, 0
+    PTEST "DMA READ12 200+1", 0, T_DMA | T_HASH, 0, 0x0800,  0xA8, 0, 0, 0, 0, 200, 0, 0, 0, 1, 0, 0
+    PTEST "DMA READ CAPACITY", 0xFFFE, T_DMA | T_DUMP, 8, 8,  0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    PTEST "DMA READ10 past end", 0xFFFE, T_DMA, 0, 0x0800,  READ10, 0, 0, 0, 0x02, 0x00, 0, 0, 1, 0, 0, 0
+    PTEST "DMA TUR", 0xFFFE, T_DMA, 0, 0x0800,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    PTEST "eject", 0xFFFE, 0, 0, 0,  0x1B, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0
+    PTEST "TUR tray open", 0xFFFE, 0, 0, 0,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    PTEST "load", 0xFFFE, 0, 0, 0,  0x1B, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0
+    PTEST "TUR loaded", 0xFFFE, 0, 0, 0,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    PTEST "TUR again", 0xFFFE, 0, 0, 0,  0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    PTEST "READ10 after load", 0xFFFE, T_HASH, 0, 0,  READ10, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0
     dw 0
 
 ; ---------------------------------------------------------------- reset vector
