@@ -96,6 +96,121 @@ message: db "disk", 10, 0
 """
 
 
+# The boot sector of a 1.44 MB floppy image booted through El Torito floppy emulation:
+# it prints its drive, reads CHS 0/0/2 and 1/1/3 (image sector 56) through INT 13h
+# AH=02h, asks AH=4B01h for the emulation status and AH=08h for the geometry, and exits 0.
+FLOPPY_BOOT = r"""bits 16
+org 0x7C00
+    cli
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    sti
+    mov [drive], dl
+    mov si, hello
+    call print
+    mov al, dl
+    call hex8
+    call newline
+    ; CHS 0/0/2 and 1/1/3 (image sector 56)
+    mov cx, 0x0002
+    xor dh, dh
+    call read_print
+    mov cx, 0x0103
+    mov dh, 1
+    call read_print
+    ; El Torito status
+    mov ax, 0x4B01
+    mov dl, [drive]
+    mov si, spec
+    mov byte [spec], 0
+    int 0x13
+    mov al, 'S'
+    jc .nospec
+    mov al, 'M'
+.nospec:
+    call putc
+    mov al, [spec + 1]
+    call hex8
+    mov al, [spec + 2]
+    call hex8
+    call newline
+    ; AH=08h
+    mov ah, 0x08
+    mov dl, [drive]
+    int 0x13
+    mov al, 'P'
+    call putc
+    mov al, bl
+    call hex8
+    mov al, ch
+    call hex8
+    mov al, cl
+    call hex8
+    mov al, dh
+    call hex8
+    call newline
+    xor al, al
+    out 0xF4, al
+    cli
+    hlt
+read_print:
+    mov ax, 0x0201
+    mov bx, 0x8000
+    mov dl, [drive]
+    int 0x13
+    mov al, 'R'
+    jnc .ok
+    mov al, 'E'
+.ok:
+    call putc
+    mov si, 0x8000
+    mov cx, 8
+.c: lodsb
+    call putc
+    loop .c
+newline:
+    mov al, 10
+putc:
+    out 0xE9, al
+    push dx
+    mov dx, 0x3F8
+    out dx, al
+    pop dx
+    ret
+print:
+    lodsb
+    test al, al
+    jz .d
+    call putc
+    jmp print
+.d: ret
+hex8:
+    push ax
+    shr al, 4
+    call .n
+    pop ax
+.n: and al, 0x0F
+    add al, '0'
+    cmp al, '9'
+    jbe putc
+    add al, 7
+    jmp putc
+hello: db "FLOPPY-EMU DL=", 0
+drive: db 0
+spec: times 20 db 0
+    times 510 - ($ - $$) db 0
+    dw 0xAA55
+"""
+FLOPPY_BYTES = 1474560
+FLOPPY_TRANSCRIPT = ("FLOPPY-EMU DL=00\n"     # the emulated drive is 00h
+                     "RSECTOR2!\nRSECT56!!\n"  # both reads return the image's sectors
+                     "M0200\n"                 # media type 2 (1.44M), drive 00h
+                     "P044F1201\n")            # type 4, last cylinder 79, 18 sectors, 2 heads
+
+
 def run_tool(*argv: str | Path) -> None:
     proc = subprocess.run([str(part) for part in argv], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -176,3 +291,30 @@ def test_a_disc_without_el_torito_does_not_boot(tmp_path: Path, emu_machine,
     iso = tmp_path / "data.iso"
     run_tool("xorriso", "-as", "mkisofs", "-quiet", "-o", iso, tmp_path / "tree")
     no_boot(emu_machine, engine, iso)
+
+
+@pytest.fixture(scope="module")
+def floppy_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need_tool("xorriso")
+    need_tool("nasm")
+    root = tmp_path_factory.mktemp("floppy")
+    image = bytearray(FLOPPY_BYTES)
+    image[:512] = Assembler(root / "nasm")(FLOPPY_BOOT)
+    image[512:520] = b"SECTOR2!"
+    image[56 * 512:56 * 512 + 8] = b"SECT56!!"
+    (root / "tree").mkdir()
+    (root / "tree" / "floppy.img").write_bytes(bytes(image))
+    iso = root / "floppy.iso"
+    run_tool("xorriso", "-as", "mkisofs", "-quiet", "-o", iso, "-b", "floppy.img",
+             "-c", "boot.cat", root / "tree")
+    return iso
+
+
+@pytest.mark.parametrize("bios", BIOSES)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_floppy_emulation_iso_boots(floppy_iso: Path, emu_machine, engine: str,
+                                    bios: str) -> None:
+    """A 1.44 MB El Torito floppy image: drive 00h, CHS reads, 4Bh status, 08h geometry."""
+    run = emu_machine(engine=engine, bios=bios, cdrom=floppy_iso, boot="d", timeout=60)
+    assert run.exit_code == 0, str(run)
+    assert run.debugcon.endswith(FLOPPY_TRANSCRIPT), str(run)
