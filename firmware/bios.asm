@@ -45,9 +45,8 @@
 ;
 ; Not modelled: floppy drives (INT 13h answers 01h "invalid" for DL < 80h, as
 ; SeaBIOS does without a floppy; an El Torito floppy image is drive 00h), El
-; Torito hard-disk emulation,
-; DMA, graphics modes, the PS/2
-; keyboard, option ROMs, INT 15h 89h (switch to protected mode), PnP, ACPI.
+; Torito hard-disk emulation, DMA, graphics modes, the PS/2 keyboard, option
+; ROMs, INT 15h 89h (switch to protected mode), PnP, ACPI.
 ; It needs a 386 (32-bit registers in real mode).
 ;
 ; Built by `python -m firmware.build` (nasm -f bin); the build is reproducible.
