@@ -205,7 +205,8 @@ class AtapiDrive:
         self.tray_open = False
         self.locked = False
         self.sense = NO_SENSE
-        self.events: list[int] = []       # media events not yet reported (GESN)
+        self.events: list[int] = []       # media events not yet reported (GESN): an
+                                          # eject request first, the rest in order
         self.power_on_defaults()
 
     def power_on_defaults(self) -> None:
@@ -232,23 +233,30 @@ class AtapiDrive:
         :class:`MediumLockedError`, unless ``force``.
         """
         if self.locked and not force:
-            self.events.append(EVENT_EJECT_REQUEST)
+            self._post_event(EVENT_EJECT_REQUEST)
             raise MediumLockedError("the guest has locked the tray (force overrides it)")
         old, self.image = self.image, None
         self.locked = False
         self.tray_open = True
         if old is not None:
-            self.events.append(EVENT_MEDIA_REMOVAL)
+            self._post_event(EVENT_MEDIA_REMOVAL)
         if image is not None:
             self.image = image
             self.tray_open = False
             self.sense = UNIT_ATTENTION_CHANGED       # "medium may have changed"
-            self.events.append(EVENT_NEW_MEDIA)
+            self._post_event(EVENT_NEW_MEDIA)
         return old
 
     def eject(self, *, force: bool = False) -> Image | None:
         """Open the tray and take the medium out (see :meth:`change`)."""
         return self.change(None, force=force)
+
+    def _post_event(self, code: int) -> None:
+        """Queue a media event once; a new medium supersedes its removal and back."""
+        superseded = {EVENT_NEW_MEDIA: EVENT_MEDIA_REMOVAL, EVENT_MEDIA_REMOVAL: EVENT_NEW_MEDIA}
+        self.events = [event for event in self.events
+                       if event != code and event != superseded.get(code)]
+        self.events.append(code)
 
     # --- identity -------------------------------------------------------------
     def identify_packet(self, unit: int) -> bytes:
@@ -444,7 +452,11 @@ class AtapiDrive:
         if not packet[4] & NOTIFY_MEDIA_CLASS:
             return _data(struct.pack(">HBB", 2, NOTIFY_NO_EVENT_AVAILABLE,
                                      NOTIFY_MEDIA_CLASS), allocation)
-        event = self.events.pop(0) if self.events else EVENT_NONE
+        event = EVENT_NONE
+        if self.events:
+            first = EVENT_EJECT_REQUEST if EVENT_EJECT_REQUEST in self.events else self.events[0]
+            self.events.remove(first)
+            event = first
         status = (0x02 if self.image is not None else 0) | (0x01 if self.tray_open else 0)
         return _data(struct.pack(">HBB", 6, NOTIFY_MEDIA, NOTIFY_MEDIA_CLASS)
                      + bytes([event, status, 0, 0]), allocation)
@@ -490,7 +502,7 @@ class AtapiDrive:
             if self.tray_open:
                 self.tray_open = False
                 if self.image is not None:
-                    self.events.append(EVENT_NEW_MEDIA)
+                    self._post_event(EVENT_NEW_MEDIA)
             return GOOD
         if self.locked:
             return _check(NOT_READY_REMOVAL_PREVENTED if self.image is not None
@@ -498,7 +510,7 @@ class AtapiDrive:
         if not self.tray_open:                    # eject: the disc stays in the open tray
             self.tray_open = True
             if self.image is not None:
-                self.events.append(EVENT_MEDIA_REMOVAL)
+                self._post_event(EVENT_MEDIA_REMOVAL)
         return GOOD
 
     def _prevent_allow(self, packet: bytes) -> Reply:

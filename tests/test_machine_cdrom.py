@@ -6,6 +6,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from test_machine_roms import build_rom
 
 from devices.atapi import BLOCK, UNIT_ATTENTION_CHANGED, AtapiDrive, MediumLockedError
 from devices.cmos import Reg
@@ -105,3 +106,164 @@ def test_cli_cdrom_runs_the_atapi_rom(tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     assert status == 0 and lines[-1] == "ATAPITEST done"
     assert "READ CAPACITY p=48/01 b=0008*01 st=40 ir=03 i=02 n=0008 d=0000000F00000800" in lines
+
+
+# A guest driving the secondary master's PACKET protocol around host-side media changes.
+# It asks the host for a change by writing control bytes to the debug console (01h change
+# to disc B, 02h eject, 03h insert disc A again) and prints each command's outcome: G for
+# GOOD, K<key> for CHECK CONDITION; data bytes as noted.
+MEDIA_CHANGE_GUEST = r"""
+    cli
+    xor ax, ax
+    mov ss, ax
+    mov sp, 0x7000
+    mov ax, 0x2000
+    mov es, ax
+    mov si, tur
+    call command
+    mov si, read0
+    call command
+    mov al, [es:0]              ; the disc's first byte: A
+    out 0xE9, al
+    mov al, 1                   ; host: change to disc B
+    out 0xE9, al
+    mov si, tur
+    call command                ; K6: unit attention
+    mov si, tur
+    call command                ; still K6 until REQUEST SENSE
+    mov si, sense
+    call command
+    mov al, [es:12]             ; ASC 28h: medium may have changed ("(")
+    out 0xE9, al
+    mov si, tur
+    call command
+    mov si, read0
+    call command
+    mov al, [es:0]              ; now B
+    out 0xE9, al
+    mov si, prevent
+    call command
+    mov al, 2                   ; host: eject (refused: locked)
+    out 0xE9, al
+    mov si, events
+    call command
+    mov al, [es:4]              ; event 1: eject request
+    add al, '0'
+    out 0xE9, al
+    mov si, allow
+    call command
+    mov al, 2                   ; host: eject
+    out 0xE9, al
+    mov si, tur
+    call command                ; K2: no medium
+    mov si, events
+    call command
+    mov al, [es:4]              ; event 3: media removal
+    add al, '0'
+    out 0xE9, al
+    mov al, 3                   ; host: insert disc A
+    out 0xE9, al
+    mov si, tur
+    call command                ; K6
+    mov al, 10
+    out 0xE9, al
+    xor al, al
+    out 0xF4, al
+    hlt
+
+wait_ready:
+    mov dx, 0x376
+.poll:
+    in al, dx
+    test al, 0x80
+    jnz .poll
+    ret
+
+command:                        ; CS:SI = 12-byte packet; data to ES:0
+    mov dx, 0x176
+    mov al, 0xA0
+    out dx, al
+    call wait_ready
+    mov dx, 0x171
+    xor al, al
+    out dx, al
+    mov dx, 0x174
+    out dx, al
+    inc dx
+    mov al, 0x08                ; byte count limit 800h
+    out dx, al
+    mov dx, 0x177
+    mov al, 0xA0
+    out dx, al
+    call wait_ready
+    mov dx, 0x170
+    mov cx, 6
+    cs rep outsw
+    xor di, di
+.block:
+    call wait_ready
+    mov dx, 0x177
+    in al, dx
+    test al, 0x01
+    jnz .check
+    test al, 0x08
+    jz .good
+    mov dx, 0x174
+    in al, dx
+    mov cl, al
+    inc dx
+    in al, dx
+    mov ch, al
+    shr cx, 1
+    mov dx, 0x170
+    rep insw
+    jmp .block
+.good:
+    mov al, 'G'
+    out 0xE9, al
+    ret
+.check:
+    mov al, 'K'
+    out 0xE9, al
+    mov dx, 0x171
+    in al, dx
+    shr al, 4
+    add al, '0'
+    out 0xE9, al
+    ret
+
+tur:     db 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+read0:   db 0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0
+sense:   db 0x03, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0
+prevent: db 0x1E, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0
+allow:   db 0x1E, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+events:  db 0x4A, 1, 0, 0, 0x10, 0, 0, 0, 8, 0, 0, 0
+"""
+CONTROL_CHANGE, CONTROL_EJECT, CONTROL_INSERT = 1, 2, 3
+
+
+def test_guest_sees_media_changes_made_at_run_time(tmp_path: Path) -> None:
+    disc_a = tmp_path / "a.iso"
+    disc_a.write_bytes(b"A" * (4 * BLOCK))
+    disc_b = tmp_path / "b.iso"
+    disc_b.write_bytes(b"B" * (8 * BLOCK))
+    refused = []
+    rom = build_rom(tmp_path, MEDIA_CHANGE_GUEST)
+    with Machine(bios=rom, cdrom=str(disc_a), timeout=60) as machine:
+        def host(data: bytes) -> None:       # called from inside the guest's OUT
+            for byte in data:
+                if byte == CONTROL_CHANGE:
+                    machine.change_cdrom(str(disc_b))
+                elif byte == CONTROL_EJECT:
+                    try:
+                        machine.eject_cdrom()
+                    except MediumLockedError:
+                        refused.append(byte)
+                elif byte == CONTROL_INSERT:
+                    machine.change_cdrom(str(disc_a))
+        machine.debugcon.sink = host
+        result = machine.run()
+    assert result.exit_code == 0, result.report
+    transcript = bytes(b for b in result.debugcon if b > CONTROL_INSERT).decode()
+    assert transcript == "GGA" "K6K6G(" "GGB" "GG1" "GK2G3" "K6\n"
+    assert refused == [CONTROL_EJECT]
