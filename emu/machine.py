@@ -540,7 +540,9 @@ class Machine:
 
         Raises :class:`MachineConfigError` for a bad image and
         :class:`devices.atapi.MediumLockedError` when the guest has locked the tray
-        (the guest is then asked to eject); ``force`` overrides the lock.
+        (the guest is then asked to eject); ``force`` overrides the lock.  Call it
+        from the thread running :meth:`run` (between slices, or from a device
+        callback such as the debug console's sink): devices are not locked.
         """
         drive = self.cdrom_drive(bus, unit)
         image = self._open_cd_image(path, format) if path else None

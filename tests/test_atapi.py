@@ -359,3 +359,17 @@ def test_every_command_row_names_a_handler() -> None:
     drive = AtapiDrive()
     for command in COMMANDS.values():
         assert callable(getattr(drive, command.handler)), command.name
+
+
+@pytest.mark.parametrize("fmt", ["vdi", "vpc", "vhdx", "vmdk"])
+def test_any_image_format_can_hold_the_disc(tmp_path: Path, fmt: str) -> None:
+    """The drive reads through the disks layer: a disc stored in a VDI/VHD/VHDX/VMDK."""
+    path = tmp_path / f"cd.{fmt}"
+    with disks.create(path, fmt, BLOCKS * BLOCK) as image:
+        image.write(0, make_iso(tmp_path / "raw.iso").read_bytes())
+    with disks.open(path, readonly=True) as image:
+        host = cd_host(AtapiDrive(image))
+        blocks = image.size // BLOCK                             # VHD rounds up to a CHS size
+        assert result(host, bytes([0x25]))[1] == struct.pack(">II", blocks - 1, BLOCK)
+        assert result(host, read10(BLOCKS - 3, 3)) == \
+            (GOOD, b"".join(block_pattern(n) for n in range(BLOCKS - 3, BLOCKS)))
