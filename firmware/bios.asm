@@ -27,7 +27,8 @@
 ;   * calls INT 19h, which tries the devices of the CMOS boot order: for the
 ;     hard disks, LBA 0 of each disk in turn to 0000:7C00, jumping to the
 ;     first one that ends in 55AAh with DL = its drive number; for the CD-ROM,
-;     its El Torito image: no emulation (DL = E0h) or a floppy (drive 00h).
+;     its El Torito image: no emulation (DL = E0h), a floppy (drive 00h) or a
+;     hard disk (drive 80h, the real disks moved up).
 ;
 ; Boot loaders "reboot" by jumping to F000:FFF0 (GRUB, SYSLINUX's reboot.c32),
 ; which is not a machine reset.  POST leaves POST_MARKER in the EBDA; finding it
@@ -44,9 +45,9 @@
 ; with interrupts off).
 ;
 ; Not modelled: floppy drives (INT 13h answers 01h "invalid" for DL < 80h, as
-; SeaBIOS does without a floppy; an El Torito floppy image is drive 00h), El
-; Torito hard-disk emulation, DMA, graphics modes, the PS/2 keyboard, option
-; ROMs, INT 15h 89h (switch to protected mode), PnP, ACPI.
+; SeaBIOS does without a floppy; an El Torito floppy image is drive 00h), DMA,
+; graphics modes, the PS/2 keyboard, option ROMs, INT 15h 89h (switch to
+; protected mode), PnP, ACPI.
 ; It needs a 386 (32-bit registers in real mode).
 ;
 ; Built by `python -m firmware.build` (nasm -f bin); the build is reproducible.

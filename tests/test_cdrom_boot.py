@@ -12,6 +12,7 @@ end the way QEMU's does.
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
@@ -96,10 +97,11 @@ message: db "disk", 10, 0
 """
 
 
-# The boot sector of a 1.44 MB floppy image booted through El Torito floppy emulation:
-# it prints its drive, reads CHS 0/0/2 and 1/1/3 (image sector 56) through INT 13h
-# AH=02h, asks AH=4B01h for the emulation status and AH=08h for the geometry, and exits 0.
-FLOPPY_BOOT = r"""bits 16
+# The boot sector of the El Torito images booted through emulation (a 1.44 MB floppy, a
+# hard disk with one partition): it prints its drive, reads CHS 0/0/2 and 1/1/3 through
+# INT 13h AH=02h, asks AH=4B01h for the emulation status and AH=08h for the geometry,
+# reads LBA 0 of the first real hard disk (numbered after an emulated one), and exits 0.
+EMULATED_BOOT = r"""bits 16
 org 0x7C00
     cli
     xor ax, ax
@@ -137,7 +139,8 @@ org 0x7C00
     mov al, [spec + 2]
     call hex8
     call newline
-    ; AH=08h
+    ; AH=08h (for a floppy it points ES:DI at the diskette parameters)
+    push es
     mov ah, 0x08
     mov dl, [drive]
     int 0x13
@@ -151,6 +154,27 @@ org 0x7C00
     call hex8
     mov al, dh
     call hex8
+    mov al, dl
+    call hex8
+    call newline
+    pop es
+    ; the first real hard disk, numbered after the emulated drive
+    mov ax, 0x0201
+    mov bx, 0x8000
+    mov cx, 0x0001
+    xor dh, dh
+    mov dl, OTHER_DISK
+    int 0x13
+    mov al, 'D'
+    jnc .disk_ok
+    mov al, 'E'
+.disk_ok:
+    call putc
+    mov si, 0x8000
+    mov cx, 8
+.dc: lodsb
+    call putc
+    loop .dc
     call newline
     xor al, al
     out 0xF4, al
@@ -198,18 +222,24 @@ hex8:
     jbe putc
     add al, 7
     jmp putc
-hello: db "FLOPPY-EMU DL=", 0
+hello: db NAME, " DL=", 0
 drive: db 0
 spec: times 20 db 0
     times 510 - ($ - $$) db 0
     dw 0xAA55
 """
 FLOPPY_BYTES = 1474560
+DISK_IMAGE_SECTORS = 1024       # 32 cylinders, 2 heads, 16 sectors; one partition from LBA 16
+REAL_DISK_MARK = b"REALDISK"
 FLOPPY_TRANSCRIPT = ("FLOPPY-EMU DL=00\n"     # the emulated drive is 00h
-                     "RSECTOR2!\nRSECT56!!\n"  # both reads return the image's sectors
+                     "RSECTOR2!\nRSECT56!!\n"  # image sectors 1 and 56
                      "M0200\n"                 # media type 2 (1.44M), drive 00h
-                     "P044F1201\n")            # type 4, last cylinder 79, 18 sectors, 2 heads
-
+                     "P044F120101\n"           # type 4, cylinders 0-79, 18 sectors, 2 heads, 1
+                     "DREALDISK\n")            # the real disk stays 80h
+# Hard-disk emulation: the image is 80h and the real disk 81h.  AH=08h differs by BIOS as
+# for real disks: SeaBIOS keeps the last cylinder back and counts the drives its way.
+DISK_TRANSCRIPT = "HD-EMU DL=80\nRSECTOR2!\nRSECT50!!\nM0480\n{geometry}\nDREALDISK\n"
+DISK_GEOMETRY = {"ours": "P001F100102", "seabios": "P001E100103"}
 
 def run_tool(*argv: str | Path) -> None:
     proc = subprocess.run([str(part) for part in argv], capture_output=True, text=True)
@@ -305,7 +335,8 @@ def floppy_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
     need_tool("nasm")
     root = tmp_path_factory.mktemp("floppy")
     image = bytearray(FLOPPY_BYTES)
-    image[:512] = Assembler(root / "nasm")(FLOPPY_BOOT)
+    image[:512] = Assembler(root / "nasm")(
+        EMULATED_BOOT, defines={"OTHER_DISK": 0x80, "NAME": '"FLOPPY-EMU"'})
     image[512:520] = b"SECTOR2!"
     image[56 * 512:56 * 512 + 8] = b"SECT56!!"
     (root / "tree").mkdir()
@@ -316,11 +347,51 @@ def floppy_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return iso
 
 
+@pytest.fixture(scope="module")
+def disk_emulation_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need_tool("xorriso")
+    need_tool("nasm")
+    root = tmp_path_factory.mktemp("harddisk")
+    image = bytearray(DISK_IMAGE_SECTORS * 512)
+    image[:512] = Assembler(root / "nasm")(
+        EMULATED_BOOT, defines={"OTHER_DISK": 0x81, "NAME": '"HD-EMU"'})
+    # partition 1: active, CHS 0/1/1 to 31/1/16, type 01h, LBA 16, 1008 sectors
+    image[0x1BE:0x1CE] = bytes([0x80, 1, 1, 0, 0x01, 1, 16, 31]) + struct.pack("<II", 16, 1008)
+    image[510:512] = b"\x55\xaa"
+    image[512:520] = b"SECTOR2!"
+    image[50 * 512:50 * 512 + 8] = b"SECT50!!"
+    (root / "tree").mkdir()
+    (root / "tree" / "disk.img").write_bytes(bytes(image))
+    iso = root / "disk.iso"
+    run_tool("xorriso", "-as", "mkisofs", "-quiet", "-o", iso, "-hard-disk-boot",
+             "-b", "disk.img", "-c", "boot.cat", root / "tree")
+    return iso
+
+
+@pytest.fixture
+def real_disk(disk_image):
+    return disk_image("raw", "1M", content=REAL_DISK_MARK)
+
+
 @pytest.mark.parametrize("bios", BIOSES)
 @pytest.mark.parametrize("engine", ENGINES)
-def test_floppy_emulation_iso_boots(floppy_iso: Path, emu_machine, engine: str,
+def test_floppy_emulation_iso_boots(floppy_iso: Path, real_disk, emu_machine, engine: str,
                                     bios: str) -> None:
     """A 1.44 MB El Torito floppy image: drive 00h, CHS reads, 4Bh status, 08h geometry."""
-    run = emu_machine(engine=engine, bios=bios, cdrom=floppy_iso, boot="d", timeout=60)
+    run = emu_machine(real_disk, engine=engine, bios=bios, cdrom=floppy_iso, boot="d",
+                      timeout=60)
     assert run.exit_code == 0, str(run)
     assert run.debugcon.endswith(FLOPPY_TRANSCRIPT), str(run)
+
+
+@pytest.mark.parametrize("bios", BIOSES)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_hard_disk_emulation_iso_boots(disk_emulation_iso: Path, real_disk, emu_machine,
+                                       engine: str, bios: str) -> None:
+    """An El Torito hard-disk image: drive 80h with its partition's geometry, the real
+    disk moved to 81h."""
+    run = emu_machine(real_disk, engine=engine, bios=bios, cdrom=disk_emulation_iso,
+                      boot="d", timeout=60)
+    assert run.exit_code == 0, str(run)
+    expected = DISK_TRANSCRIPT.format(geometry=DISK_GEOMETRY[bios])
+    assert run.debugcon.endswith(expected), str(run)
