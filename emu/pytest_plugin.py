@@ -15,7 +15,9 @@ gets these fixtures:
     A factory booting a machine on disks and returning a :class:`GuestRun` with
     the debug-exit code (0 = the guest wrote 0 to port 0xF4), the serial and
     debug-console transcripts, and the disk contents.  ``engine="qemu"`` runs the
-    same firmware and disks in ``qemu-system-i386 -M pc`` for comparison.
+    same firmware and disks in ``qemu-system-i386 -M pc`` for comparison;
+    ``cdrom=ISO`` and ``boot="d"`` add a CD/DVD drive and a boot order (QEMU's
+    ``-cdrom``/``-boot``).
 ``nasm``
     Assembles NASM source to bytes: ``nasm(source_or_path)``, ``nasm.boot_sector(code)``
     (512 bytes with the signature) and ``nasm.guest_program(code)`` (a multi-sector
