@@ -1313,10 +1313,10 @@ class VhdxImage(Image):
                     continue
                 if state == PAYLOAD_BLOCK_PARTIALLY_PRESENT:
                     chunk = index // (self.chunk_ratio + 1)
-                    sb_entry = int(self.bat[self._bitmap_index(chunk)])
-                    if not self.has_parent:
+                    if not self.has_parent:   # (its BAT holds no sector bitmap entries)
                         report.corrupt(f"{what}: PARTIALLY_PRESENT in a non-differencing image")
-                    elif sb_entry & BAT_STATE_MASK != SB_BLOCK_PRESENT:
+                    elif int(self.bat[self._bitmap_index(chunk)]) & BAT_STATE_MASK \
+                            != SB_BLOCK_PRESENT:
                         report.corrupt(f"{what}: PARTIALLY_PRESENT without a sector bitmap")
                 length = self.block_size
             if host + length > file_size:
