@@ -57,13 +57,21 @@ image is decided by the drive's ``rerror``/``werror`` policy (QEMU's: report,
 ignore, stop; enospc) and announced through :attr:`AtaChannel.host_error_hook`.
 
 Hard disks abort PACKET and IDENTIFY PACKET DEVICE, which is how SeaBIOS's
-probe tells them from ATAPI devices.  :class:`AtapiDrive` is an ATAPI CD-ROM
-with an empty tray: ATAPI signature (0x14/0xEB) after reset, IDENTIFY PACKET
-DEVICE, the PIO PACKET protocol (interrupt reason in the count register, byte
-count limit in LBA mid/high) and SCSI answers for no medium.
+probe tells them from ATAPI devices.  An :class:`~devices.atapi.AtapiDrive`
+(the SCSI side of a CD/DVD-ROM) sits on a unit with its own ATA command set
+(ATA/ATAPI-6 clause 8, :data:`ATAPI_COMMANDS`): ATAPI signature (0x14/0xEB)
+after reset, IDENTIFY PACKET DEVICE, DEVICE RESET, and PACKET (ATA/ATAPI-6
+9.10-9.11): the 12-byte packet is requested without an interrupt (interrupt
+reason CoD); a PIO data phase is DRQ blocks of at most the byte count limit the
+host wrote to LBA mid/high (made even when it cuts the transfer; 0 aborts a
+command that moves data), each with INTRQ, the byte count posted in LBA
+mid/high and the reason IO (to the host) or 0 (from the host); with the DMA bit
+in features the data goes through the bus-master engine instead; the end is
+status with reason IO|CoD, ERR and the sense key in the error register's high
+nibble for CHECK CONDITION.
 
-Not modelled: timing, the standby timer (SLEEP is treated as STANDBY), CD
-media, ATAPI DMA, security, SMART, queued commands.
+Not modelled: timing, the standby timer (SLEEP is treated as STANDBY),
+overlapped and queued ATAPI commands, security, SMART, queued commands.
 An empty channel reads 0 from every register and an absent device 1 reads 0
 from status and error, so BIOS probes skip it (what QEMU does and SeaBIOS's
 ``ata_detect`` relies on).
@@ -81,8 +89,12 @@ from typing import Any
 
 from disks import Geometry, Image, ImageError
 
+from .atapi import PACKET_BYTES as ATAPI_PACKET_BYTES
+from .atapi import AtapiDrive, DataIn
 from .faults import DEFAULT_RERROR, DEFAULT_WERROR, FaultPlan, MediaError, error_action
 from .geometry import CHS_CAPACITY_LIMIT, drive_geometry
+from .identify import FIRMWARE_REVISION
+from .identify import ata_string as _ata_string
 from .interfaces import Clock, IrqLine
 
 SECTOR = 512
@@ -92,7 +104,6 @@ LBA28_LIMIT = 1 << 28
 LBA48_LIMIT = 1 << 48
 DSM_MAX_BLOCKS = 8                 # IDENTIFY word 105: 512-byte blocks of TRIM ranges
 DSM_ENTRY = struct.Struct("<Q")    # bits 0-47 LBA, 48-63 sector count
-FIRMWARE_REVISION = "0.1.0"
 
 # Command block register offsets.
 REG_DATA = 0
@@ -138,14 +149,13 @@ ATA_SIGNATURE = (0x01, 0x01, 0x00, 0x00)
 ATAPI_SIGNATURE = (0x01, 0x01, 0x14, 0xEB)
 ABSENT_SIGNATURE = (0x01, 0x01, 0xFF, 0xFF)
 
-# ATAPI: the interrupt reason in the count register, SCSI sense (key, ASC, ASCQ).
-ATAPI_PACKET_BYTES = 12
+# ATAPI: the interrupt reason in the count register, the features bits of PACKET.
+REASON_FROM_HOST = 0x00         # data flows from the host
 REASON_COMMAND = 0x01           # CoD: the host is to send the packet
 REASON_TO_HOST = 0x02           # IO: data flows to the host
 REASON_STATUS = REASON_COMMAND | REASON_TO_HOST
-ATAPI_DEFAULT_BYTE_LIMIT = 0xFFFE
-SENSE_NO_MEDIUM = (0x02, 0x3A, 0x00)       # NOT READY, MEDIUM NOT PRESENT
-SENSE_INVALID_OPCODE = (0x05, 0x20, 0x00)  # ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE
+PACKET_FEATURE_DMA = 0x01
+ATAPI_MAX_BYTE_LIMIT = 0xFFFE   # a limit of FFFFh means FFFEh (ATA/ATAPI-6 9.10)
 
 # CHECK POWER MODE answers.
 POWER_ACTIVE = 0xFF
@@ -224,15 +234,6 @@ _SHIFTED_REGISTERS = {
     REG_LBA_MID: ("lba_mid", "hob_lba_mid"),
     REG_LBA_HIGH: ("lba_high", "hob_lba_high"),
 }
-
-
-def _ata_string(text: str, length: int) -> bytes:
-    """An IDENTIFY string: space padded, two characters per word, first in the high byte."""
-    raw = text.encode("ascii", "replace")[:length].ljust(length, b" ")
-    swapped = bytearray(length)
-    swapped[0::2] = raw[1::2]
-    swapped[1::2] = raw[0::2]
-    return bytes(swapped)
 
 
 class AtaDrive:
@@ -349,48 +350,6 @@ class AtaDrive:
         return bytes(data)
 
 
-class AtapiDrive:
-    """An ATAPI CD-ROM drive with no medium: enough for probes and boot menus to see it.
-
-    It answers the ATAPI signature, IDENTIFY PACKET DEVICE and the PACKET
-    protocol (PIO only); every SCSI command that needs a disc reports NOT READY,
-    MEDIUM NOT PRESENT (sense 02h/3Ah), as an empty tray does.
-    """
-
-    def __init__(self, *, model: str = "EMU DVD-ROM", serial: str = "EMU-ATAPI") -> None:
-        self.model = model
-        self.serial = serial
-        self.sense = SENSE_NO_MEDIUM
-
-    def identify_packet(self, unit: int) -> bytes:
-        """IDENTIFY PACKET DEVICE data (ATA/ATAPI-6 table 30)."""
-        words = [0] * 256
-        words[0] = 0x85C0            # ATAPI, CD-ROM, removable, DRQ within 50 us, 12-byte packets
-        words[49] = 0x0200           # LBA (DMA not offered)
-        words[50] = 0x4000
-        words[53] = 0x0006
-        words[64] = 0x0003
-        words[65] = words[66] = words[67] = words[68] = 120
-        words[80] = 0x01F0
-        words[82] = 0x4010           # NOP, PACKET feature set
-        words[83] = words[84] = words[87] = 0x4000
-        words[85] = 0x4010
-        words[93] = 0x600B if unit == 0 else 0x6300
-        data = bytearray(struct.pack("<256H", *words))
-        data[20:40] = _ata_string(self.serial, 20)
-        data[46:54] = _ata_string(FIRMWARE_REVISION, 8)
-        data[54:94] = _ata_string(self.model, 40)
-        data[510] = 0xA5
-        data[511] = -sum(data[:511]) & 0xFF
-        return bytes(data)
-
-    def inquiry(self) -> bytes:
-        """Standard INQUIRY data: a removable CD/DVD device (SPC, MMC)."""
-        header = bytes([0x05, 0x80, 0x00, 0x32, 31, 0, 0, 0])
-        return (header + b"EMU".ljust(8) + self.model.encode("ascii", "replace")[:16].ljust(16)
-                + FIRMWARE_REVISION.encode()[:4].ljust(4))
-
-
 @dataclass(frozen=True, slots=True)
 class AtaCommand:
     """One row of the command table."""
@@ -419,6 +378,9 @@ class DmaRequest:
     trim_ranges: bytearray | None = None
     fault: MediaError | None = None   # injected: the transfer stops at ``good`` bytes
     good: int = -1                    # bytes before the failing sector (-1: all)
+    packet: bytes | None = None      # an ATAPI command's data phase: its packet,
+    data_in: DataIn | None = None    # the data for the host (to_memory),
+    received: bytearray | None = None   # or the data from the host so far
 
     @property
     def remaining(self) -> int:
@@ -554,24 +516,6 @@ ATAPI_COMMAND_LIST = [
 ATAPI_COMMANDS: dict[int, AtaCommand] = {command.opcode: command
                                          for command in ATAPI_COMMAND_LIST}
 
-# SCSI operation codes an empty drive answers (MMC) -> AtaChannel method.
-ATAPI_PACKET_COMMANDS = {
-    0x00: "_scsi_needs_medium",     # TEST UNIT READY
-    0x03: "_scsi_request_sense",
-    0x12: "_scsi_inquiry",
-    0x1B: "_scsi_needs_medium",     # START STOP UNIT
-    0x1E: "_scsi_good",             # PREVENT ALLOW MEDIUM REMOVAL
-    0x25: "_scsi_needs_medium",     # READ CAPACITY
-    0x28: "_scsi_needs_medium",     # READ (10)
-    0x43: "_scsi_needs_medium",     # READ TOC
-    0x46: "_scsi_needs_medium",     # GET CONFIGURATION
-    0x4A: "_scsi_needs_medium",     # GET EVENT STATUS NOTIFICATION
-    0x51: "_scsi_needs_medium",     # READ DISC INFORMATION
-    0x5A: "_scsi_needs_medium",     # MODE SENSE (10)
-    0xA8: "_scsi_needs_medium",     # READ (12)
-    0xBD: "_scsi_needs_medium",     # MECHANISM STATUS
-}
-
 # SET FEATURES subcommands (features register) -> AtaChannel method.
 SET_FEATURES = {
     0x02: "_feature_write_cache_on",
@@ -672,7 +616,7 @@ class AtaChannel:
     def reset(self) -> None:
         """Hardware reset (machine reset): every drive back to power-on settings."""
         for unit in self.units:
-            if isinstance(unit.drive, AtaDrive):
+            if unit.drive is not None:
                 unit.drive.power_on_defaults()
         self.control = 0
         self._software_reset_done()
@@ -1240,6 +1184,9 @@ class AtaChannel:
         if request is None or not request.to_memory:
             return memoryview(b"")
         length = request.allowed(length)
+        if request.packet is not None:
+            buffer = memoryview(bytearray(length))
+            return buffer[:self._atapi_dma_in(unit, request, buffer)]
         if len(self._dma_buffer) < length:
             self._dma_buffer = bytearray(length)
         data = memoryview(self._dma_buffer)[:length]
@@ -1275,6 +1222,8 @@ class AtaChannel:
         if request is None or not request.to_memory:
             return 0
         length = request.allowed(len(window))
+        if request.packet is not None:
+            return self._atapi_dma_in(unit, request, window[:length])
         return length if self._dma_read_image(unit, request, window[:length]) else 0
 
     def dma_write(self, data: bytes | bytearray | memoryview) -> None:
@@ -1284,6 +1233,9 @@ class AtaChannel:
         if request is None or request.to_memory:
             return
         data = memoryview(data)[:request.remaining]
+        if request.received is not None:
+            self._atapi_dma_out(unit, request, data)
+            return
         if request.trim_ranges is not None:
             request.trim_ranges += data
         else:
@@ -1507,81 +1459,134 @@ class AtaChannel:
         unit.regs.count = POWER_ACTIVE
         self._complete(unit)
 
+
     def _atapi_set_features(self, unit: _Unit, command: AtaCommand) -> None:
         regs = unit.regs
-        if regs.feature != 0x03 or regs.count & 0xF8 not in (0x00, 0x08) \
-                or regs.count & 0xF8 == 0x08 and regs.count & 0x07 > 4:
-            raise CommandFailed(ERROR_ABRT)   # only PIO modes: no DMA offered
+        if regs.feature != 0x03 or not self._atapi(unit).set_transfer_mode(regs.count):
+            raise CommandFailed(ERROR_ABRT)
         self._complete(unit)
 
     def _atapi_packet(self, unit: _Unit, command: AtaCommand) -> None:
+        """PACKET: request the 12 command bytes (no interrupt: IDENTIFY word 0 bits 6:5)."""
         regs = unit.regs
-        if regs.feature & 0x01:               # DMA data phase requested: not offered
-            raise CommandFailed(ERROR_ABRT)
-        limit = (regs.lba_high << 8 | regs.lba_mid) & ~1 or ATAPI_DEFAULT_BYTE_LIMIT
+        dma = bool(regs.feature & PACKET_FEATURE_DMA)
+        limit = regs.lba_high << 8 | regs.lba_mid
         pio = _PioTransfer(command, 0, 1, 1, False)
         pio.buffer = bytearray(ATAPI_PACKET_BYTES)
         pio.block_end = ATAPI_PACKET_BYTES
-        pio.on_done = lambda: self._atapi_execute(unit, bytes(pio.buffer), limit)
+        pio.on_done = lambda: self._atapi_execute(unit, bytes(pio.buffer), limit, dma)
         unit.pio = pio
         regs.count = REASON_COMMAND
-        unit.status = STATUS_DATA             # no interrupt before the packet (word 0 bits 6:5)
+        unit.status = STATUS_DATA
 
-    def _atapi_execute(self, unit: _Unit, packet: bytes, limit: int) -> None:
+    def _atapi_execute(self, unit: _Unit, packet: bytes, limit: int, dma: bool) -> None:
         if unit.log is not None:
             unit.log["packet"] = packet.hex()
-        handler = ATAPI_PACKET_COMMANDS.get(packet[0], "_scsi_invalid")
-        result = getattr(self, handler)(self._atapi(unit), packet)
-        if isinstance(result, tuple):
-            self._atapi_check_condition(unit, result)
-        else:
-            self._atapi_send(unit, result, limit)
-
-    def _atapi_send(self, unit: _Unit, data: bytes, limit: int) -> None:
-        """PIO data-in of ATAPI: DRQ blocks of at most ``limit`` bytes, then status."""
-        if not data:
-            self._atapi_status(unit, 0)
+        drive = self._atapi(unit)
+        if not dma and not limit and drive.command(packet).transfers_data:
+            self._atapi_status(unit, ERROR_ABRT)   # no byte count for the PIO data phase
             return
-        block, rest = data[:limit], data[limit:]
-        pio = _PioTransfer(ATAPI_COMMANDS[0xA0], 0, 1, 1, False)
-        pio.writing = False
-        pio.buffer = block
-        pio.block_end = len(block)
-        pio.on_done = lambda: self._atapi_send(unit, rest, limit)
+        reply = drive.execute(packet)
+        if reply.sense is not None:
+            self._atapi_status(unit, reply.sense.key << 4)
+        elif not reply.transfers:
+            self._atapi_status(unit, 0)
+        elif dma:
+            self._start_dma(unit, DmaRequest(
+                to_memory=reply.data is not None, offset=0, length=reply.transfers,
+                first_lba=0, sectors=0, command=ATAPI_COMMANDS[0xA0], chs=False,
+                packet=packet, data_in=reply.data,
+                received=None if reply.data is not None else bytearray()))
+        elif reply.data is not None:
+            self._atapi_pio_in(unit, reply.data, 0, limit)
+        else:
+            self._atapi_pio_out(unit, packet, bytearray(), reply.data_out, limit)
+
+    @staticmethod
+    def _atapi_block(remaining: int, limit: int) -> int:
+        """The next DRQ block: all that is left, or the (even) byte count limit."""
+        limit = min(limit, ATAPI_MAX_BYTE_LIMIT)
+        return remaining if remaining <= limit else limit & ~1 or 2
+
+    def _atapi_drq(self, unit: _Unit, pio: _PioTransfer, reason: int, size: int) -> None:
         unit.pio = pio
         regs = unit.regs
-        regs.count = REASON_TO_HOST
-        regs.lba_mid, regs.lba_high = len(block) & 0xFF, len(block) >> 8
+        regs.count = reason
+        regs.lba_mid, regs.lba_high = size & 0xFF, size >> 8
         unit.status = STATUS_DATA
         self._assert_irq()
 
+    def _atapi_pio_in(self, unit: _Unit, data: DataIn, position: int, limit: int) -> None:
+        """PIO data-in: one DRQ block of the reply from ``position``, then the next."""
+        remaining = data.length - position
+        if not remaining:
+            self._atapi_status(unit, 0)
+            return
+        size = self._atapi_block(remaining, limit)
+        try:
+            block = data.read(position, size)
+        except (ImageError, OSError):
+            self._atapi_read_failed(unit)
+            return
+        pio = _PioTransfer(ATAPI_COMMANDS[0xA0], 0, 1, 1, False)
+        pio.writing = False
+        pio.buffer = block
+        pio.block_end = size
+        pio.on_done = lambda: self._atapi_pio_in(unit, data, position + size, limit)
+        self._atapi_drq(unit, pio, REASON_TO_HOST, size)
+
+    def _atapi_pio_out(self, unit: _Unit, packet: bytes, received: bytearray, length: int,
+                       limit: int) -> None:
+        """PIO data-out: DRQ blocks the host fills until ``length`` bytes arrived."""
+        remaining = length - len(received)
+        if not remaining:
+            self._atapi(unit).data_received(packet, bytes(received))
+            self._atapi_status(unit, 0)
+            return
+        size = self._atapi_block(remaining, limit)
+        pio = _PioTransfer(ATAPI_COMMANDS[0xA0], 0, 1, 1, False)
+        pio.writing = True
+        pio.buffer = bytearray(size)
+        pio.block_end = size
+        pio.on_done = lambda: self._atapi_pio_out(unit, packet, received + pio.buffer,
+                                                  length, limit)
+        self._atapi_drq(unit, pio, REASON_FROM_HOST, size)
+
+    def _atapi_dma_in(self, unit: _Unit, request: DmaRequest, window: memoryview) -> int:
+        """Device -> memory for an ATAPI DMA data-in: the bytes moved (0 on a read error)."""
+        assert request.data_in is not None
+        try:
+            request.data_in.readinto(request.done, window)
+        except (ImageError, OSError):
+            self._atapi_read_failed(unit)
+            return 0
+        request.done += len(window)
+        if not request.remaining:
+            unit.dma = None
+            self._atapi_status(unit, 0)
+        return len(window)
+
+    def _atapi_dma_out(self, unit: _Unit, request: DmaRequest, data: memoryview) -> None:
+        assert request.received is not None and request.packet is not None
+        request.received += data
+        request.done += len(data)
+        if not request.remaining:
+            unit.dma = None
+            self._atapi(unit).data_received(request.packet, bytes(request.received))
+            self._atapi_status(unit, 0)
+
+    def _atapi_read_failed(self, unit: _Unit) -> None:
+        unit.pio = None
+        unit.dma = None
+        drive = self._atapi(unit)
+        drive.read_failed()
+        self._atapi_status(unit, drive.sense.key << 4)
+
     def _atapi_status(self, unit: _Unit, error: int) -> None:
+        """The command's end: GOOD, or CHECK CONDITION (sense key in error bits 7:4)."""
         unit.regs.count = REASON_STATUS
         unit.status = STATUS_ERROR if error else STATUS_READY
         unit.error = error
         self._assert_irq()
         if unit.log is not None:
             self._log_end(unit)
-
-    def _atapi_check_condition(self, unit: _Unit, sense: tuple[int, int, int]) -> None:
-        self._atapi(unit).sense = sense
-        self._atapi_status(unit, sense[0] << 4)
-
-    # SCSI commands: data to return, or a sense triple for CHECK CONDITION.
-    def _scsi_needs_medium(self, drive: AtapiDrive, packet: bytes) -> tuple[int, int, int]:
-        return SENSE_NO_MEDIUM
-
-    def _scsi_invalid(self, drive: AtapiDrive, packet: bytes) -> tuple[int, int, int]:
-        return SENSE_INVALID_OPCODE
-
-    def _scsi_good(self, drive: AtapiDrive, packet: bytes) -> bytes:
-        return b""
-
-    def _scsi_request_sense(self, drive: AtapiDrive, packet: bytes) -> bytes:
-        key, asc, ascq = drive.sense
-        sense = bytes([0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
-        drive.sense = SENSE_NO_MEDIUM         # the tray stays empty
-        return sense[:packet[4]]
-
-    def _scsi_inquiry(self, drive: AtapiDrive, packet: bytes) -> bytes:
-        return drive.inquiry()[:packet[3] << 8 | packet[4]]

@@ -74,6 +74,9 @@ def is_zero(data: bytes | bytearray | memoryview) -> bool:
     return True
 
 
+MAX_FILE_OFFSET = (1 << 63) - 1   # off_t: nothing lies beyond (reads there see zeros)
+
+
 class HostFile:
     """An open file on the host, addressed by offset only."""
 
@@ -191,7 +194,7 @@ class HostFile:
         total = len(view)
         done = 0
         try:
-            while done < total:
+            while done < total and offset + done <= MAX_FILE_OFFSET:
                 got = os.preadv(self.fd, [view[done:]], offset + done)
                 if got == 0:
                     break

@@ -686,8 +686,8 @@ class VdiImage(Image):
             return
         self._publish_entries()  # every entry on disk before slots move
         self._set_entry(block, BLOCK_ZERO)
-        if entry < BLOCK_ZERO and self.slot_owner[entry] == block:
-            self._release_slot(entry)
+        if entry < min(BLOCK_ZERO, len(self.slot_owner)) and self.slot_owner[entry] == block:
+            self._release_slot(entry)   # (a duplicate entry may name a slot already gone)
 
     def _release_slot(self, slot: int) -> None:
         """Keep slots dense: move the last slot's block into ``slot``, then shrink.

@@ -125,6 +125,8 @@ import disks
 from devices import faults as disk_faults
 from devices import geometry as disk_geometry
 from devices.ata import AtaChannel, AtaDrive
+from devices.atapi import BLOCK as CD_BLOCK
+from devices.atapi import AtapiDrive, MediumLockedError
 from devices.busmaster import BusMasterIde
 from devices.cmos import DEFAULT_START, Cmos, CmosLayout
 from devices.interfaces import PortDevice, StringPortDevice, Timer
@@ -257,6 +259,7 @@ def _policy(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+MEDIA = ("disk", "cdrom")
 # --disk option -> (DiskSpec field, parser of its value).
 DISK_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "format": ("format", str),
@@ -267,12 +270,14 @@ DISK_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "faults": ("faults", str),
     "werror": ("werror", _policy(disk_faults.POLICIES)),
     "rerror": ("rerror", _policy(disk_faults.READ_POLICIES)),
+    "media": ("media", _policy(MEDIA)),
 }
 
 
 @dataclass(frozen=True)
 class DiskSpec:
-    """One ``--disk`` option."""
+    """One ``--disk`` option (``media="cdrom"``: an ATAPI CD/DVD-ROM drive, whose
+    empty ``path`` means an empty drive)."""
 
     path: str
     format: str | None = None
@@ -283,12 +288,11 @@ class DiskSpec:
     faults: str | None = None            # a fault plan file (devices.faults.load_plan)
     werror: str = disk_faults.DEFAULT_WERROR
     rerror: str = disk_faults.DEFAULT_RERROR
+    media: str = "disk"
 
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
         path, *options = text.split(",")
-        if not path:
-            raise UsageError(f"--disk {text!r}: no file name")
         values: dict[str, Any] = {}
         for option in options:
             key, sep, value = option.partition("=")
@@ -299,7 +303,40 @@ class DiskSpec:
                 values[name] = parse(value)
             except ValueError:
                 raise UsageError(f"--disk {text!r}: bad value for {key}") from None
+        if not path and values.get("media") != "cdrom":
+            raise UsageError(f"--disk {text!r}: no file name")
         return cls(path, **values)
+
+    @classmethod
+    def cdrom(cls, path: str) -> DiskSpec:
+        """``--cdrom FILE``: the secondary master, as QEMU places it."""
+        return cls(path, bus=1, unit=0, media="cdrom")
+
+    @property
+    def is_cdrom(self) -> bool:
+        return self.media == "cdrom"
+
+
+# --boot letters (QEMU's) -> CMOS boot device names.
+BOOT_LETTERS = {"a": "floppy", "c": "disk", "d": "cdrom", "n": "network"}
+DEFAULT_BOOT_ORDER = "cd"
+
+
+def parse_boot_order(text: str) -> list[str]:
+    """``--boot order=dc`` / ``--boot dc`` -> CMOS boot devices, at most three (QEMU's
+    set_boot_dev publishes three in CMOS 3Dh/38h)."""
+    letters = text
+    for option in text.split(","):
+        key, sep, value = option.partition("=")
+        if sep and key == "order":
+            letters = value
+        elif sep or option != text:
+            raise MachineConfigError(f"--boot {text!r}: unknown option {option!r}")
+    if not letters or len(letters) > 3 or len(set(letters)) != len(letters) \
+            or any(letter not in BOOT_LETTERS for letter in letters):
+        raise MachineConfigError(
+            f"--boot {text!r}: the order is up to three distinct letters of a, c, d, n")
+    return [BOOT_LETTERS[letter] for letter in letters]
 
 
 @dataclass
@@ -449,7 +486,8 @@ class Machine:
                  allow_paths: Sequence[str] = (),
                  io_log: str | Path | None = None,
                  message_hook: Callable[[str], None] | None = None,
-                 stop_on_boot_failure: bool = True) -> None:
+                 stop_on_boot_failure: bool = True,
+                 cdrom: str | None = None, boot: str = DEFAULT_BOOT_ORDER) -> None:
         self.ram_size = parse_memory_size(memory)
         self.bios = load_bios(bios)
         self.timeout = timeout
@@ -458,6 +496,9 @@ class Machine:
         self.rtc_start = rtc_start
         self.disk_specs = [spec if isinstance(spec, DiskSpec) else DiskSpec.parse(spec)
                            for spec in disks]
+        if cdrom is not None:
+            self.disk_specs.append(DiskSpec.cdrom(cdrom))
+        self.boot_order = parse_boot_order(boot)
         self.snapshot = snapshot
         self.allow_paths = tuple(allow_paths)  # folders images may name files in (disks.paths)
         self.images: list[tuple[int, int, DiskImage]] = []
@@ -469,6 +510,7 @@ class Machine:
         self._console_line = bytearray()
         self.io_log_path = Path(io_log) if io_log is not None else None
         self.io_log: Any = None
+        self.cdroms: list[tuple[int, int, DiskImage | None]] = []   # (bus, unit, medium)
         self._temporary_dirs: list[str] = []
         self._stop: _Stop | None = None
         self.instructions = 0
@@ -529,6 +571,10 @@ class Machine:
                 raise MachineConfigError(
                     f"--disk {spec.path}: bus {slot[0]} unit {slot[1]} is already in use")
             taken.add(slot)
+            if spec.is_cdrom:
+                self.cdroms.append((slot[0], slot[1], self._open_cd_image(spec.path,
+                                                                          spec.format)))
+                continue
             snapshot = spec.snapshot or self.snapshot
             try:
                 image = disks.open(spec.path, format=spec.format,
@@ -557,6 +603,64 @@ class Machine:
                 self._temporary_dirs.append(folder)
                 image = OverlayImage(image, os.path.join(folder, "overlay"))
                 self.images[-1] = (slot[0], slot[1], image)
+
+    def _open_cd_image(self, path: str, format: str | None = None) -> DiskImage | None:
+        """A CD/DVD medium, read-only through the disks layer (empty path: no medium)."""
+        if not path:
+            return None
+        try:
+            image = disks.open(path, format=format, readonly=True)
+        except disks.ImageError as error:
+            text = str(error)
+            raise MachineConfigError(("--cdrom: " if path in text else f"--cdrom {path}: ")
+                                     + text) from None
+        except OSError as error:
+            raise MachineConfigError(f"--cdrom {path}: {error.strerror}") from None
+        if image.size < CD_BLOCK:
+            image.close()
+            raise MachineConfigError(f"--cdrom {path}: {image.size} bytes is less than one "
+                                     f"{CD_BLOCK}-byte CD sector")
+        return image
+
+    def cdrom_drive(self, bus: int | None = None, unit: int | None = None) -> AtapiDrive:
+        """The CD/DVD drive at ``bus``/``unit`` (default: the first one attached)."""
+        for bus_index, unit_index, _ in self.cdroms:
+            if bus in (None, bus_index) and unit in (None, unit_index):
+                drive = self.channels[bus_index].units[unit_index].drive
+                assert isinstance(drive, AtapiDrive)
+                return drive
+        raise MachineConfigError("no CD/DVD drive" + (f" at bus {bus} unit {unit}"
+                                                      if bus is not None else ""))
+
+    def change_cdrom(self, path: str | None, *, format: str | None = None,
+                     bus: int | None = None, unit: int | None = None,
+                     force: bool = False) -> None:
+        """Eject the drive's medium and insert ``path`` (None: eject, tray left open),
+        at run time.
+
+        Raises :class:`MachineConfigError` for a bad image and
+        :class:`devices.atapi.MediumLockedError` when the guest has locked the tray
+        (the guest is then asked to eject); ``force`` overrides the lock.  Call it
+        from the thread running :meth:`run` (between slices, or from a device
+        callback such as the debug console's sink): devices are not locked.
+        """
+        drive = self.cdrom_drive(bus, unit)
+        image = self._open_cd_image(path, format) if path else None
+        try:
+            old = drive.change(image, force=force)
+        except MediumLockedError:
+            if image is not None:
+                image.close()
+            raise
+        self.cdroms = [(b, u, image if self.channels[b].units[u].drive is drive else medium)
+                       for b, u, medium in self.cdroms]
+        if old is not None:
+            old.close()
+
+    def eject_cdrom(self, *, bus: int | None = None, unit: int | None = None,
+                    force: bool = False) -> None:
+        """Open the drive's tray and take its medium out (see :meth:`change_cdrom`)."""
+        self.change_cdrom(None, bus=bus, unit=unit, force=force)
 
     def _make_cpu(self) -> FastUc:
         uc = FastUc(UC_ARCH_X86, UC_MODE_32)
@@ -587,6 +691,8 @@ class Machine:
         for (bus_index, unit, image), options in zip(self.images, self.drive_options,
                                                      strict=True):
             self.channels[bus_index].attach(unit, AtaDrive(image, **options))
+        for bus_index, unit, medium in self.cdroms:
+            self.channels[bus_index].attach(unit, AtapiDrive(medium))
         for bus_index, channel in enumerate(self.channels):
             self._wire_channel(bus_index, channel)
         self.busmaster = BusMasterIde(self.channels, self.memory)
@@ -611,7 +717,7 @@ class Machine:
             drive = disk_geometry.drive_geometry(image)
             layout.disk(bus_index * 2 + unit, drive.cylinders, drive.heads, drive.sectors,
                         int(disk_geometry.bios_translation(image)))
-        layout.boot_order()
+        layout.boot_order(self.boot_order)
         layout.checksum()
 
     def _on_pci_remap(self) -> None:
@@ -1277,6 +1383,12 @@ class Machine:
                          self.instructions, report, list(self.messages))
 
     def close(self) -> None:
+        for _, _, medium in getattr(self, "cdroms", []):
+            if medium is not None:
+                try:
+                    medium.close()
+                except disks.ImageError:
+                    pass
         for bus_index, unit, image in getattr(self, "images", []):
             try:
                 if self._powered_off(bus_index * 2 + unit):

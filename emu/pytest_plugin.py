@@ -15,9 +15,11 @@ gets these fixtures:
     A factory booting a machine on disks and returning a :class:`GuestRun` with
     the debug-exit code (0 = the guest wrote 0 to port 0xF4), the serial and
     debug-console transcripts, and the disk contents.  ``engine="qemu"`` runs the
-    same firmware and disks in ``qemu-system-i386 -M pc`` for comparison.  Under
-    emu, ``faults={0: plan}`` gives disk 0 a fault plan (the dict of a plan file,
-    :mod:`devices.faults`) and ``run.io_log`` holds the I/O log's entries.
+    same firmware and disks in ``qemu-system-i386 -M pc`` for comparison;
+    ``cdrom=ISO`` and ``boot="d"`` add a CD/DVD drive and a boot order (QEMU's
+    ``-cdrom``/``-boot``).  Under emu, ``faults={0: plan}`` gives disk 0 a fault
+    plan (the dict of a plan file, :mod:`devices.faults`) and ``run.io_log`` holds
+    the I/O log's entries.
 ``nasm``
     Assembles NASM source to bytes: ``nasm(source_or_path)``, ``nasm.boot_sector(code)``
     (512 bytes with the signature) and ``nasm.guest_program(code)`` (a multi-sector
@@ -233,13 +235,17 @@ def firmware_file(name: str) -> Path:
 def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu",
                 bios: str | Path | None = None, timeout: float = 60.0,
                 memory: str = "64M", readonly: bool = False,
-                extra_args: Sequence[str] = (),
+                extra_args: Sequence[str] = (), cdrom: Path | str | None = None,
+                boot: str | None = None,
                 faults: Mapping[int, Mapping[str, Any]] | None = None) -> GuestRun:
     """Boot ``disk_images`` under ``engine`` and wait for the end.
 
     Disks attach in the order primary master, primary slave, secondary master,
     secondary slave; ``None`` leaves a position empty.  The run's ``disks`` are the
     attached ones, in that order.  ``faults`` maps a position to a fault plan (emu).
+    attached ones, in that order.  ``cdrom`` is an ISO image for a CD/DVD drive at
+    the secondary master (``""``: the drive, empty); ``boot`` the boot order letters
+    (``c`` disk, ``d`` CD-ROM), both as QEMU's ``-cdrom`` and ``-boot``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     run_id = len(list(folder.glob("run-*")))
@@ -265,9 +271,18 @@ def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu
                 plan.write_text(json.dumps(faults[index]))
                 spec += f",faults={plan}"
             argv += ["--disk", spec + (",readonly=on" if readonly else "")]
+        if cdrom is not None:
+            argv += ["--disk", f"{cdrom},media=cdrom,bus=1,unit=0"]
+        if boot is not None:
+            argv += ["--boot", boot]
         used = [image for image in disk_images if image is not None]
     elif engine == "qemu":
         argv, used = _qemu_argv(work, disk_images, rom, memory, serial, debugcon)
+        if cdrom is not None:
+            argv += ["-drive", "if=ide,index=2,media=cdrom,readonly=on"
+                               + (f",format=raw,file={cdrom}" if cdrom else "")]
+        if boot is not None:
+            argv += ["-boot", boot]
     else:
         raise ValueError(f"unknown engine {engine!r} (emu or qemu)")
     argv += list(extra_args)

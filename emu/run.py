@@ -54,12 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--disk", action="append", default=[], metavar="FILE[,OPTIONS]",
                         help="IDE disk: FILE[,format=F][,bus=0|1][,unit=0|1][,readonly=on]"
-                             "[,snapshot=on][,faults=PLAN][,werror=report|ignore|stop|enospc]"
-                             "[,rerror=report|ignore|stop]; repeatable "
-                             "(default: the built-in demo disk)")
+                             "[,snapshot=on][,media=cdrom][,faults=PLAN]"
+                             "[,werror=report|ignore|stop|enospc][,rerror=report|ignore|stop]; "
+                             "repeatable (default: the built-in demo disk); media=cdrom makes an "
+                             "ATAPI CD/DVD drive (an empty FILE: no disc)")
     parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
                         help="let disk images name parents and extents in DIR too "
                              "(repeatable; by default only the folders of each image chain)")
+    parser.add_argument("--cdrom", "-cdrom", metavar="FILE",
+                        help="CD/DVD image (ISO 9660) in an ATAPI drive at the secondary master")
+    parser.add_argument("--boot", "-boot", default="cd", metavar="[order=]LETTERS",
+                        help="boot order, up to three of c (first hard disk), d (CD-ROM), "
+                             "a (floppy), n (network), as QEMU (default cd)")
     parser.add_argument("--bios", "-bios", metavar="ROM",
                         help="firmware image (default: built-in BIOS)")
     parser.add_argument("--memory", "-m", default="64M",
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(("\r\n" if on_terminal else "") + f"emu: {line}", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="emu-run-") as scratch:
-        if not disk_texts:
+        if not disk_texts and args.cdrom is None:
             from firmware.demo import make_demo_disk
             demo = Path(scratch) / "demo.vhd"
             make_demo_disk(demo)
@@ -253,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                               snapshot=args.snapshot, timeout=args.timeout, trace=args.trace,
                               reboot=args.reboot and not args.no_reboot,
                               max_instructions=args.max_instructions, io_log=args.io_log,
-                              message_hook=message, allow_paths=args.allow_path, **debug)
+                              message_hook=message, allow_paths=args.allow_path,
+                              cdrom=args.cdrom, boot=args.boot, **debug)
         except UsageError as error:
             print(f"emu run: {error}", file=sys.stderr)
             return USAGE_ERROR

@@ -23,8 +23,12 @@
 ;   * probes both ATA channels (soft reset, register echo, IDENTIFY DEVICE) and
 ;     numbers up to four hard disks 80h-83h, with the BIOS geometry translation
 ;     that CMOS register 39h asks for (none / LBA-assisted / large / r-ECHS);
-;   * calls INT 19h, which loads LBA 0 of each disk in turn to 0000:7C00 and
-;     jumps to the first one that ends in 55AAh, with DL = its drive number.
+;   * finds the first ATAPI CD/DVD-ROM drive (bios_cdrom.inc);
+;   * calls INT 19h, which tries the devices of the CMOS boot order: for the
+;     hard disks, LBA 0 of each disk in turn to 0000:7C00, jumping to the
+;     first one that ends in 55AAh with DL = its drive number; for the CD-ROM,
+;     its El Torito image: no emulation (DL = E0h), a floppy (drive 00h) or a
+;     hard disk (drive 80h, the real disks moved up).
 ;
 ; Boot loaders "reboot" by jumping to F000:FFF0 (GRUB, SYSLINUX's reboot.c32),
 ; which is not a machine reset.  POST leaves POST_MARKER in the EBDA; finding it
@@ -34,14 +38,16 @@
 ;
 ; Services: INT 10h text video (80x25 at B800h, every character written is also
 ; sent to COM1 until the guest takes the UART over), 11h, 12h, 13h (hard disks
-; over ATA PIO, with the EDD 3.0 extensions), 14h, 15h (E820/E801/88h memory,
+; over ATA PIO, with the EDD 3.0 extensions; the CD-ROM as drive E0h with
+; 2048-byte sectors, and 4Bh), 14h, 15h (E820/E801/88h memory,
 ; A20, 86h wait, 87h block move, C0h, APM "not present"), 16h (keys come from
-; COM1), 1Ah (ticks and CMOS clock), 18h ("no bootable disk": print and halt
+; COM1), 1Ah (ticks and CMOS clock), 18h ("no bootable device": print and halt
 ; with interrupts off).
 ;
 ; Not modelled: floppy drives (INT 13h answers 01h "invalid" for DL < 80h, as
-; SeaBIOS does without a floppy), ATAPI, DMA, graphics modes, the PS/2
-; keyboard, option ROMs, INT 15h 89h (switch to protected mode), PnP, ACPI.
+; SeaBIOS does without a floppy; an El Torito floppy image is drive 00h), DMA,
+; graphics modes, the PS/2 keyboard, option ROMs, INT 15h 89h (switch to
+; protected mode), PnP, ACPI.
 ; It needs a 386 (32-bit registers in real mode).
 ;
 ; Built by `python -m firmware.build` (nasm -f bin); the build is reproducible.
@@ -104,6 +110,7 @@ post:
     sti
     call setup_ticks_from_rtc
     call ata_detect
+    call cd_detect
     call setup_disk_vectors
 
     mov si, msg_banner
@@ -632,10 +639,11 @@ print_both:
     ret
 
 msg_banner:     db "emu BIOS", 13, 10, 0
-msg_no_boot:    db "No bootable disk.", 13, 10, 0
+msg_no_boot:    db "No bootable device.", 13, 10, 0
 
 %include "bios_video.inc"
 %include "bios_disk.inc"
+%include "bios_cdrom.inc"
 %include "bios_services.inc"
 
 ; ====================================================================================

@@ -24,6 +24,7 @@ PROGRAMS: dict[str, int | None] = {
     "bios": 0x10000,
     "demo": 512,
     "atatest": 0x10000,
+    "atapitest": 0x10000,
 }
 
 

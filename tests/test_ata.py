@@ -1015,9 +1015,6 @@ def test_atapi_packets_on_an_empty_tray(cdrom_host: Host) -> None:
     assert len(data) == 36                                         # in 16-byte DRQ blocks
     status, data = send_packet(host, bytes([0xFF]))                # not an MMC command
     assert status & ERR and host.error() >> 4 == 0x05
-    host.outb(FEATURES, 0x01)                                      # DMA is not offered
-    host.outb(COMMAND, 0xA0)
-    assert host.status() & ERR and host.error() == ERROR_ABRT
 
 
 def test_atapi_device_reset(cdrom_host: Host) -> None:

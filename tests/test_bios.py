@@ -25,7 +25,7 @@ RESET_VECTOR = 0xFFF0
 BIOS_SEGMENT = 0xF000
 DEMO_GREETING = "Hello from the emu demo disk."
 DEMO_OK = "INT 13h: wrote LBA 1 (AH=43h), read it back (AH=02h): OK"
-NO_BOOT = "No bootable disk."
+NO_BOOT = "No bootable device."
 
 
 def rom() -> bytes:
