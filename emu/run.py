@@ -23,7 +23,7 @@ one-screen report (registers, instruction, last ports) on stderr; every disk I/O
 error prints one line there, whatever the policy.
 
 QEMU's spellings are accepted for what emu has: ``-m`` (a bare number is MiB),
-``-hda``..``-hdd``, ``-drive file=,format=,if=ide,index=,media=disk,readonly=,
+``-hda``..``-hdd``, ``-drive file=,format=,if=ide,index=,media=disk|cdrom,readonly=,
 snapshot=,werror=,rerror=``, ``-bios``, ``-serial``, ``-debugcon``, ``-snapshot``,
 ``-no-reboot``, ``-nographic`` (accepted: the serial port is on the terminal by
 default), ``-s``/``-S``/``-gdb`` (for the gdb stub) and ``--version``.
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         qemu.add_argument(name, dest=f"hd{index}", metavar="FILE",
                           help=f"disk at IDE position {index}" if index == 0 else argparse.SUPPRESS)
     qemu.add_argument("-drive", action="append", default=[], metavar="OPTIONS",
-                      help="file=F[,format=][,if=ide][,index=0-3][,bus=][,unit=][,media=disk]"
+                      help="file=F[,format=][,if=ide][,index=0-3][,bus=][,unit=][,media=disk|cdrom]"
                            "[,readonly=][,snapshot=][,werror=][,rerror=][,faults=]")
     qemu.add_argument("-no-reboot", dest="no_reboot", action="store_true",
                       help="exit on guest reset (the default unless --reboot)")
@@ -144,8 +144,8 @@ def drive_to_disk(text: str) -> str:
             if value != "ide":
                 raise _Usage(f"-drive {text!r}: if={value}: only if=ide exists")
         elif key == "media":
-            if value != "disk" and not _machine_knows("media"):
-                raise _Usage(f"-drive {text!r}: media={value}: only media=disk exists")
+            if value not in ("disk", "cdrom"):
+                raise _Usage(f"-drive {text!r}: media={value}: must be disk or cdrom")
             if value != "disk":
                 fields["media"] = value
         elif key == "index":
@@ -166,12 +166,6 @@ def drive_to_disk(text: str) -> str:
             raise _Usage(f"-drive {text!r}: index= and bus=/unit= together")
         fields["bus"], fields["unit"] = str(index // 2), str(index % 2)
     return ",".join([path, *(f"{key}={value}" for key, value in fields.items())])
-
-
-def _machine_knows(option: str) -> bool:
-    """Does this emu's --disk take ``option`` (e.g. media=, with the ATAPI work)?"""
-    from .machine import DiskSpec
-    return option in DiskSpec.__dataclass_fields__
 
 
 def memory_size(value: str) -> str:

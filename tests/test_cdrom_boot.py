@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import need_tool
 
+from emu.machine import EXIT_NO_BOOT
 from emu.pytest_plugin import Assembler
 
 GRUB_MARKER = "GRUB-ISO-MARKER"
@@ -28,17 +29,17 @@ SYSLINUX_MODULES = Path("/usr/lib/syslinux/modules/bios")
 BIOSES = ["seabios", "ours"]
 ENGINES = ["qemu", "emu"]
 NO_BOOT = "No bootable device."
-EMU_EXIT_HALTED = 125
 QEMU_HALT_WAIT = 5            # QEMU just sits in the BIOS's final halt: stop it after this
 
 
 def no_boot(emu_machine, engine: str, cdrom: Path | str) -> None:
-    """Our BIOS prints the line and halts (emu: exit 125; QEMU: stopped by the timeout)."""
+    """Our BIOS prints the line and halts (emu: stops with EXIT_NO_BOOT; QEMU: stopped by
+    the timeout)."""
     timeout = QEMU_HALT_WAIT if engine == "qemu" else 60
     run = emu_machine(engine=engine, cdrom=cdrom, boot="d", timeout=timeout)
     assert run.serial.replace("\r", "").splitlines() == [NO_BOOT], str(run)
     if engine == "emu":
-        assert run.exit_code == EMU_EXIT_HALTED, str(run)
+        assert run.exit_code == EXIT_NO_BOOT, str(run)
 
 GRUB_CFG = f"""serial --unit=0 --speed=115200
 terminal_input serial

@@ -102,7 +102,7 @@ def test_gdb_spellings_without_a_stub_are_a_usage_error(
     (["--disk", "x,colour=red"], "unknown option 'colour=red'"),
     (["-drive", "file=x,if=scsi"], "if=scsi: only if=ide exists"),
     (["-drive", "file=x,index=4"], "index=4: must be 0-3"),
-    (["-drive", "file=x,media=cdrom"], "media=cdrom: only media=disk exists"),
+    (["-drive", "file=x,media=floppy"], "media=floppy: must be disk or cdrom"),
     (["-drive", "format=raw"], "no file="),
     (["-drive", "file=x,index=1,bus=0"], "index= and bus=/unit= together"),
     (["--memory", "12Q"], "is not a size"),
@@ -129,7 +129,7 @@ def emu_run(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("bios, line", [
-    ("ours", "No bootable disk."),
+    ("ours", "No bootable device."),
     ("seabios", "No bootable device."),
 ])
 def test_empty_disk_stops_with_the_bios_line(tmp_path: Path, bios: str, line: str) -> None:
