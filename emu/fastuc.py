@@ -6,6 +6,22 @@ functions directly with one reused buffer for the plain integer registers
 (general, EIP, EFLAGS, segment selectors, control registers) and for small
 memory reads, and defers to the binding for everything else (descriptor-table
 registers, wide registers).
+
+**No "until" address.**  ``uc_emu_start(begin, until, ...)`` records ``until`` as
+the exit address and, when the run ends, drops the translated block just below
+it -- which means *translating* ``until - 1`` through the guest's page tables
+(``get_page_addr_code``).  With paging on that walk can raise a page fault inside
+Unicorn: CR2 and the pending exception are overwritten between slices and the
+guest's next real #PF arrives wrong.  :class:`FastUc` therefore switches Unicorn
+to its exits list (``UC_CTL_UC_USE_EXITS``) and leaves the list empty: ``until``
+is ignored and nothing is translated at the end of a slice.
+
+**Instructions executed.**  With ``count`` set Unicorn counts instructions in
+``uc_struct.emu_counter`` but has no call to read it.  :func:`counter_offset`
+finds the field once per process by running a NOP sled with known counts in a
+scratch engine and looking for the word that followed them;
+:meth:`FastUc.executed` then reads it in place (None when the layout was not
+recognised: callers fall back to charging whole slices).
 """
 
 from __future__ import annotations
@@ -39,6 +55,9 @@ SMALL_READ = 64
 UC_CTL_IO_WRITE = 1
 # uc_ctl's request word: direction << 30 | argument count << 26 | control number
 REMOVE_CACHE_REQUEST = UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE
+UC_STRUCT_SCAN = 64 * 1024     # bytes of uc_struct searched for the instruction counter
+CALIBRATION_COUNTS = (1000, 1234, 777)
+CR0_PG = 0x8000_0000
 
 
 # Direct prototypes (plain integers in, no per-call ctypes objects, the GIL kept over
@@ -63,6 +82,7 @@ if _uclib is not None:
 
 _PORT_IN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32,
                                      ctypes.c_int, ctypes.c_void_p)
+_INSN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 _PORT_OUT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
                                       ctypes.c_uint32, ctypes.c_void_p)
 
@@ -72,6 +92,42 @@ class _TableRegister(ctypes.Structure):
 
     _fields_ = (("selector", ctypes.c_uint16), ("base", ctypes.c_uint64),
                 ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32))
+
+
+_counter_offset: int | None | bool = False  # False: not looked for yet
+
+
+def counter_offset() -> int | None:
+    """Byte offset of ``emu_counter`` in Unicorn's ``uc_struct`` (None if not found).
+
+    A run stopped by ``count=N`` leaves the counter at N + 1 (the instruction whose
+    count hook stopped it did not execute); three runs with different N must agree
+    on exactly one such word.
+    """
+    global _counter_offset
+    if _counter_offset is not False:
+        return _counter_offset  # type: ignore[return-value]
+    _counter_offset = None
+    if _uclib is None:
+        return None
+    from unicorn import UC_ARCH_X86, UC_MODE_32
+    scratch = Uc(UC_ARCH_X86, UC_MODE_32)
+    scratch.mem_map(0, 0x10000)
+    scratch.mem_write(0x1000, b"\x90" * 0x1000)  # NOPs
+    scratch.ctl_exits_enabled(True)
+    handle = int(getattr(scratch._uch, "value", 0) or 0)
+    candidates: set[int] | None = None
+    for count in CALIBRATION_COUNTS:
+        scratch.emu_start(0x1000, 0, 0, count)
+        if scratch.reg_read(X.UC_X86_REG_EIP) != 0x1000 + count:
+            return None
+        words = struct.unpack_from(f"<{UC_STRUCT_SCAN // 8}Q",
+                                   ctypes.string_at(handle, UC_STRUCT_SCAN))
+        found = {8 * i for i, word in enumerate(words) if word == count + 1}
+        candidates = found if candidates is None else candidates & found
+    if candidates is not None and len(candidates) == 1:
+        _counter_offset = candidates.pop()
+    return _counter_offset  # type: ignore[return-value]
 
 
 class FastUc(_Base):  # type: ignore[misc,valid-type]
@@ -90,6 +146,19 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         self._direct_callbacks: list[Any] = []
         self._pairs: dict[tuple[int, int], Any] = {}
         self._table_ref = ctypes.byref(self._table)
+        self.ctl_exits_enabled(True)  # "until" ignored: see the module docstring
+        offset = counter_offset()
+        self._counter = None if offset is None else ctypes.c_uint64.from_address(
+            int(self._uch.value or 0) + offset)
+
+    @property
+    def counts_instructions(self) -> bool:
+        return self._counter is not None
+
+    def executed(self) -> int:
+        """Unicorn's instruction counter for the current/last ``count=`` run (see the
+        module docstring for what it includes); 0 where it cannot be read."""
+        return 0 if self._counter is None else int(self._counter.value)
 
     def emu_start(self, begin: int, until: int, timeout: int = 0, count: int = 0) -> None:
         """As the binding's, with the GIL kept through the run (see _EMU_START)."""
@@ -198,6 +267,20 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
                                (X.UC_X86_INS_OUT, _PORT_OUT_CALLBACK(on_out))):
             self._add_insn_hook(kind, function)
 
+    def hook_rdtsc(self, on_rdtsc: Callable[[], int]) -> None:
+        """Answer RDTSC with ``on_rdtsc()`` (the binding has no wrapper for this hook;
+        Unicorn's C callback returns 1 to skip its own RDTSC)."""
+        def callback(handle: int, _: int) -> int:
+            try:
+                tsc = on_rdtsc()
+                self.reg_write(X.UC_X86_REG_EAX, tsc & 0xFFFF_FFFF)
+                self.reg_write(X.UC_X86_REG_EDX, (tsc >> 32) & 0xFFFF_FFFF)
+            except BaseException as error:  # noqa: BLE001 (re-raised by emu_start)
+                self._fail(error)
+            return 1
+
+        self._add_insn_hook(X.UC_X86_INS_RDTSC, _INSN_CALLBACK(callback))
+
     def _add_insn_hook(self, kind: int, function: Any) -> None:
         handle = ctypes.c_size_t()
         status = _uclib.uc_hook_add(self._uch, ctypes.byref(handle), UC_HOOK_INSN,
@@ -226,6 +309,25 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         status = _ctl_range(self._uch.value, REMOVE_CACHE_REQUEST, begin, end)
         if status:
             raise UcError(status)
+
+    def remove_cache_physical(self, begin: int, end: int) -> None:
+        """Drop translated code for the *physical* range ``[begin, end)``.
+
+        Unicorn's cache removal takes guest-virtual addresses and translates them
+        through the page tables; with paging on, a device's write to physical
+        memory would drop the wrong blocks (and the translation may fault inside
+        Unicorn).  Paging is switched off around the call so the range is taken as
+        physical; the CR0 writes flush the TLB, which the CPU refills.
+        """
+        cr0 = self.reg_read(X.UC_X86_REG_CR0)
+        if not cr0 & CR0_PG:
+            self.remove_cache(begin, end)
+            return
+        self.reg_write(X.UC_X86_REG_CR0, cr0 & ~CR0_PG)
+        try:
+            self.remove_cache(begin, end)
+        finally:
+            self.reg_write(X.UC_X86_REG_CR0, cr0)
 
     def reg_write_pair(self, first: int, first_value: int, second: int,
                        second_value: int) -> None:
