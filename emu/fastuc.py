@@ -22,6 +22,18 @@ finds the field once per process by running a NOP sled with known counts in a
 scratch engine and looking for the word that followed them;
 :meth:`FastUc.executed` then reads it in place (None when the layout was not
 recognised: callers fall back to charging whole slices).
+
+**The exception in flight.**  QEMU's CPU remembers the exception it is raising
+(``env->old_exception``) to turn a second one into #DF and a third into a
+shutdown, and forgets it when *it* delivers the exception.  Unicorn hands every
+exception to the hook instead, so the memory is never cleared: the guest's next
+#PF or #GP arrives as #DF and the one after that halts the CPU for good.  The
+error code of an exception (``env->error_code``) is not exposed either.  Both
+fields are found once per process in the saved CPU context
+(:func:`context_offsets`: a #GP with a known selector error code in a scratch
+engine); :meth:`FastUc.exception_taken` reads the error code and clears the
+exception in flight (context save, patch, restore) after the machine has
+delivered an exception itself.
 """
 
 from __future__ import annotations
@@ -130,6 +142,76 @@ def counter_offset() -> int | None:
     return _counter_offset  # type: ignore[return-value]
 
 
+# env->old_exception follows env->error_code by this many bytes (error_code,
+# exception_is_int, exception_next_eip, dr[8], 4 breakpoint pointers); checked.
+OLD_EXCEPTION_AFTER_ERROR_CODE = 4 + 4 + 8 + 8 * 8 + 4 * 8
+CALIBRATION_SELECTORS = (0x1234, 0x2348)
+GP_VECTOR = 13
+_context_offsets: tuple[int, int] | None | bool = False
+
+
+def context_offsets() -> tuple[int, int] | None:
+    """Offsets of ``error_code`` and ``old_exception`` in a saved context (from the
+    start of Unicorn's ``uc_context``), or None when the layout is not recognised."""
+    global _context_offsets
+    if _context_offsets is not False:
+        return _context_offsets  # type: ignore[return-value]
+    _context_offsets = None
+    from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32
+    scratch = Uc(UC_ARCH_X86, UC_MODE_32)
+    scratch.mem_map(0, 0x10000)
+    flat = 0xCF  # 4 KiB granular, 32-bit, limit 0xFFFFF
+    gdt = (bytes(8) + struct.pack("<HHBBBB", 0xFFFF, 0, 0, 0x9A, flat, 0)
+           + struct.pack("<HHBBBB", 0xFFFF, 0, 0, 0x92, flat, 0))
+    scratch.mem_write(0x500, gdt)
+    scratch.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
+    scratch.reg_write(X.UC_X86_REG_CR0, 0x11)
+    scratch.reg_write(X.UC_X86_REG_CS, 0x08)
+    scratch.reg_write(X.UC_X86_REG_SS, 0x10)
+    scratch.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    seen: list[tuple[int, bytes]] = []
+    context = scratch.context_save()
+    size = context.size + 64
+
+    def on_interrupt(uc: Any, vector: int, _: Any) -> None:
+        uc.context_update(context)
+        seen.append((vector, ctypes.string_at(context.context, size)))
+        uc.emu_stop()
+
+    scratch.hook_add(UC_HOOK_INTR, on_interrupt)
+    found: set[int] | None = None
+    for index, selector in enumerate(CALIBRATION_SELECTORS):
+        # mov ax, selector; mov ds, ax (beyond the GDT limit: #GP(selector)); hlt -- each
+        # at its own address (Unicorn does not retranslate code that mem_write changed)
+        code = 0x1000 + 0x100 * index
+        scratch.mem_write(code, b"\x66\xb8" + struct.pack("<H", selector) + b"\x8e\xd8\xf4")
+        seen.clear()
+        scratch.emu_start(code, 0, 0, 10)
+        if len(seen) != 1 or seen[0][0] != GP_VECTOR:
+            return None
+        raw = seen[0][1]
+        here = {offset for offset in range(0, len(raw) - OLD_EXCEPTION_AFTER_ERROR_CODE - 4, 4)
+                if struct.unpack_from("<i", raw, offset)[0] == selector
+                and struct.unpack_from("<i", raw, offset + OLD_EXCEPTION_AFTER_ERROR_CODE)[0]
+                == GP_VECTOR}
+        found = here if found is None else found & here
+        if len(found) != 1:
+            return None
+        # Clear the exception in flight as the machine will: the next #GP must stay #GP.
+        offset = next(iter(found)) + OLD_EXCEPTION_AFTER_ERROR_CODE
+        ctypes.c_int.from_address(_context_address(context) + offset).value = -1
+        scratch.context_restore(context)
+    if found is not None and len(found) == 1:
+        error_offset = found.pop()
+        _context_offsets = (error_offset, error_offset + OLD_EXCEPTION_AFTER_ERROR_CODE)
+    return _context_offsets  # type: ignore[return-value]
+
+
+def _context_address(context: Any) -> int:
+    pointer = context.context
+    return int(getattr(pointer, "value", pointer) or 0)
+
+
 class FastUc(_Base):  # type: ignore[misc,valid-type]
     def __new__(cls, arch: int, mode: int) -> FastUc:
         # Uc.__new__ would pick the binding's own x86 class; keep this one.
@@ -147,9 +229,28 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         self._pairs: dict[tuple[int, int], Any] = {}
         self._table_ref = ctypes.byref(self._table)
         self.ctl_exits_enabled(True)  # "until" ignored: see the module docstring
+        self._context: Any = None
+        self._context_offsets = context_offsets()
         offset = counter_offset()
         self._counter = None if offset is None else ctypes.c_uint64.from_address(
             int(self._uch.value or 0) + offset)
+
+    def exception_taken(self) -> int | None:
+        """Call from the interrupt hook once an exception is handled: returns its error
+        code and clears QEMU's exception in flight (see the module docstring).  None
+        when the context layout is unknown (the error code is then unknown too)."""
+        if self._context_offsets is None:
+            return None
+        if self._context is None:
+            self._context = self.context_save()
+        else:
+            self.context_update(self._context)
+        base = _context_address(self._context)
+        error_offset, in_flight_offset = self._context_offsets
+        error_code = ctypes.c_int.from_address(base + error_offset).value & 0xFFFF_FFFF
+        ctypes.c_int.from_address(base + in_flight_offset).value = -1
+        self.context_restore(self._context)
+        return error_code
 
     @property
     def counts_instructions(self) -> bool:

@@ -406,6 +406,8 @@ class Machine:
                  max_instructions: int | None = None,
                  rtc_start: Any = DEFAULT_START, serial_input: bytes = b"",
                  icount: bool = True) -> None:
+        """``icount``: deterministic instruction-counted mode (``emu run --icount``);
+        False runs guest code at JIT speed on wall time (``emu run``'s default)."""
         self.ram_size = parse_memory_size(memory)
         # Deterministic, instruction-counted execution (see "Slices and the clock");
         # an instruction budget and a trace need counted instructions.
@@ -800,7 +802,9 @@ class Machine:
                 return
             x86.deliver_interrupt(uc, vector, software=software)
             return
-        # A CPU exception: EIP is the faulting instruction.
+        # A CPU exception: EIP is the faulting instruction.  Unicorn's error code, and
+        # the exception in flight cleared (else the next one arrives as #DF).
+        unicorn_error_code = uc.exception_taken()
         where, count = self.exception_streak
         count = count + 1 if where == (pc, vector) else 1
         self.exception_streak = ((pc, vector), count)
@@ -808,8 +812,8 @@ class Machine:
             self._cpu_fault(f"{x86.EXCEPTION_NAMES.get(vector, vector)} repeats forever "
                             f"at {pc:#x}")
             return
-        error_code = None
-        if vector == x86.Vector.PF:
+        error_code = unicorn_error_code
+        if error_code is None and vector == x86.Vector.PF:
             error_code = x86.page_fault_error_code(uc, uc.reg_read(X.UC_X86_REG_CR2),
                                                    x86.current_privilege(uc))
         x86.deliver_exception(uc, vector, error_code)

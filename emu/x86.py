@@ -37,12 +37,13 @@ never needs to know which mode the CPU is in.
   reachable this way (every OS of interest runs its handlers there).  Returning
   to ring 3 is IRET, which Unicorn executes itself.
 * **Error codes Unicorn hides.**  Unicorn sets CR2 for a #PF but does not pass
-  the error code to the hook: :func:`page_fault_error_code` recomputes it from a
-  walk of CR2 (P from the walk; W when the page was readable but not writable
-  for the CPL; U from the CPL).  For a not-present page the access kind is not
-  known and W is reported as 0: an OS then maps the page for reading and the
-  retried write faults again with P=1, W=1 (the second fault is exact).  #GP,
-  #SS, #NP, #TS raised by Unicorn itself are delivered with error code 0.
+  the error code to the hook; the machine reads it from Unicorn's saved CPU
+  context (:meth:`emu.fastuc.FastUc.exception_taken`).  Where that layout is not
+  recognised, :func:`page_fault_error_code` recomputes a #PF's code from a walk
+  of CR2 (P from the walk; W when the page was readable but not writable for the
+  CPL; U from the CPL; for a not-present page the access kind is unknown and W
+  is 0 -- an OS then maps the page for reading and the retried write faults again
+  with P=1, W=1) and other exceptions get error code 0.
 * **Not modelled** (a :class:`DeliveryError` naming it, which the machine turns
   into a one-screen report): task gates and hardware task switches,
   virtual-8086 mode, privilege changes into rings 1 and 2, 16-bit TSSs for a
