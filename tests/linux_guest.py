@@ -57,7 +57,8 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,8 +364,8 @@ done
 # libata's name of a block device: ataP.0D from its sysfs path (host, target 0:0:D).
 drive_name() {{
     path=$(readlink -f /sys/block/$1)
-    port=$(echo "$path" | sed -n 's|.*/\\(ata[0-9]*\\)/host[0-9]*/target[0-9:]*/[0-9]*:[0-9]*:\\([0-9]*\\):[0-9]*/.*|\\1.0\\2|p')
-    echo "$port"
+    echo "$path" | sed -n \\
+        's|.*/\\(ata[0-9]*\\)/host[0-9]*/target[0-9:]*/[0-9]*:[0-9]*:\\([0-9]*\\):.*|\\1.0\\2|p'
 }}
 find_drive() {{
     for block in /sys/block/sd*; do
@@ -381,6 +382,10 @@ if grep -q {KALLSYMS_OPTION} /proc/cmdline; then
     dd if=/kallsyms.gz of=/dev/sda bs=512 seek={DATA_OFFSET // SECTOR} conv=fsync 2>/dev/null
     finish
 fi
+# md5 of COUNT blocks of BS bytes from block SKIP of /dev/$dev; $4: more dd flags
+area_md5() {{ dd if=/dev/$dev bs=$1 skip=$2 count=$3 $4 2>/dev/null | md5sum | cut -d' ' -f1; }}
+file_md5() {{ md5sum < "$1" | cut -d' ' -f1; }}
+expect() {{ [ "$2" = "$3" ] || fail "$drive: $1: md5 $2, want $3"; }}
 for entry in {expected}; do
     drive=${{entry%%=*}}; want=${{entry#*=}}
     dev=""; waited=0
@@ -390,24 +395,27 @@ for entry in {expected}; do
         dev=""; sleep 0.1; waited=$((waited + 1))
     done
     if [ -z "$dev" ]; then fail "$drive: no block device"; continue; fi
-    echo "EMU-LINUX: $drive is /dev/$dev, $(cat /sys/block/$dev/size) sectors, $(cat /sys/block/$dev/device/model)"
-    got=$(dd if=/dev/$dev bs={DIRECT_BLOCK} skip={host_start // DIRECT_BLOCK} count={host_size // DIRECT_BLOCK} iflag=direct 2>/dev/null | md5sum)
-    [ "${{got%% *}}" = "$want" ] || fail "$drive: host area read with O_DIRECT: md5 ${{got%% *}}, want $want"
+    echo "EMU-LINUX: $drive is /dev/$dev, $(cat /sys/block/$dev/size) sectors," \
+         "$(cat /sys/block/$dev/device/model)"
+    expect "host area, O_DIRECT read" \
+        "$(area_md5 {DIRECT_BLOCK} {host_start // DIRECT_BLOCK} {host_size // DIRECT_BLOCK} \
+           iflag=direct)" $want
     echo 3 > /proc/sys/vm/drop_caches
-    got=$(dd if=/dev/$dev bs=4096 skip={host_start // 4096} count={host_size // 4096} 2>/dev/null | md5sum)
-    [ "${{got%% *}}" = "$want" ] || fail "$drive: host area read through the page cache: md5 ${{got%% *}}, want $want"
-    dd if=/patterns/$drive.guest of=/dev/$dev bs={DIRECT_BLOCK} seek={guest_start // DIRECT_BLOCK} oflag=direct conv=fsync 2>/dev/null \\
+    expect "host area, page-cache read" \
+        "$(area_md5 4096 {host_start // 4096} {host_size // 4096})" $want
+    dd if=/patterns/$drive.guest of=/dev/$dev bs={DIRECT_BLOCK} \
+        seek={guest_start // DIRECT_BLOCK} oflag=direct conv=fsync 2>/dev/null \
         || fail "$drive: O_DIRECT write failed"
-    dd if=/patterns/$drive.small of=/dev/$dev bs={SECTOR} seek={small_start // SECTOR} conv=fsync,notrunc 2>/dev/null \\
-        || fail "$drive: page-cache write failed"
+    dd if=/patterns/$drive.small of=/dev/$dev bs={SECTOR} seek={small_start // SECTOR} \
+        conv=fsync,notrunc 2>/dev/null || fail "$drive: page-cache write failed"
     sync
     echo 3 > /proc/sys/vm/drop_caches
-    want=$(md5sum < /patterns/$drive.guest); want=${{want%% *}}
-    got=$(dd if=/dev/$dev bs={DIRECT_BLOCK} skip={guest_start // DIRECT_BLOCK} count={guest_size // DIRECT_BLOCK} iflag=direct 2>/dev/null | md5sum)
-    [ "${{got%% *}}" = "$want" ] || fail "$drive: O_DIRECT write read back: md5 ${{got%% *}}, want $want"
-    want=$(md5sum < /patterns/$drive.small); want=${{want%% *}}
-    got=$(dd if=/dev/$dev bs={SECTOR} skip={small_start // SECTOR} count={small_size // SECTOR} 2>/dev/null | md5sum)
-    [ "${{got%% *}}" = "$want" ] || fail "$drive: page-cache write read back: md5 ${{got%% *}}, want $want"
+    expect "O_DIRECT write read back" \
+        "$(area_md5 {DIRECT_BLOCK} {guest_start // DIRECT_BLOCK} {guest_size // DIRECT_BLOCK} \
+           iflag=direct)" "$(file_md5 /patterns/$drive.guest)"
+    expect "page-cache write read back" \
+        "$(area_md5 {SECTOR} {small_start // SECTOR} {small_size // SECTOR})" \
+        "$(file_md5 /patterns/$drive.small)"
     echo "EMU-LINUX: $drive read/write checked"
 done
 finish
@@ -551,8 +559,24 @@ def save_kallsyms(flavour: str, work: Path) -> Path:
     with open(boot, "rb") as disk:
         disk.seek(DATA_OFFSET)
         data = disk.read(HOST_AREA[1] * 8)
-    kernel_.system_map.write_bytes(gzip.GzipFile(fileobj=io.BytesIO(data)).read())
+    # the gzip stream ends inside the area: decompressobj stops there (gzip.open would not)
+    kernel_.system_map.write_bytes(zlib.decompressobj(wbits=31).decompress(data))
     return kernel_.system_map
+
+
+def symbolize(system_map: Path, addresses: Sequence[int]) -> list[str]:
+    """``name+0xoffset`` for each address, from a System.map (kallsyms) file."""
+    import bisect
+    table = sorted((int(address, 16), name) for address, _kind, name, *_ in
+                   (line.split() for line in system_map.read_text().splitlines())
+                   if int(address, 16))
+    starts = [start for start, _ in table]
+    names = []
+    for address in addresses:
+        index = bisect.bisect_right(starts, address) - 1
+        names.append(f"{address:08x} {table[index][1]}+{address - starts[index]:#x}"
+                     if index >= 0 else f"{address:08x} ?")
+    return names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -566,7 +590,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--append", default="", help="more kernel command line")
     symbols = verbs.add_parser("kallsyms", help="save the kernel's System.map via QEMU")
     symbols.add_argument("--flavour", default="686", choices=FLAVOURS)
+    verbs.add_parser("fetch", help="download and unpack every package into the cache")
+    names = verbs.add_parser("sym", help="name kernel addresses (after kallsyms)")
+    names.add_argument("address", nargs="+", type=lambda text: int(text, 16))
+    names.add_argument("--flavour", default="686", choices=FLAVOURS)
     args = parser.parse_args(argv)
+    if args.verb == "fetch":
+        for flavour in FLAVOURS:
+            print(kernel(flavour).folder)
+        print(busybox())
+        return 0
+    if args.verb == "sym":
+        print("\n".join(symbolize(kernel(args.flavour).system_map, args.address)))
+        return 0
     if args.verb == "build":
         for path in build_raw_set(args.folder, args.flavour, verbose=args.verbose,
                                   extra_cmdline=args.append):
