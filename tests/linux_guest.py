@@ -350,9 +350,9 @@ mount -t devtmpfs devtmpfs /dev
 FAILED=""
 fail() {{ echo "EMU-LINUX: FAIL $*"; FAILED="$FAILED; $*"; }}
 finish() {{
-    dmesg | grep -E 'ata[0-9]|scsi|sd [0-9]|\\[sd[a-z]\\]|piix|ATA|lost interrupt' \\
-        | sed 's/^/{DMESG_PREFIX}/'
-    if dmesg | grep -iqE '{ATA_TROUBLE.pattern}'; then fail "kernel log reports ATA trouble"; fi
+    dmesg | grep -E 'ata[0-9]|scsi|sd [0-9]|\\[sd[a-z]\\]|piix|ATA|lost interrupt' > /tmp/ata.log
+    sed 's/^/{DMESG_PREFIX}/' /tmp/ata.log
+    if grep -iqE '{ATA_TROUBLE.pattern}' /tmp/ata.log; then fail "ATA trouble in the kernel log"; fi
     if [ -z "$FAILED" ]; then echo {PASS_MARKER}; else echo "{FAIL_MARKER}:$FAILED"; fi
     sync
     reboot -f
