@@ -237,8 +237,13 @@ def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu
                 memory: str = "64M", readonly: bool = False,
                 extra_args: Sequence[str] = (), cdrom: Path | str | None = None,
                 boot: str | None = None,
-                faults: Mapping[int, Mapping[str, Any]] | None = None) -> GuestRun:
+                faults: Mapping[int, Mapping[str, Any]] | None = None,
+                icount: bool = True) -> GuestRun:
     """Boot ``disk_images`` under ``engine`` and wait for the end.
+
+    ``icount`` (emu only): the deterministic mode, so a test sees the same run every
+    time (the default); False passes ``--fast`` (JIT speed on wall time, experimental:
+    see emu.machine's theory of operation).
 
     Disks attach in the order primary master, primary slave, secondary master,
     secondary slave; ``None`` leaves a position empty.  The run's ``disks`` are the
@@ -260,6 +265,7 @@ def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu
         argv = [sys.executable, "-m", "emu", "run", "--memory", memory,
                 "--serial", f"file:{serial}", "--debugcon", f"file:{debugcon}",
                 "--timeout", str(timeout), "--io-log", str(io_log)]
+        argv.append("--icount" if icount else "--fast")
         if rom is not None:
             argv += ["--bios", str(rom)]
         for index, image in enumerate(disk_images):

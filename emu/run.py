@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "a (floppy), n (network), as QEMU (default cd)")
     parser.add_argument("--bios", "-bios", metavar="ROM",
                         help="firmware image (default: built-in BIOS)")
-    parser.add_argument("--memory", "-m", default="64M",
-                        help="RAM size (default 64M; -m 128 means 128 MiB as in QEMU)")
+    parser.add_argument("--memory", "-m", default="128M",
+                        help="RAM size, up to 3584M (default 128M as QEMU; -m 128 means 128 MiB "
+                             "as in QEMU)")
     parser.add_argument("--serial", "-serial", default="stdio", metavar="stdio|file:PATH|null",
                         help="COM1 back end (default stdio; Ctrl-A x quits)")
     parser.add_argument("--debugcon", "-debugcon", default="null",
@@ -80,8 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, metavar="SEC",
                         help="stop after SEC seconds of wall time (exit 124)")
     parser.add_argument("--max-instructions", type=int, metavar="N",
-                        help="stop after about N instructions (exit 127)")
-    parser.add_argument("--trace", metavar="FILE", help="write an instruction and port trace")
+                        help="stop after N instructions (exit 127; implies --icount)")
+    parser.add_argument("--trace", metavar="FILE",
+                        help="write an instruction and port trace (implies --icount)")
+    parser.add_argument("--icount", action="store_true",
+                        help="deterministic mode (the default): count instructions and "
+                             "derive time from them; same inputs, same run")
+    parser.add_argument("--fast", action="store_true",
+                        help="EXPERIMENTAL: guest code at JIT speed on wall time, like QEMU "
+                             "without -icount (about 10x faster, not repeatable; known to "
+                             "corrupt some guests' disk reads, see emu.machine)")
     parser.add_argument("--io-log", metavar="FILE",
                         help="write one JSON line per ATA command (drive, opcode, LBA, count, "
                              "result, virtual time)")
@@ -254,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                               reboot=args.reboot and not args.no_reboot,
                               max_instructions=args.max_instructions, io_log=args.io_log,
                               message_hook=message, allow_paths=args.allow_path,
-                              cdrom=args.cdrom, boot=args.boot, **debug)
+                              cdrom=args.cdrom, boot=args.boot,
+                              icount=args.icount or not args.fast, **debug)
         except UsageError as error:
             print(f"emu run: {error}", file=sys.stderr)
             return USAGE_ERROR

@@ -20,6 +20,7 @@ mtools, dosfstools and fdisk; a missing one skips (fails under CI).
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from conftest import need_tool
@@ -72,15 +73,19 @@ def run(*argv: str | Path, stdin: str | None = None) -> str:
     return proc.stdout
 
 
-def _partitioned_fat_disk(path: Path, label: str) -> str:
-    """A raw disk with one bootable FAT16 partition at 1 MiB; returns the mtools image spec."""
+def _partitioned_fat_disk(path: Path, label: str, disk_size: int = DISK_SIZE,
+                          partition_end: int | None = None) -> str:
+    """A raw disk with one bootable FAT16 partition from 1 MiB to ``partition_end`` (bytes;
+    default the end of the disk); returns the mtools image spec."""
     for tool in ("sfdisk", "mkfs.fat", "mcopy"):
         need_tool(tool)
     with open(path, "wb") as disk:
-        disk.truncate(DISK_SIZE)
+        disk.truncate(disk_size)
+    partition_size = (partition_end or disk_size) - PARTITION_OFFSET
     run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", path,
-        stdin=f"label: dos\nlabel-id: 0x454d5521\n{PARTITION_START},,6,*\n")
-    partition_kib = (DISK_SIZE - PARTITION_OFFSET) // 1024
+        stdin=f"label: dos\nlabel-id: 0x454d5521\n"
+              f"{PARTITION_START},{partition_size // SECTOR},6,*\n")
+    partition_kib = partition_size // 1024
     run("mkfs.fat", "-F", "16", "-n", label, "-i", "454D5521", "--offset",
         str(PARTITION_START), "-h", str(PARTITION_START), path, str(partition_kib))
     return f"{path}@@{PARTITION_OFFSET}"
@@ -95,17 +100,26 @@ def _put_mbr_code(path: Path, code: bytes) -> None:
         disk.write(code[:MBR_CODE_BYTES])
 
 
-def build_syslinux(path: Path) -> Path:
-    """A SYSLINUX disk that prints SYSLINUX_BANNER on COM1 and reboots."""
+def build_syslinux(path: Path, config: str = SYSLINUX_CFG,
+                   files: Mapping[str, Path] | None = None,
+                   modules: Sequence[str] = ("reboot.c32", "libcom32.c32", "libutil.c32"),
+                   disk_size: int = DISK_SIZE, partition_end: int | None = None) -> Path:
+    """A SYSLINUX disk; by default one that prints SYSLINUX_BANNER on COM1 and reboots.
+
+    ``config`` is the syslinux.cfg, ``files`` more files for the FAT partition (name on
+    the partition -> host file), ``modules`` the COM32 modules copied from SYSLINUX.
+    """
     need_tool("syslinux")
-    image = _partitioned_fat_disk(path, "EMUSYSLNX")
+    image = _partitioned_fat_disk(path, "EMUSYSLNX", disk_size, partition_end)
     run("syslinux", "--install", "--offset", str(PARTITION_OFFSET), path)
     _put_mbr_code(path, SYSLINUX_MBR.read_bytes())
-    config = path.parent / f"{path.name}.syslinux.cfg"
-    config.write_text(SYSLINUX_CFG)
-    _mcopy(image, config, "syslinux.cfg")
-    for module in ("reboot.c32", "libcom32.c32", "libutil.c32"):
+    config_file = path.parent / f"{path.name}.syslinux.cfg"
+    config_file.write_text(config)
+    _mcopy(image, config_file, "syslinux.cfg")
+    for module in modules:
         _mcopy(image, SYSLINUX_MODULES / module, module)
+    for name, source in (files or {}).items():
+        _mcopy(image, source, name)
     return path
 
 

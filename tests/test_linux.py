@@ -1,0 +1,136 @@
+"""Debian's i386 Linux boots on emu and its ata_piix driver reads and writes every format.
+
+The guest is tests/linux_guest.py's: Debian's stock kernel from a SYSLINUX disk, a busybox
+initramfs whose /init finds the four drives (master and slave on both channels) through
+ata_piix, reads what the host put there, writes with O_DIRECT and through the page cache
+with fsync, reads that back, prints the kernel's ATA lines and a PASS/FAIL marker on ttyS0
+and ends with ``reboot -f``.
+
+The oracle is qemu-system-i386 -M pc running the same drive set (raw copies) once per
+session: its run must pass, and every emu run must leave the same bytes on every drive
+(read back with ``qemu-img convert``, an independent reader of each format) and, where
+qemu-img can check the format, an image ``qemu-img check`` finds clean.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from linux_guest import (
+    DISK_SIZE,
+    DRIVES,
+    PASS_MARKER,
+    Outcome,
+    boot_disks,
+    build_raw_set,
+    expected_contents,
+)
+
+from emu.pytest_plugin import DISK_FORMATS, DiskImage, GuestRun, need_tool, run_machine
+
+MEMORY = "128M"
+# Wall-time limit of one boot.  QEMU passes in ~10 s; the limit bounds a stuck or slow
+# emu run so the suite stays inside CI's budget (override with EMU_LINUX_TIMEOUT).
+EMU_TIMEOUT = float(os.environ.get("EMU_LINUX_TIMEOUT", "300"))
+QEMU_TIMEOUT = 120.0
+# qemu-img check supports these formats (raw and vpc have nothing to check).
+CHECKABLE = {"vdi", "vmdk", "vhdx"}
+
+# (format variant, BIOS, kernel flavour) combinations booted under emu: every format with
+# the built-in BIOS, SeaBIOS on two, and the PAE kernel on one.
+EMU_BOOTS = [(variant, "ours", "686") for variant in DISK_FORMATS] + [
+    ("raw", "seabios", "686"),
+    ("vhdx", "seabios", "686"),
+    ("vdi", "ours", "686-pae"),
+]
+
+
+@pytest.fixture(scope="session")
+def raw_set(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list[Path]]:
+    """The raw drive set of a kernel flavour, built on first use (once per xdist worker)."""
+    folder = tmp_path_factory.mktemp("linux")
+
+    @functools.cache
+    def build(flavour: str) -> list[Path]:
+        return build_raw_set(folder / flavour, flavour)
+    return build
+
+
+@pytest.fixture(scope="session")
+def qemu_reference(raw_set, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Callable[[str], GuestRun]:
+    """A flavour's drive set booted once under qemu-system-i386 with SeaBIOS."""
+    folder = tmp_path_factory.mktemp("linux-qemu")
+
+    @functools.cache
+    def boot(flavour: str) -> GuestRun:
+        images = [DiskImage(path, "raw") for path in raw_set(flavour)]
+        return run_machine(folder / flavour, *images, engine="qemu", bios="seabios",
+                           memory=MEMORY, timeout=QEMU_TIMEOUT)
+    return boot
+
+
+def transcript(run: GuestRun, lines: int = 40) -> str:
+    """The end of a run's console and emu's report, for assertion messages."""
+    tail = "\n".join(run.serial.replace("\r", "").split("\n")[-lines:])
+    return f"{run.engine} exit {run.exit_code}\n--- serial (end)\n{tail}\n" \
+           f"--- stderr (end)\n{run.stderr[-3000:]}"
+
+
+def assert_linux_passed(run: GuestRun) -> Outcome:
+    """Exit status 0 after ``reboot -f``; ata_piix bound, every drive identified, the
+    read/write checks passed, and the kernel log has no ATA errors or timeouts."""
+    outcome = Outcome.parse(run.serial)
+    assert any("ata_piix" in line and "scsi host" in line for line in outcome.dmesg), \
+        "ata_piix did not bind\n" + transcript(run)
+    for drive in DRIVES:
+        assert any(line.split("] ", 1)[-1].startswith(f"{drive}: ATA-") for line in
+                   outcome.dmesg), f"{drive} not identified\n" + transcript(run)
+    assert outcome.trouble() == [], transcript(run)
+    assert outcome.failures == [], transcript(run)
+    assert outcome.passed, f"no {PASS_MARKER}\n" + transcript(run)
+    assert run.exit_code == 0, transcript(run)
+    return outcome
+
+
+def qemu_img_contents(image: DiskImage, folder: Path) -> bytes:
+    """The virtual disk as qemu-img reads it (an independent reader of every format)."""
+    target = folder / f"{image.path.name}.qemu-img.raw"
+    subprocess.run([need_tool("qemu-img"), "convert", "-f", image.format, "-O", "raw",
+                    str(image.path), str(target)], check=True, capture_output=True)
+    data = target.read_bytes()
+    assert len(data) >= DISK_SIZE, f"{image.path}: qemu-img reads {len(data)} bytes"
+    return data[:DISK_SIZE]
+
+
+def test_qemu_passes_the_linux_guest(raw_set, qemu_reference) -> None:
+    """The guest itself is right: under QEMU it passes and leaves the expected bytes."""
+    run = qemu_reference("686")
+    assert_linux_passed(run)
+    for drive, path, disk in zip(DRIVES, raw_set("686"), run.disks, strict=True):
+        assert disk.contents() == expected_contents(drive, path.read_bytes()), drive
+
+
+@pytest.mark.parametrize(("variant", "bios", "flavour"), EMU_BOOTS,
+                         ids=[f"{v}-{b}-{f}" for v, b, f in EMU_BOOTS])
+def test_linux_ata_piix_on_emu(raw_set, qemu_reference, variant: str, bios: str,
+                               flavour: str, tmp_path: Path) -> None:
+    images = boot_disks(raw_set(flavour), variant, tmp_path / "disks")
+    run = run_machine(tmp_path / "machines", *images, bios=bios, memory=MEMORY,
+                      timeout=EMU_TIMEOUT)
+    assert_linux_passed(run)
+    if variant in CHECKABLE:
+        for image in images:
+            check = subprocess.run([need_tool("qemu-img"), "check", "-f", image.format,
+                                    str(image.path)], capture_output=True, text=True)
+            assert check.returncode == 0, f"{image.path.name}: {check.stdout}{check.stderr}"
+    reference = qemu_reference(flavour)
+    assert_linux_passed(reference)
+    for drive, image, qemu_disk in zip(DRIVES, images, reference.disks, strict=True):
+        assert qemu_img_contents(image, tmp_path) == qemu_disk.contents(), \
+            f"{drive}: emu left different bytes than qemu-system-i386"
