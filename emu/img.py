@@ -104,6 +104,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     with _open(args, args.filename, args.f) as image:
         chain = image.chain() if args.backing_chain else [image]
         infos = [node.info() for node in chain]
+    for facts in infos:
+        facts.setdefault("dirty-flag", False)  # no format here keeps qcow2's dirty bit
     if args.output == "json":
         print(json.dumps(infos if args.backing_chain else infos[0], indent=4))
         return EXIT_OK
@@ -126,9 +128,29 @@ def cmd_info(args: argparse.Namespace) -> int:
         specific = facts.get("format-specific", {}).get("data")
         if specific:
             print("Format specific information:")
-            for key, value in specific.items():
-                print(f"    {key}: {value}")
+            _print_tree(specific, 4)
     return EXIT_OK
+
+
+def _print_tree(value: Any, indent: int) -> None:
+    """Nested facts as qemu-img's human ``info`` prints them: ``-`` in keys read as
+    spaces, list items as ``[n]:``, nested values indented four more."""
+    pad = " " * indent
+    items = value.items() if isinstance(value, dict) else \
+        ((f"[{n}]", item) for n, item in enumerate(value))
+    for key, item in items:
+        name = key.replace("-", " ")
+        if isinstance(item, dict | list):
+            print(f"{pad}{name}:")
+            _print_tree(item, indent + 4)
+        else:
+            print(f"{pad}{name}: {_scalar(item)}")
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -594,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     p.set_defaults(run=cmd_compare)
+
+    from emu.img_verbs import add_verbs
+    add_verbs(verbs, _add_open_options)
     return parser
 
 
