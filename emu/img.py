@@ -633,6 +633,10 @@ def _add_open_options(p: argparse.ArgumentParser, *, force_share: bool = True) -
 
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; every failure is one line on stderr with qemu-img's exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["resize"] and len(argv) > 2 and argv[-1][:1] == "-" \
+            and argv[-1][1:2].isdigit() and "--" not in argv:
+        argv.insert(len(argv) - 1, "--")  # ``resize FILE -1G`` is a size, as in qemu-img
     args = build_parser().parse_args(argv)
     failed = COMPARE_ERROR if args.verb == "compare" else EXIT_ERROR
     try:

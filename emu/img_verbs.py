@@ -115,6 +115,12 @@ def rewrite(path: str, fmt: str | None, *, size: int | None = None,
     old image's own layer).  The old file stays whole until the new one is complete."""
     old = open_layer(path, fmt, force_share=True, allow_paths=allow_paths)
     try:
+        if len(old.files()) > 1:
+            # its extent files would be created under their final names while still in
+            # use: refuse before writing anything
+            raise disks.UnsupportedImageError(
+                path, "images stored in several files (VMDK extents) cannot be rewritten "
+                "yet; convert it to a single-file subformat first", field="extents")
         options = layout_options(old)
         options.update(changes or {})
         parent, parent_fmt = backing if backing is not None else _stored_backing(old)
@@ -429,10 +435,16 @@ def cmd_dd(args: argparse.Namespace) -> int:
         raise disks.InvalidOptionError(None, "invalid number: '0'", field="bs")
     with disks.open(ops["if"], format=args.f, readonly=True, force_share=args.U,
                     allow_paths=args.allow_path) as src:
-        start = min(src.size, numbers["skip"] * bs)
-        length = src.size - start
-        if numbers["count"] >= 0:
-            length = min(length, numbers["count"] * bs)
+        # qemu-img's arithmetic (not GNU dd's): count= counts from the start of the
+        # input, the skipped blocks included
+        size = src.size
+        if 0 <= numbers["count"] <= src.size // bs:
+            size = numbers["count"] * bs
+        start = numbers["skip"] * bs
+        if start > size:
+            raise disks.InvalidOptionError(ops["if"], "cannot skip to specified offset",
+                                           field="skip")
+        length = size - start
         buffer = bytearray(max(bs, min(COPY_CHUNK, length)) // bs * bs or bs)
         with disks.creating(ops["of"], args.O or "raw", length) as dst:
             pos = 0
