@@ -73,9 +73,41 @@ def human_size(n: int) -> str:
 
 # --- verbs -----------------------------------------------------------------
 
+def option_help(fmt: str) -> str:
+    """``-o help``: the format's create options, laid out as qemu-img lists them."""
+    driver = disks.driver_for(fmt)
+    lines = [f"Supported {driver.format_name} options:",
+             "  " + "size=<size>".ljust(22) + " - Virtual disk size"]
+    for name, spec in sorted(driver.create_options.items()):
+        kind = _OPTION_TYPES.get(getattr(spec.parse, "__name__", ""),
+                                 "size" if name.endswith("_size") else "str")
+        lines.append("  " + f"{name}=<{kind}>".ljust(22) + f" - {spec.help}")
+    return "\n".join(lines)
+
+
+_OPTION_TYPES = {"parse_bool": "bool (on/off)", "parse_size": "size"}
+
+
+def _wants_help(args: argparse.Namespace, fmt: str) -> bool:
+    if "help" not in parse_o(args.o) and args.o != "?":
+        return False
+    print(option_help(fmt))
+    return True
+
+
+def _need(args: argparse.Namespace, *names: str) -> None:
+    missing = [name for name in names if getattr(args, name) is None]
+    if missing:
+        raise disks.InvalidOptionError(None, f"missing {' and '.join(missing)} (try "
+                                       "'emu img --help')", field=missing[0])
+
+
 def cmd_create(args: argparse.Namespace) -> int:
-    options: dict[str, Any] = parse_o(args.o)
     fmt = args.f or "raw"
+    if _wants_help(args, fmt):
+        return EXIT_OK
+    _need(args, "filename")
+    options: dict[str, Any] = parse_o(args.o)
     size = None
     if args.size:
         try:
@@ -84,8 +116,9 @@ def cmd_create(args: argparse.Namespace) -> int:
             raise disks.InvalidOptionError(
                 args.filename, f"invalid size {args.size!r} (use a number of bytes with an "
                 "optional k, M, G, T, P or E suffix)", field="size") from None
-    print(f"Formatting '{args.filename}', fmt={fmt}"
-          + (f" size={size}" if size is not None else ""), flush=True)
+    if not args.q:
+        print(f"Formatting '{args.filename}', fmt={fmt}"
+              + (f" size={size}" if size is not None else ""), flush=True)
     image = disks.create(args.filename, fmt, size, backing=args.b,
                          backing_format=args.F, allow_paths=args.allow_path, **options)
     image.close()
@@ -432,8 +465,11 @@ def _scan_units(buffer: bytearray | mmap.mmap, view: memoryview, base: int, leng
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    options: dict[str, Any] = parse_o(args.o)
     out_fmt = args.O or "raw"
+    if _wants_help(args, out_fmt):
+        return EXIT_OK
+    _need(args, "source", "target")
+    options: dict[str, Any] = parse_o(args.o)
 
     def show(pos: int, total: int) -> None:
         pct = 100.0 * pos / total if total else 100.0
@@ -567,8 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", help="format options k=v,...")
     p.add_argument("-b", help="backing (parent) image")
     p.add_argument("-F", help="backing image format")
+    p.add_argument("-q", action="store_true", help="quiet: no Formatting line")
     _add_open_options(p, force_share=False)
-    p.add_argument("filename")
+    p.add_argument("filename", nargs="?")
     p.add_argument("size", nargs="?")
     p.set_defaults(run=cmd_create)
 
@@ -597,8 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", choices=CACHE_MODES, default="unsafe",
                    help="cache mode of the target: every mode but unsafe (the default, as in "
                    "qemu-img) makes it durable (fsync) before exiting")
-    p.add_argument("source")
-    p.add_argument("target")
+    p.add_argument("-q", action="store_true", help="quiet (convert prints nothing without -p)")
+    p.add_argument("source", nargs="?")
+    p.add_argument("target", nargs="?")
     p.set_defaults(run=cmd_convert)
 
     p = verbs.add_parser("map", help="show how the image's bytes are stored")

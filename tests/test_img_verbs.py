@@ -391,3 +391,28 @@ def test_info_vmdk_like_qemu(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     lines = iter(out[out.index("Format specific information:"):].splitlines())
     for line in tree:
         assert any(mine == line for mine in lines), line
+
+
+# --- create / convert: -o help, -q ----------------------------------------------------------
+
+@pytest.mark.parametrize("verb", ["create", "convert"])
+def test_option_help_lists_every_create_option(verb: str, capsys: pytest.CaptureFixture[str]
+                                               ) -> None:
+    flag = "-f" if verb == "create" else "-O"
+    for fmt in FORMATS:
+        code, out, _ = emu_img(capsys, verb, flag, fmt, "-o", "help")
+        assert code == 0
+        theirs = qemu_img(verb, flag, fmt, "-o", "help").stdout.splitlines()
+        assert out.splitlines()[0] == theirs[0]
+        assert any(line.startswith("  size=<size>            - ") for line in theirs)
+        assert out.splitlines()[1].startswith("  size=<size>            - ")
+        names = {line.split("=")[0].strip() for line in out.splitlines()[1:]}
+        assert names == {"size", *disks.driver_for(fmt).create_options}
+
+
+def test_quiet_create_and_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert emu_img(capsys, "create", "-q", "-f", "vdi", tmp_path / "a.vdi", "4M")[:2] == (0, "")
+    assert emu_img(capsys, "convert", "-q", "-O", "vpc", tmp_path / "a.vdi",
+                   tmp_path / "b.vpc")[:2] == (0, "")
+    code, _, err = emu_img(capsys, "create", "-f", "vdi")
+    assert code == 1 and err.count("\n") == 1
