@@ -128,6 +128,23 @@ def open(path: str | os.PathLike[str], *, format: str | None = None,  # noqa: A0
                  locks=_Locks(force_share, PathPolicy.allowing(allow_paths)))
 
 
+def open_layer(path: str | os.PathLike[str], format: str | None = None,  # noqa: A002
+               *, force_share: bool = False,
+               allow_paths: Iterable[str | os.PathLike[str]] | None = None) -> Image:
+    """Open one image read-only without its parents: what it holds itself reads as
+    stored, what it leaves to a parent reads as zeros (``map`` says unallocated).  For
+    verbs that rewrite an image's own layer, even when its parent is missing."""
+    file = HostFile(os.fspath(path), writable=False, device=True)
+    try:
+        file.lock(force_share=force_share)
+        file.paths = PathPolicy.allowing(allow_paths).admit(file.path)
+        driver = driver_for(format, file.path) if format else _best_driver(_probe_input(file))
+        return driver.open_file(file, readonly=True, options={})
+    except BaseException:
+        file.close()
+        raise
+
+
 @dataclass(frozen=True)
 class _Locks:
     """How one ``open`` call opens every file of the chain."""
@@ -440,4 +457,4 @@ def parse_options(driver: type[Image], options: Mapping[str, Any], path: str) ->
 
 
 __all__ = ["DRIVER_MODULES", "ImageError", "create", "creating", "driver_for", "formats",
-           "load_drivers", "open", "parse_options", "probe", "register"]
+           "load_drivers", "open", "open_layer", "parse_options", "probe", "register"]

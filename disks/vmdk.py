@@ -1849,17 +1849,40 @@ class VmdkImage(Image):
                 report.leak(message)
 
     def _info(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {"extents": [e.info() for e in self.extents]}
+        facts: dict[str, Any] = {}
         if self.descriptor is not None:
             desc = self.descriptor
             facts["cid"] = self.cid
             facts["parent-cid"] = desc.get_hex("parentCID", self.path)
             facts["create-type"] = desc.get("createType")
+        facts["extents"] = [self._extent_info(e) for e in self.extents]
+        if self.descriptor is not None:
+            desc = self.descriptor
             for key, name in (("ddb.adapterType", "adapter-type"),
                               ("ddb.virtualHWVersion", "hwversion")):
                 if desc.get(key) is not None:
                     facts[name] = desc.get(key)
         return facts
+
+    def _extent_info(self, extent: Extent) -> dict[str, Any]:
+        """An extent as ``qemu-img info`` shows it (its file named as the descriptor names
+        it, beside the descriptor as the user named that; ``format`` is the extent type)."""
+        facts = extent.info()
+        name = extent.line.filename
+        shown = os.path.join(os.path.dirname(self.path), name) if name else self.path
+        ordered: dict[str, Any] = {"virtual-size": facts.pop("virtual-size"),
+                                   "filename": shown}
+        facts.pop("filename", None)
+        if "cluster-size" in facts:
+            ordered["cluster-size"] = facts.pop("cluster-size")
+        ordered["format"] = facts.get("type", "")
+        ordered.update(facts)
+        return ordered
+
+    def cluster_size(self) -> int | None:
+        """The first extent's grain size, as qemu-img reports it (None: not sparse)."""
+        first = self.extents[0] if self.extents else None
+        return first.grain_bytes if isinstance(first, SparseExtent | CowdExtent) else None
 
     def _close(self) -> None:
         for extent in self.extents:

@@ -73,9 +73,41 @@ def human_size(n: int) -> str:
 
 # --- verbs -----------------------------------------------------------------
 
+def option_help(fmt: str) -> str:
+    """``-o help``: the format's create options, laid out as qemu-img lists them."""
+    driver = disks.driver_for(fmt)
+    lines = [f"Supported {driver.format_name} options:",
+             "  " + "size=<size>".ljust(22) + " - Virtual disk size"]
+    for name, spec in sorted(driver.create_options.items()):
+        kind = _OPTION_TYPES.get(getattr(spec.parse, "__name__", ""),
+                                 "size" if name.endswith("_size") else "str")
+        lines.append("  " + f"{name}=<{kind}>".ljust(22) + f" - {spec.help}")
+    return "\n".join(lines)
+
+
+_OPTION_TYPES = {"parse_bool": "bool (on/off)", "parse_size": "size"}
+
+
+def _wants_help(args: argparse.Namespace, fmt: str) -> bool:
+    if "help" not in parse_o(args.o) and args.o != "?":
+        return False
+    print(option_help(fmt))
+    return True
+
+
+def _need(args: argparse.Namespace, *names: str) -> None:
+    missing = [name for name in names if getattr(args, name) is None]
+    if missing:
+        raise disks.InvalidOptionError(None, f"missing {' and '.join(missing)} (try "
+                                       "'emu img --help')", field=missing[0])
+
+
 def cmd_create(args: argparse.Namespace) -> int:
-    options: dict[str, Any] = parse_o(args.o)
     fmt = args.f or "raw"
+    if _wants_help(args, fmt):
+        return EXIT_OK
+    _need(args, "filename")
+    options: dict[str, Any] = parse_o(args.o)
     size = None
     if args.size:
         try:
@@ -84,8 +116,9 @@ def cmd_create(args: argparse.Namespace) -> int:
             raise disks.InvalidOptionError(
                 args.filename, f"invalid size {args.size!r} (use a number of bytes with an "
                 "optional k, M, G, T, P or E suffix)", field="size") from None
-    print(f"Formatting '{args.filename}', fmt={fmt}"
-          + (f" size={size}" if size is not None else ""), flush=True)
+    if not args.q:
+        print(f"Formatting '{args.filename}', fmt={fmt}"
+              + (f" size={size}" if size is not None else ""), flush=True)
     image = disks.create(args.filename, fmt, size, backing=args.b,
                          backing_format=args.F, allow_paths=args.allow_path, **options)
     image.close()
@@ -104,6 +137,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     with _open(args, args.filename, args.f) as image:
         chain = image.chain() if args.backing_chain else [image]
         infos = [node.info() for node in chain]
+    for facts in infos:
+        facts.setdefault("dirty-flag", False)  # no format here keeps qcow2's dirty bit
     if args.output == "json":
         print(json.dumps(infos if args.backing_chain else infos[0], indent=4))
         return EXIT_OK
@@ -126,9 +161,29 @@ def cmd_info(args: argparse.Namespace) -> int:
         specific = facts.get("format-specific", {}).get("data")
         if specific:
             print("Format specific information:")
-            for key, value in specific.items():
-                print(f"    {key}: {value}")
+            _print_tree(specific, 4)
     return EXIT_OK
+
+
+def _print_tree(value: Any, indent: int) -> None:
+    """Nested facts as qemu-img's human ``info`` prints them: ``-`` in keys read as
+    spaces, list items as ``[n]:``, nested values indented four more."""
+    pad = " " * indent
+    items = value.items() if isinstance(value, dict) else \
+        ((f"[{n}]", item) for n, item in enumerate(value))
+    for key, item in items:
+        name = key.replace("-", " ")
+        if isinstance(item, dict | list):
+            print(f"{pad}{name}:")
+            _print_tree(item, indent + 4)
+        else:
+            print(f"{pad}{name}: {_scalar(item)}")
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -410,8 +465,11 @@ def _scan_units(buffer: bytearray | mmap.mmap, view: memoryview, base: int, leng
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    options: dict[str, Any] = parse_o(args.o)
     out_fmt = args.O or "raw"
+    if _wants_help(args, out_fmt):
+        return EXIT_OK
+    _need(args, "source", "target")
+    options: dict[str, Any] = parse_o(args.o)
 
     def show(pos: int, total: int) -> None:
         pct = 100.0 * pos / total if total else 100.0
@@ -545,8 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", help="format options k=v,...")
     p.add_argument("-b", help="backing (parent) image")
     p.add_argument("-F", help="backing image format")
+    p.add_argument("-q", action="store_true", help="quiet: no Formatting line")
     _add_open_options(p, force_share=False)
-    p.add_argument("filename")
+    p.add_argument("filename", nargs="?")
     p.add_argument("size", nargs="?")
     p.set_defaults(run=cmd_create)
 
@@ -575,8 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", choices=CACHE_MODES, default="unsafe",
                    help="cache mode of the target: every mode but unsafe (the default, as in "
                    "qemu-img) makes it durable (fsync) before exiting")
-    p.add_argument("source")
-    p.add_argument("target")
+    p.add_argument("-q", action="store_true", help="quiet (convert prints nothing without -p)")
+    p.add_argument("source", nargs="?")
+    p.add_argument("target", nargs="?")
     p.set_defaults(run=cmd_convert)
 
     p = verbs.add_parser("map", help="show how the image's bytes are stored")
@@ -594,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     p.set_defaults(run=cmd_compare)
+
+    from emu.img_verbs import add_verbs
+    add_verbs(verbs, _add_open_options)
     return parser
 
 
@@ -608,6 +671,10 @@ def _add_open_options(p: argparse.ArgumentParser, *, force_share: bool = True) -
 
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; every failure is one line on stderr with qemu-img's exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["resize"] and len(argv) > 2 and argv[-1][:1] == "-" \
+            and argv[-1][1:2].isdigit() and "--" not in argv:
+        argv.insert(len(argv) - 1, "--")  # ``resize FILE -1G`` is a size, as in qemu-img
     args = build_parser().parse_args(argv)
     failed = COMPARE_ERROR if args.verb == "compare" else EXIT_ERROR
     try:
