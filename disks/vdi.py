@@ -409,6 +409,7 @@ class VdiImage(Image):
         self.used_slots = highest + 1
         self.next_slot = max(min(header.blocks_allocated, slots_in_file), highest + 1)
         self.unpublished: dict[int, int] = {}  # block -> map entry, written at the barrier
+        self.recovered: list[str] = []   # what a writable open finished (reported by check -r)
         self.slot_owner = array("I", [BLOCK_FREE]) * self.next_slot
         for entry, block in owners.items():
             self.slot_owner[entry] = block
@@ -434,6 +435,8 @@ class VdiImage(Image):
         if self.used_slots > self.header.blocks_in_image:
             return  # a wild entry: check() reports it, nothing is moved
         if self.used_slots != self.header.blocks_allocated:
+            self.recovered.append(f"blocks_allocated {self.header.blocks_allocated} set to "
+                                  f"{self.used_slots} (slots reserved by an interrupted write)")
             self.next_slot = self.used_slots
             del self.slot_owner[self.used_slots:]
             self._set_blocks_allocated(self.used_slots)
@@ -441,6 +444,9 @@ class VdiImage(Image):
         for slot in reversed(holes):
             if slot < self.next_slot:
                 self._release_slot(slot)
+        if holes:
+            self.recovered.append(f"{len(holes)} unused slot(s) filled from the end "
+                                  "(an interrupted discard)")
 
     def _parent_spec(self) -> BackingSpec:
         wanted = self.header.uuid_parent
@@ -730,6 +736,9 @@ class VdiImage(Image):
 
     # --- check and info -------------------------------------------------------------
     def _check(self, report: CheckReport, repair: bool) -> None:
+        if repair:   # what the writable open already finished counts as repaired
+            report.repaired.extend(self.recovered)
+            self.recovered.clear()
         first_user, broken = self._audit(report)
         if not repair or broken or report.clean:
             return
