@@ -644,6 +644,13 @@ class GrainTables:
         table = self.read_table(index)
         if table is None:
             return None
+        copy = self.rgd[index] if self.rgd is not None else 0
+        if copy and copy * SECTOR + self.gt_bytes > self.known_size:
+            self.known_size = self.file.size()
+            if copy * SECTOR + self.gt_bytes > self.known_size:  # its updates would go there
+                raise CorruptImageError(self.path, f"redundant grain table {index} at sector "
+                                        f"{copy} lies beyond the end of the file",
+                                        field="rgdEntry")
         self._check_entries(index, table)
         self._remember(index, table)
         return table
@@ -793,16 +800,8 @@ class SparseExtent(Extent):
         rgd = None
         if header.flags & FLAG_REDUNDANT_GT and header.rgd_offset:
             rgd = _u32_table(self.file.pread(gd_bytes, header.rgd_offset * SECTOR), count)
-        limit = _ceil_div(size, SECTOR)
-        gt_sectors = _ceil_div(self.gtes * 4, SECTOR)
-        for name, directory in (("gdEntry", gd), ("rgdEntry", rgd)):
-            # the highest entry first: a fresh disk's tables all lie inside the file
-            if directory is None or not directory or max(directory) + gt_sectors <= limit:
-                continue
-            for index, sector in enumerate(directory):
-                if sector and sector + gt_sectors > limit:
-                    raise CorruptImageError(path, f"grain table {index} at sector {sector} "
-                                            "lies beyond the end of the file", field=name)
+        # the entries themselves are checked as each table is loaded (a 64 TiB disk has
+        # two million of them, and most runs touch a few)
         return GrainTables(self.file, path, gd, rgd, self.gtes, grain_bytes=self.grain_bytes,
                            extent_bytes=self.length,
                            compressed=self.compressed)
