@@ -515,6 +515,7 @@ class VhdxImage(Image):
         self._log_head = 0
         self._log_sequence = 1
         self._file_end = 0
+        self._data_limit = 0
 
     # --- probing and creation ---------------------------------------------
     @classmethod
@@ -629,6 +630,9 @@ class VhdxImage(Image):
             raise self._corrupt(f"BAT entries reach {used_end}, beyond the {file_size}-byte "
                                 "file; open read-only to inspect it", "BAT")
         self._file_end = _align_up(max(file_size, used_end), MiB)
+        # a read-only open keeps blocks past the end inspectable (check reports them);
+        # reading one is refused, as qemu refuses the image: its data is not there
+        self._data_limit = max(file_size, self._replayed_size)
         if not self.readonly and not all(self.headers_valid):
             self._write_header()  # a header torn by a crash during an update: rewrite it
             self._open_repairs.append("rewrote the damaged header copy")
@@ -1045,6 +1049,7 @@ class VhdxImage(Image):
         host = self._file_end
         self._file_end = host + length
         self.file.truncate(self._file_end)
+        self._data_limit = max(self._data_limit, self._file_end)
         return host
 
     def _sectors_in_block(self, block: int) -> tuple[int, int]:
@@ -1071,6 +1076,11 @@ class VhdxImage(Image):
             entry = int(self.bat[self._payload_index(block)])
             state = entry & BAT_STATE_MASK
             host = entry >> BAT_OFFSET_SHIFT << BAT_OFFSET_SHIFT
+            reads_file = state == PAYLOAD_BLOCK_FULLY_PRESENT or (
+                state == PAYLOAD_BLOCK_PARTIALLY_PRESENT and self.has_parent)
+            if reads_file and host + bs > self._data_limit:
+                raise self._corrupt(f"block {block} at {host} runs past the end of the "
+                                    f"{self._data_limit}-byte file", "BAT")
             if state == PAYLOAD_BLOCK_FULLY_PRESENT:
                 yield self._data_run(pos, stop - pos, host + pos - block_start, mark_overlay)
             elif state == PAYLOAD_BLOCK_PARTIALLY_PRESENT and self.has_parent:

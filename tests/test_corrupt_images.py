@@ -249,8 +249,10 @@ def test_vhdx_partially_present_in_a_plain_image_checks_like_qemu(tmp_path: Path
         assert image.read(7 * MiB, 512) == bytes(512)
 
 
-def test_vhdx_bat_offset_past_any_file_reads_cleanly(tmp_path: Path) -> None:
-    """A one-byte flip in a BAT entry's top byte put a block at 2^63+: preadv overflowed."""
+def test_vhdx_bat_offset_past_any_file_is_a_typed_error(tmp_path: Path) -> None:
+    """A one-byte flip in a BAT entry's top byte put a block at 2^63+: preadv overflowed
+    and convert died with a traceback.  qemu-img refuses the image; emu opens it
+    read-only for check (which reports it) but refuses to read the missing block."""
     path = tmp_path / "o.vhdx"
     data, bat = _vhdx_bat(path)
     data[bat + 7] = 0xFF
@@ -258,8 +260,15 @@ def test_vhdx_bat_offset_past_any_file_reads_cleanly(tmp_path: Path) -> None:
     with pytest.raises(disks.CorruptImageError):
         disks.open(path)                      # a writer refuses blocks past the end
     with disks.open(path, readonly=True) as image:
-        assert image.read(0, 4096) == bytes(4096)
         assert any("beyond" in c for c in image.check().corruptions)
+        assert image.read(MiB, 4096) == bytes(4096)    # other blocks still read
+        with pytest.raises(disks.CorruptImageError, match="past the end"):
+            image.read(0, 4096)
+    converted = subprocess.run([sys.executable, "-m", "emu", "img", "convert", "-O", "raw",
+                                str(path), str(tmp_path / "o.raw")],
+                               capture_output=True, text=True, cwd=ROOT)
+    assert converted.returncode == 1 and "Traceback" not in converted.stderr
+    assert len(converted.stderr.strip().splitlines()) == 1
 
 
 # --- the fuzzer, a short deterministic slice ----------------------------------------------
