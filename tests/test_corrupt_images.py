@@ -92,6 +92,20 @@ def test_vdi_count_past_the_file_does_not_push_new_blocks_away(tmp_path: Path) -
     assert path.stat().st_size == before + MiB
 
 
+def test_vdi_with_every_slot_taken_refuses_new_blocks(tmp_path: Path) -> None:
+    """Two blocks freed in the map but still counted: a new block would have been slot 5
+    of 4 (blocks_allocated > blocks_in_image), an image no reader opens again."""
+    path = tmp_path / "full.vdi"
+    _vdi_with_entries(path, [vdi.BLOCK_FREE, vdi.BLOCK_FREE, 2, vdi.BLOCK_FREE], allocated=4)
+    with open(path, "ab") as f:
+        f.truncate(path.stat().st_size + MiB)    # slot 3's space is there too
+    with disks.open(path) as image:
+        with pytest.raises(disks.CorruptImageError, match="slots are taken"):
+            image.write(0, b"x" * 512)
+    with disks.open(path, readonly=True) as image:
+        assert image.read(2 * MiB, 1) == b"\x03"
+
+
 def test_vdi_discard_after_wild_entries_is_typed(tmp_path: Path) -> None:
     """Hypothesis seed 7 of test_garbled_headers: an entry past blocks_in_image made
     discard index past the slot table (IndexError); a writable open now refuses it."""
