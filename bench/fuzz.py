@@ -403,7 +403,10 @@ def write_input(seed: Seed, files: dict[str, bytes | bytearray | Patched], folde
         elif blob is seed.files.get(name) and name.startswith("base") \
                 and seed.format != "vmdk":   # a descriptor could name it as an RW extent
             if not (folder / name).exists():   # a parent: only ever opened read-only
-                os.link(seed.folder / name, folder / name)
+                try:
+                    os.link(seed.folder / name, folder / name)
+                except OSError:   # another file system (--keep)
+                    shutil.copyfile(seed.folder / name, folder / name)
         elif blob is seed.files.get(name):
             shutil.copyfile(seed.folder / name, folder / name)
         else:
