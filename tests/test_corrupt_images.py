@@ -285,6 +285,18 @@ def test_vhdx_bat_offset_past_any_file_is_a_typed_error(tmp_path: Path) -> None:
     assert len(converted.stderr.strip().splitlines()) == 1
 
 
+def test_vhdx_block_over_the_headers_is_never_written(tmp_path: Path) -> None:
+    """A BAT entry moved to offset 0: a write went through it over header 1."""
+    path = tmp_path / "h.vhdx"
+    data, bat = _vhdx_bat(path)
+    struct.pack_into("<Q", data, bat, struct.unpack_from("<Q", data, bat)[0] & 7)
+    path.write_bytes(bytes(data))
+    with disks.open(path) as image, pytest.raises(disks.CorruptImageError, match="header"):
+        image.write(0, b"w" * 4096)
+    with disks.open(path, readonly=True) as image:
+        assert any("overlaps the header section" in c for c in image.check().corruptions)
+
+
 # --- the fuzzer, a short deterministic slice ----------------------------------------------
 
 def test_fuzz_slice_finds_nothing() -> None:
