@@ -403,7 +403,10 @@ def write_input(seed: Seed, files: dict[str, bytes | bytearray | Patched], folde
         elif blob is seed.files.get(name) and name.startswith("base") \
                 and seed.format != "vmdk":   # a descriptor could name it as an RW extent
             if not (folder / name).exists():   # a parent: only ever opened read-only
-                os.link(seed.folder / name, folder / name)
+                try:
+                    os.link(seed.folder / name, folder / name)
+                except OSError:   # another file system (--keep)
+                    shutil.copyfile(seed.folder / name, folder / name)
         elif blob is seed.files.get(name):
             shutil.copyfile(seed.folder / name, folder / name)
         else:
@@ -517,6 +520,7 @@ def run_one(fmt: str, seeds: list[Seed], run_seed: int, index: int, folder: Path
 def _worker(fmt: str, seeds: list[Seed], run_seed: int, folder: Path, cpu_limit: float,
             tasks: int, results: int) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of death
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)   # the per-input CPU limit kills
     warnings.simplefilter("ignore")                 # damaged-copy warnings are expected
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
@@ -525,11 +529,16 @@ def _worker(fmt: str, seeds: list[Seed], run_seed: int, folder: Path, cpu_limit:
     writer = os.fdopen(results, "w", buffering=1)
     for line in reader:
         index = int(line)
+        # CPU time of this input alone: SIGPROF (default action: terminate) after
+        # cpu_limit seconds; RLIMIT_CPU is only a backstop (its clock drifts from
+        # getrusage's over a long run, so it gets a wide margin)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         used = usage.ru_utime + usage.ru_stime
         resource.setrlimit(resource.RLIMIT_CPU,
-                           (int(used + cpu_limit) + 1, resource.RLIM_INFINITY))
+                           (int(used + 3 * cpu_limit) + 60, resource.RLIM_INFINITY))
+        signal.setitimer(signal.ITIMER_PROF, cpu_limit)
         result = run_one(fmt, seeds, run_seed, index, folder)
+        signal.setitimer(signal.ITIMER_PROF, 0)
         result["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         writer.write(json.dumps(result) + "\n")
     os._exit(0)
@@ -615,7 +624,8 @@ def fuzz_format(fmt: str, seeds: list[Seed], indices: range, *, run_seed: int, w
         if worker.index is not None:
             if outcome is None:
                 sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-                outcome = "hang" if sig in (signal.SIGXCPU, signal.SIGKILL) else "untyped"
+                outcome = "hang" if sig in (signal.SIGXCPU, signal.SIGPROF, signal.SIGKILL) \
+                    else "untyped"
                 detail = f"worker died (signal {sig}, status {status})"
             else:
                 detail = f"still running after {wall_limit} s"

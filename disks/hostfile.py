@@ -261,6 +261,8 @@ class HostFile:
                 if got == 0:
                     break  # the source ends early: the rest reads as zeros below
                 done += got
+        except OverflowError:
+            pass  # a source offset past any file: the rest reads as zeros below
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
                                  errno.EBADF):

@@ -585,8 +585,9 @@ class VdiImage(Image):
                 continue
             whole = (end - pos) // block_size or 1  # or the short last block alone
             count = min(whole, COPY_BLOCKS) if self.header.block_extra == 0 else 1
-            length = min(count * block_size, end - pos)
             first_slot, _fresh = self._claim_slot()
+            count = min(count, self.header.blocks_in_image - first_slot)
+            length = min(count * block_size, end - pos)
             # 1. the data of every block, 2. their map entries, 3. the header's count
             self.file.copy_range(source, at, length, self._slot_host(first_slot))
             self._publish_many(block, first_slot, count)
@@ -631,6 +632,12 @@ class VdiImage(Image):
         """The slot a new block takes, and whether it lies past the end of the file (so
         it reads as zeros without being written).  Zeros the block_extra area if not."""
         slot = self.next_slot
+        if slot >= self.header.blocks_in_image:
+            # only a damaged map gets here (every block has a slot, some unused): another
+            # slot would make blocks_allocated exceed blocks_in_image, which no reader takes
+            raise CorruptImageError(self.path, f"all {slot} block slots are taken, yet block "
+                                    "map entries are free (emu img check shows the unused "
+                                    "slots)", field="blocks_allocated")
         slot_start = self.header.offset_data + slot * self.header.slot_size
         fresh = slot_start >= self.file_end
         if not fresh and self.header.block_extra:

@@ -515,6 +515,8 @@ class VhdxImage(Image):
         self._log_head = 0
         self._log_sequence = 1
         self._file_end = 0
+        self._data_limit = 0
+        self._reserved: list[tuple[int, int, str]] = []
 
     # --- probing and creation ---------------------------------------------
     @classmethod
@@ -637,6 +639,10 @@ class VhdxImage(Image):
             raise self._corrupt(f"BAT entries reach {used_end}, beyond the {file_size}-byte "
                                 "file; open read-only to inspect it", "BAT")
         self._file_end = _align_up(max(file_size, used_end), MiB)
+        # a read-only open keeps blocks past the end inspectable (check reports them);
+        # reading one is refused, as qemu refuses the image: its data is not there
+        self._data_limit = max(file_size, self._replayed_size)
+        self._reserved = self._reserved_regions()
         if not self.readonly and not all(self.headers_valid):
             self._write_header()  # a header torn by a crash during an update: rewrite it
             self._open_repairs.append("rewrote the damaged header copy")
@@ -1041,8 +1047,9 @@ class VhdxImage(Image):
         if bitmap is None:
             entry = int(self.bat[self._bitmap_index(chunk)])
             if entry & BAT_STATE_MASK == SB_BLOCK_PRESENT:
-                bitmap = bytearray(self._read_host(self._bat_host(self._bitmap_index(chunk)),
-                                                   BITMAP_BLOCK_SIZE))
+                host = self._bat_host(self._bitmap_index(chunk))
+                self._check_block_place(chunk, host, BITMAP_BLOCK_SIZE, "sector bitmap")
+                bitmap = bytearray(self._read_host(host, BITMAP_BLOCK_SIZE))
             else:
                 bitmap = bytearray(BITMAP_BLOCK_SIZE)
             self._bitmaps[chunk] = bitmap
@@ -1053,6 +1060,7 @@ class VhdxImage(Image):
         host = self._file_end
         self._file_end = host + length
         self.file.truncate(self._file_end)
+        self._data_limit = max(self._data_limit, self._file_end)
         return host
 
     def _sectors_in_block(self, block: int) -> tuple[int, int]:
@@ -1079,6 +1087,10 @@ class VhdxImage(Image):
             entry = int(self.bat[self._payload_index(block)])
             state = entry & BAT_STATE_MASK
             host = entry >> BAT_OFFSET_SHIFT << BAT_OFFSET_SHIFT
+            reads_file = state == PAYLOAD_BLOCK_FULLY_PRESENT or (
+                state == PAYLOAD_BLOCK_PARTIALLY_PRESENT and self.has_parent)
+            if reads_file:
+                self._check_block_place(block, host)
             if state == PAYLOAD_BLOCK_FULLY_PRESENT:
                 yield self._data_run(pos, stop - pos, host + pos - block_start, mark_overlay)
             elif state == PAYLOAD_BLOCK_PARTIALLY_PRESENT and self.has_parent:
@@ -1086,6 +1098,19 @@ class VhdxImage(Image):
             else:  # reserved values and a stray PARTIALLY_PRESENT read as zeros
                 yield Run(pos, stop - pos, UNBACKED_READS.get(state, RunKind.ZERO))
             pos = stop
+
+    def _check_block_place(self, block: int, host: int, length: int = 0,
+                           what: str = "block") -> None:
+        """A block this file holds must lie inside it and clear of its structures: a
+        write through one over the headers or the BAT destroys the image (read-only
+        opens keep such images open for check(), which reports them)."""
+        end = host + (length or self.block_size)
+        if end > self._data_limit:
+            raise self._corrupt(f"{what} {block} at {host} runs past the end of the "
+                                f"{self._data_limit}-byte file", "BAT")
+        for start, size, name in self._reserved:
+            if host < start + size and start < end:
+                raise self._corrupt(f"{what} {block} at {host} overlaps the {name}", "BAT")
 
     def _data_run(self, offset: int, length: int, host: int, mark_overlay: bool) -> Run:
         special = mark_overlay and self._overlaid(host, length)
@@ -1297,10 +1322,7 @@ class VhdxImage(Image):
         if self._replayed_entries:
             report.repaired.append(f"replayed {self._replayed_entries} log entries at open")
         file_size = max(self.file.size(), self._replayed_size)
-        reserved = [(0, HEADER_SECTION_SIZE, "header section"),
-                    (self.header.log_offset, self.header.log_length, "log"),
-                    (self.metadata_offset, self.metadata_length, "metadata region"),
-                    (self.bat_offset, self.bat_length, "BAT")]
+        reserved = self._reserved_regions()
         used: list[tuple[int, int, str]] = []
         for index, entry in enumerate(self.bat):
             entry = int(entry)
@@ -1343,6 +1365,13 @@ class VhdxImage(Image):
         for (a_start, a_len, a_what), (b_start, _, b_what) in zip(used, used[1:], strict=False):
             if b_start < a_start + a_len:
                 report.corrupt(f"{a_what} and {b_what} overlap at {b_start}")
+
+    def _reserved_regions(self) -> list[tuple[int, int, str]]:
+        """(offset, length, name) of the structures no payload block may overlap."""
+        return [(0, HEADER_SECTION_SIZE, "header section"),
+                (self.header.log_offset, self.header.log_length, "log"),
+                (self.metadata_offset, self.metadata_length, "metadata region"),
+                (self.bat_offset, self.bat_length, "BAT")]
 
     def _info(self) -> dict[str, Any]:
         kind = "differencing" if self.has_parent else \

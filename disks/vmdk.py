@@ -62,7 +62,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import (
@@ -608,7 +608,8 @@ class GrainTables:
     """
 
     def __init__(self, file: HostFile, path: str, gd: array[int], rgd: array[int] | None,
-                 entries_per_gt: int, *, keep_all: bool = False) -> None:
+                 entries_per_gt: int, *, keep_all: bool = False, grain_bytes: int = 0,
+                 extent_bytes: int = 0, compressed: bool = True) -> None:
         self.file = file
         self.path = path
         self.gd = gd
@@ -618,6 +619,11 @@ class GrainTables:
         self.cache: OrderedDict[int, array[int]] = OrderedDict()
         self.keep_all = keep_all   # stream writing: tables stay in memory until written out
         self.known_size = 0        # file size last seen (it only grows while open)
+        # what a grain entry must leave room for before the end of the file: a whole
+        # grain (the disk's last one may be short), or a compressed grain's marker
+        self.grain_bytes = grain_bytes
+        self.extent_bytes = extent_bytes
+        self.compressed = compressed
 
     def table(self, index: int) -> array[int] | None:
         """The grain table for GD entry ``index``, or None when the entry is empty."""
@@ -628,15 +634,38 @@ class GrainTables:
         table = self.read_table(index)
         if table is None:
             return None
-        top = max(table)
-        if top * SECTOR >= self.known_size:
+        copy = self.rgd[index] if self.rgd is not None else 0
+        if copy and copy * SECTOR + self.gt_bytes > self.known_size:
             self.known_size = self.file.size()
-            if top * SECTOR >= self.known_size:   # a write there would grow the file by TBs
-                raise CorruptImageError(self.path, f"grain table {index} names sector {top}, "
-                                        f"past the end of the {self.known_size}-byte file",
-                                        field="gtEntry")
+            if copy * SECTOR + self.gt_bytes > self.known_size:  # its updates would go there
+                raise CorruptImageError(self.path, f"redundant grain table {index} at sector "
+                                        f"{copy} lies beyond the end of the file",
+                                        field="rgdEntry")
+        self._check_entries(index, table)
         self._remember(index, table)
         return table
+
+    def _check_entries(self, index: int, table: array[int]) -> None:
+        """Every grain must lie inside the file: a write into one past the end would grow
+        the file by terabytes, and the next new grain (appended at the end) would land
+        on top of one running past it."""
+        need = GRAIN_MARKER.size if self.compressed else self.grain_bytes
+        top = max(table)
+        if top * SECTOR + need <= self.known_size:
+            return
+        self.known_size = self.file.size()
+        if top * SECTOR + need <= self.known_size:
+            return
+        for slot, entry in enumerate(table):
+            if entry <= GTE_ZEROED:
+                continue
+            start = (index * self.entries_per_gt + slot) * self.grain_bytes
+            if not self.compressed:
+                need = max(0, min(self.grain_bytes, self.extent_bytes - start))
+            if entry * SECTOR + need > self.known_size:
+                raise CorruptImageError(self.path, f"grain table {index} puts a grain at "
+                                        f"sector {entry}, past the end of the "
+                                        f"{self.known_size}-byte file", field="gtEntry")
 
     def read_table(self, index: int) -> array[int] | None:
         """The grain table as the file holds it, unchecked (for check(), which reports
@@ -761,12 +790,11 @@ class SparseExtent(Extent):
         rgd = None
         if header.flags & FLAG_REDUNDANT_GT and header.rgd_offset:
             rgd = _u32_table(self.file.pread(gd_bytes, header.rgd_offset * SECTOR), count)
-        limit = _ceil_div(size, SECTOR)
-        for index, sector in enumerate(gd):
-            if sector and sector + _ceil_div(self.gtes * 4, SECTOR) > limit:
-                raise CorruptImageError(path, f"grain table {index} at sector {sector} lies "
-                                        "beyond the end of the file", field="gdEntry")
-        return GrainTables(self.file, path, gd, rgd, self.gtes)
+        # the entries themselves are checked as each table is loaded (a 64 TiB disk has
+        # two million of them, and most runs touch a few)
+        return GrainTables(self.file, path, gd, rgd, self.gtes, grain_bytes=self.grain_bytes,
+                           extent_bytes=self.length,
+                           compressed=self.compressed)
 
     def _scan_markers(self) -> GrainTables:
         """Rebuild the tables of a stream without footer from its grain markers (spec 4)."""
@@ -1255,7 +1283,9 @@ class CowdExtent(Extent):
             if sector and sector + COWD_GTES_PER_GT * 4 // SECTOR > limit:
                 raise CorruptImageError(filename, f"grain table {index} at sector {sector} "
                                         "lies beyond the end of the file", field="gdEntry")
-        self.tables = GrainTables(file, filename, gd, None, COWD_GTES_PER_GT)
+        self.tables = GrainTables(file, filename, gd, None, COWD_GTES_PER_GT,
+                                  grain_bytes=self.grain_bytes, extent_bytes=self.length,
+                                  compressed=False)
         self.first_data_sector = header.gd_offset + _ceil_div(count * 4, SECTOR)
         self.end = max(_round_up(file.size(), SECTOR), header.free_sector * SECTOR)
 
@@ -1420,8 +1450,8 @@ def _read_footer(file: HostFile, header: SparseHeader, path: str) -> SparseHeade
     if footer.gd_offset in (0, GD_AT_END):
         raise CorruptImageError(path, "footer does not locate the grain directory",
                                 field="gdOffset")
-    if (footer.capacity, footer.grain_sectors, footer.gtes_per_gt, footer.flags) != \
-            (header.capacity, header.grain_sectors, header.gtes_per_gt, header.flags):
+    if replace(footer, gd_offset=header.gd_offset, unclean_shutdown=header.unclean_shutdown,
+               rgd_offset=header.rgd_offset) != header:
         raise CorruptImageError(path, "footer disagrees with the header", field="footer")
     footer.rgd_offset = 0
     footer.flags &= ~FLAG_REDUNDANT_GT

@@ -744,7 +744,9 @@ class VpcImage(Image):
             self.bitmap_cache[block] = bits
         return bits
 
-    def _map(self, offset: int, length: int) -> Iterator[Run]:
+    def _map(self, offset: int, length: int, *, whole_stretches: bool = False) -> Iterator[Run]:
+        """Runs of at most one block each (writes allocate block by block); with
+        ``whole_stretches`` a stretch of unused blocks is one run (map() of a big disk)."""
         if self.is_fixed:
             yield Run(offset, length, RunKind.DATA, offset)
             return
@@ -754,9 +756,9 @@ class VpcImage(Image):
             block, in_block = divmod(offset, block_size)
             piece = min(end - offset, block_size - in_block)
             entry = self.bat[block]
-            if entry == UNUSED_ENTRY:   # one run for a stretch of unused blocks
+            if entry == UNUSED_ENTRY:
                 last = block + 1
-                last_block = (end - 1) // block_size
+                last_block = (end - 1) // block_size if whole_stretches else block
                 while last <= last_block and self.bat[last] == UNUSED_ENTRY:
                     last += 1
                 piece = min(end, last * block_size) - offset
@@ -779,7 +781,7 @@ class VpcImage(Image):
 
     def _block_status(self, offset: int, length: int) -> Iterator[Run]:
         if not self.is_fixed:
-            yield from self._map(offset, length)
+            yield from self._map(offset, length, whole_stretches=True)
             return
         # a fixed VHD is raw: report the host file's holes as zeros
         yield from host_data_runs(self.file, offset, length)

@@ -92,6 +92,20 @@ def test_vdi_count_past_the_file_does_not_push_new_blocks_away(tmp_path: Path) -
     assert path.stat().st_size == before + MiB
 
 
+def test_vdi_with_every_slot_taken_refuses_new_blocks(tmp_path: Path) -> None:
+    """Two blocks freed in the map but still counted: a new block would have been slot 5
+    of 4 (blocks_allocated > blocks_in_image), an image no reader opens again."""
+    path = tmp_path / "full.vdi"
+    _vdi_with_entries(path, [vdi.BLOCK_FREE, vdi.BLOCK_FREE, 2, vdi.BLOCK_FREE], allocated=4)
+    with open(path, "ab") as f:
+        f.truncate(path.stat().st_size + MiB)    # slot 3's space is there too
+    with disks.open(path) as image:
+        with pytest.raises(disks.CorruptImageError, match="slots are taken"):
+            image.write(0, b"x" * 512)
+    with disks.open(path, readonly=True) as image:
+        assert image.read(2 * MiB, 1) == b"\x03"
+
+
 def test_vdi_discard_after_wild_entries_is_typed(tmp_path: Path) -> None:
     """Hypothesis seed 7 of test_garbled_headers: an entry past blocks_in_image made
     discard index past the slot table (IndexError); a writable open now refuses it."""
@@ -249,8 +263,10 @@ def test_vhdx_partially_present_in_a_plain_image_checks_like_qemu(tmp_path: Path
         assert image.read(7 * MiB, 512) == bytes(512)
 
 
-def test_vhdx_bat_offset_past_any_file_reads_cleanly(tmp_path: Path) -> None:
-    """A one-byte flip in a BAT entry's top byte put a block at 2^63+: preadv overflowed."""
+def test_vhdx_bat_offset_past_any_file_is_a_typed_error(tmp_path: Path) -> None:
+    """A one-byte flip in a BAT entry's top byte put a block at 2^63+: preadv overflowed
+    and convert died with a traceback.  qemu-img refuses the image; emu opens it
+    read-only for check (which reports it) but refuses to read the missing block."""
     path = tmp_path / "o.vhdx"
     data, bat = _vhdx_bat(path)
     data[bat + 7] = 0xFF
@@ -258,8 +274,27 @@ def test_vhdx_bat_offset_past_any_file_reads_cleanly(tmp_path: Path) -> None:
     with pytest.raises(disks.CorruptImageError):
         disks.open(path)                      # a writer refuses blocks past the end
     with disks.open(path, readonly=True) as image:
-        assert image.read(0, 4096) == bytes(4096)
         assert any("beyond" in c for c in image.check().corruptions)
+        assert image.read(MiB, 4096) == bytes(4096)    # other blocks still read
+        with pytest.raises(disks.CorruptImageError, match="past the end"):
+            image.read(0, 4096)
+    converted = subprocess.run([sys.executable, "-m", "emu", "img", "convert", "-O", "raw",
+                                str(path), str(tmp_path / "o.raw")],
+                               capture_output=True, text=True, cwd=ROOT)
+    assert converted.returncode == 1 and "Traceback" not in converted.stderr
+    assert len(converted.stderr.strip().splitlines()) == 1
+
+
+def test_vhdx_block_over_the_headers_is_never_written(tmp_path: Path) -> None:
+    """A BAT entry moved to offset 0: a write went through it over header 1."""
+    path = tmp_path / "h.vhdx"
+    data, bat = _vhdx_bat(path)
+    struct.pack_into("<Q", data, bat, struct.unpack_from("<Q", data, bat)[0] & 7)
+    path.write_bytes(bytes(data))
+    with disks.open(path) as image, pytest.raises(disks.CorruptImageError, match="header"):
+        image.write(0, b"w" * 4096)
+    with disks.open(path, readonly=True) as image:
+        assert any("overlaps the header section" in c for c in image.check().corruptions)
 
 
 # --- the fuzzer, a short deterministic slice ----------------------------------------------
