@@ -36,9 +36,10 @@ redundant copy ahead, which ``check()`` reports as a leak) but never publishes a
 pointer to unwritten data.
 Grain entries that point into the metadata area are refused, never written
 through.  Stream-optimized extents open for writing only append compressed
-grains; their tables, footer and end-of-stream marker are written out on
-flush/close (and cut off again by the next write).  A stream without a footer
-is read by walking its markers.
+grains, where the footer was, after a copy of the footer has been made durable
+past them; a flush appends the tables and a directory the same way and then
+points the footer at them (see "stream-optimized writing" below).  A stream
+without a footer is read by walking its markers.
 
 Descriptor text is kept line by line: keys we change (CID, parentCID) are
 rewritten in place, unknown keys and comments survive.  The CID changes once per
@@ -111,6 +112,8 @@ MARKER_EOS = 0
 MARKER_GT = 1
 MARKER_GD = 2
 MARKER_FOOTER = 3
+STREAM_TAIL = 3 * 512   # footer marker, footer, end-of-stream marker
+PAGE = 4096             # a stream's tail never straddles one of these
 
 # Sanity limits, checked before anything is allocated from a header.
 MAX_GRAIN_SECTORS = 1 << 17            # 64 MiB grains (VMware uses 64 KiB)
@@ -682,7 +685,9 @@ class SparseExtent(Extent):
         self.first_data_sector = max(1, header.overhead if not self.markers else 1)
         self.tables = self._load_directory()
         self.end = _round_up(file.size(), SECTOR)   # where the next grain goes
-        self.stream_appending = False                # tables cut off, grains being appended
+        self.stream_appending = False                # tables loaded, grains being appended
+        self.tail_at = self.end                       # where a stream's footer marker is
+        self.durable_gd: int | None = None           # the GD the on-disk footer names
         self.stream_dirty = False
         self._grain_cache: tuple[int, bytes] | None = None
         self._window: tuple[int, bytes] | None = None   # read-ahead of compressed grains
@@ -942,34 +947,75 @@ class SparseExtent(Extent):
         return struct.pack("<I", gt_sector), header.gd_offset * SECTOR + index * 4
 
     # -- stream-optimized writing ----------------------------------------
+    # A stream must end with a footer and an end-of-stream marker (readers find the
+    # grain directory through them), so new bytes never go after the footer: they go
+    # where the tail (footer marker, footer, EOS) is, after a copy of the tail has
+    # been written past them and made durable.  Until a flush the footer names the old
+    # grain directory; the flush appends the tables and a new directory the same way,
+    # makes them durable, then rewrites the footer sector (one sector, atomic) to name
+    # them.  Whatever subset of the writes a crash keeps, the file ends with a footer
+    # naming a directory whose tables and grains are on disk.
     def _stream_begin(self) -> None:
-        """Load every table, then cut the old tables/footer off so grains can be appended."""
+        """Load every table and find the tail before the first grain is appended."""
         if self.stream_appending:
             return
         tables = self.tables
         tables.keep_all = True
         tables.rgd = None   # streams keep no redundant tables; the old ones are dropped
-        last_grain_end = self.header.overhead * SECTOR
-        highest = 0
         for index in range(len(tables.gd)):
-            table = tables.table(index)
-            if table is not None:
-                highest = max(highest, max(table))
-        if highest > GTE_ZEROED:
-            head = self.file.pread(GRAIN_MARKER.size, highest * SECTOR)
-            if len(head) == GRAIN_MARKER.size:
-                _, size = GRAIN_MARKER.unpack(head)
-                last_grain_end = max(last_grain_end, _round_up(
-                    highest * SECTOR + GRAIN_MARKER.size + size, SECTOR))
-        # old GT/GD sectors past this point are dropped: forget their addresses
-        for index in range(len(tables.gd)):
-            if tables.gd[index] * SECTOR >= last_grain_end:
-                tables.gd[index] = 0
-        self.file.truncate(last_grain_end)
+            tables.table(index)
         self._window = None
-        self.end = last_grain_end
+        size = self.file.size()
+        self.tail_at = _round_up(size, SECTOR)
+        self.durable_gd = None
+        if self.header.gd_offset != GD_AT_END and size >= STREAM_TAIL and \
+                self._is_tail(self.file.pread(STREAM_TAIL, size - STREAM_TAIL)):
+            self.tail_at = size - STREAM_TAIL
+            self.durable_gd = self.header.gd_offset
         self.stream_appending = True
-        self.stream_dirty = True
+        if self.durable_gd is None:
+            # no footer to keep (an unfinished stream, or a directory named by the
+            # header): write the tables and a footer as they are, before any grain
+            self.stream_dirty = True
+            self._stream_finish()
+        self.end = self.tail_at
+
+    @staticmethod
+    def _is_tail(raw: bytes) -> bool:
+        _, marker_size, marker_type = MARKER.unpack_from(raw, 0)
+        _, eos_size, eos_type = MARKER.unpack_from(raw, 2 * SECTOR)
+        return (marker_size, marker_type, eos_size, eos_type) == (0, MARKER_FOOTER, 0,
+                                                                  MARKER_EOS) \
+            and raw[SECTOR:SECTOR + 4] == KDMV_MAGIC
+
+    def _tail_bytes(self, gd_sector: int) -> bytes:
+        """Footer marker, footer naming the directory at ``gd_sector``, end-of-stream."""
+        footer = _stream_header(self.header)
+        footer.gd_offset = gd_sector
+        return (MARKER.pack(1, 0, MARKER_FOOTER).ljust(SECTOR, b"\0") + footer.pack()
+                + MARKER.pack(0, 0, MARKER_EOS).ljust(SECTOR, b"\0"))
+
+    def _stream_append(self, payload: list[Any]) -> int:
+        """Write ``payload`` (whole sectors) where the tail is; returns its offset.
+
+        The tail moves first, past the payload (padded to cover the old tail), and is
+        durable before the payload overwrites the old one."""
+        at = self.tail_at
+        length = sum(len(b) for b in payload)
+        # cover the old tail, and keep the new one inside one page (the unit in which
+        # the page cache writes an append back)
+        padded = max(length, STREAM_TAIL)
+        if (at + padded) % PAGE > PAGE - STREAM_TAIL:
+            padded += PAGE - (at + padded) % PAGE
+        if padded > length:
+            payload = [*payload, _padding_marker(padded - length)]
+            length = padded
+        if self.durable_gd is not None:
+            self.file.pwrite(self._tail_bytes(self.durable_gd), at + length)
+            self.file.sync()
+        _pwritev(self.file, payload, at)
+        self.tail_at = self.end = at + length
+        return at
 
     def _stream_write(self, rel: int, data: memoryview, below: ReadBelow) -> None:
         self._stream_begin()
@@ -1002,58 +1048,70 @@ class SparseExtent(Extent):
             return
         packed = _compress_many([c for _, c in contents])
         buffers: list[bytes] = []
-        updates: dict[int, int] = {}
-        host = self.end
+        offsets: dict[int, int] = {}   # grain -> offset in the payload
+        length = 0
         for (grain, _), blob in zip(contents, packed, strict=True):
             marker = GRAIN_MARKER.pack(grain * self.header.grain_sectors, len(blob))
             total = GRAIN_MARKER.size + len(blob)
             pad = _round_up(total, SECTOR) - total
             buffers += [marker, blob, bytes(pad)] if pad else [marker, blob]
-            updates[grain] = host // SECTOR
-            host += total + pad
-        _pwritev(self.file, buffers, self.end)
-        self.end = host
-        for grain, sector in updates.items():
+            offsets[grain] = length
+            length += total + pad
+        self._window = None
+        at = self._stream_append(buffers)
+        for grain, offset in offsets.items():
             index = grain // self.gtes
             table = self.tables.table(index)
             if table is None:
                 table = array("I", bytes(self.gtes * 4))
                 self.tables.adopt(index, table)
-            table[grain % self.gtes] = sector
+            table[grain % self.gtes] = (at + offset) // SECTOR
         self._grain_cache = None
-        self._window = None
         self.stream_dirty = True
 
     def _stream_finish(self) -> None:
-        """Write GTs, GD, footer and end-of-stream marker after the grains."""
+        """Append the GTs and GD (the tail moving past them), make them durable, then
+        point the footer at the new GD."""
         if not self.stream_dirty:
             return
         tables, header = self.tables, self.header
         gt_span = _round_up(self.gtes * 4, SECTOR)
-        pos = self.end
-        buffers: list[bytes] = []
+        pos = self.tail_at
+        payload: list[bytes] = []
         gd = array("I", bytes(len(tables.gd) * 4))
         for index in range(len(tables.gd)):
             table = tables.cache.get(index)
             if table is None or not any(table):
                 continue
-            buffers.append(MARKER.pack(gt_span // SECTOR, 0, MARKER_GT).ljust(SECTOR, b"\0"))
+            payload.append(MARKER.pack(gt_span // SECTOR, 0, MARKER_GT).ljust(SECTOR, b"\0"))
             pos += SECTOR
             gd[index] = pos // SECTOR
-            buffers.append(_table_bytes(table).ljust(gt_span, b"\0"))
+            payload.append(_table_bytes(table).ljust(gt_span, b"\0"))
             pos += gt_span
-        tail = _stream_tail(header, gd, pos)
+        gd_span = _round_up(len(gd) * 4, SECTOR)
+        payload += [MARKER.pack(gd_span // SECTOR, 0, MARKER_GD).ljust(SECTOR, b"\0"),
+                    _table_bytes(gd).ljust(gd_span, b"\0")]
+        gd_sector = pos // SECTOR + 1
         self._window = None
-        _pwritev(self.file, buffers + tail, self.end)
-        self.file.truncate(pos + sum(len(b) for b in tail))
+        if self.durable_gd is None:   # nothing to keep: tables and tail in one go
+            payload.append(self._tail_bytes(gd_sector))
+            _pwritev(self.file, payload, self.tail_at)
+            self.tail_at += sum(len(b) for b in payload) - STREAM_TAIL
+            self.file.truncate(self.tail_at + STREAM_TAIL)
+        else:
+            self._stream_append(payload)
+            self.file.sync()          # the tables are durable before the footer names them
+            self.file.pwrite(self._tail_bytes(gd_sector)[SECTOR:2 * SECTOR],
+                             self.tail_at + SECTOR)
+        self.durable_gd = gd_sector
+        self.end = self.tail_at
         if header.gd_offset != GD_AT_END:   # e.g. a stream qemu-img wrote: GD in the header
-            self.header = _stream_header(header)
-            self.file.pwrite(self.header.pack(), 0)
-        # the tables written here are cut off again by the next write
-        self.stream_appending = False
+            on_disk = SparseHeader.unpack(self.file.pread(SECTOR, 0), self.filename)
+            if on_disk.gd_offset != GD_AT_END:
+                self.file.sync()      # the footer is durable before the header defers to it
+                self.file.pwrite(_stream_header(header).pack(), 0)
         self.stream_dirty = False
         tables.gd = gd
-        self.tables.keep_all = False
 
     def flush(self) -> None:
         if self.compressed and self.writable_file:
@@ -1425,6 +1483,12 @@ def _stream_header(header: SparseHeader) -> SparseHeader:
     copy.rgd_offset = 0
     copy.flags &= ~FLAG_REDUNDANT_GT
     return copy
+
+
+def _padding_marker(length: int) -> bytes:
+    """``length`` bytes (whole sectors) a reader walking the markers skips: an empty GT
+    marker whose size covers them (zero sectors would read as an end-of-stream)."""
+    return MARKER.pack(length // SECTOR - 1, 0, MARKER_GT).ljust(length, b"\0")
 
 
 def _stream_tail(header: SparseHeader, gd: array[int], pos: int) -> list[bytes]:
