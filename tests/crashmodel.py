@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from disks.hostfile import HostFile
 
 SECTOR = 512
 PAGE = 4096
+TMPFS = "/dev/shm"
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -524,6 +526,27 @@ def run_variant(variant: Variant, work: Path, *, full: bool = False,
     Returns, per model, the number of states tried and the failures found.
     ``qemu_every`` runs the qemu oracle on every n-th state of a model only.
     """
+    with _scratch(work) as scratch:
+        return _run(variant, scratch, full=full, models=models, qemu=qemu,
+                    qemu_every=qemu_every)
+
+
+@contextmanager
+def _scratch(work: Path) -> Iterator[Path]:
+    """A folder in memory (tmpfs) when the host has one: the states are rewritten and
+    fsynced hundreds of times, which on a disk costs more than all the checking."""
+    if os.path.isdir(TMPFS) and os.access(TMPFS, os.W_OK):
+        folder = Path(tempfile.mkdtemp(prefix="emu-crash-", dir=TMPFS))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        yield work
+
+
+def _run(variant: Variant, work: Path, *, full: bool, models: Sequence[str], qemu: bool,
+         qemu_every: int) -> dict[str, tuple[int, list[str]]]:
     rec = record(variant, work / "recorded")
     results: dict[str, tuple[int, list[str]]] = {}
     seen: set[tuple[tuple[str, int, int, int], ...]] = set()
