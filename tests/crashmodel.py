@@ -512,9 +512,9 @@ def _content_problems(rec: Recording, state: CrashState, content: bytes) -> list
 
 MODELS: dict[str, Callable[[Recording, bool], Iterator[CrashState]]] = {
     "prefix": lambda rec, full: prefix_states(rec),
-    "torn": lambda rec, full: torn_states(rec, None if full else 3),
-    "reorder": lambda rec, full: reorder_states(rec, 10 if full else 6,
-                                                2000 if full else 24),
+    "torn": lambda rec, full: torn_states(rec, None if full else 2),
+    "reorder": lambda rec, full: reorder_states(rec, 10 if full else 5,
+                                                2000 if full else 16),
 }
 
 

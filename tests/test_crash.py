@@ -3,8 +3,8 @@
 The harness (``tests/crashmodel.py``) records a workload's writes and fsyncs, then
 replays crash states into a scratch folder and checks each with emu and, where QEMU
 reads the format, with ``qemu-img check`` and ``qemu-img convert`` as oracles.  This
-file runs a bounded deterministic slice (every prefix cut, three sector tears per
-write, a seeded sample of reorderings; QEMU on every fourth state).  The exhaustive
+file runs a bounded deterministic slice (every prefix cut, two sector tears per
+write, a seeded sample of reorderings; QEMU on every eighth state).  The exhaustive
 run is a separate command: ``.venv/bin/python tests/crashmodel.py --full``.
 """
 
@@ -18,7 +18,7 @@ from crashmodel import MODELS, VARIANTS, VARIANTS_BY_NAME, Variant, run_variant
 
 from disks.vdi import VdiImage
 
-QEMU_EVERY = 4
+QEMU_EVERY = 8
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
