@@ -24,8 +24,10 @@ Slots ``0 .. blocks_allocated-1`` are in use; a new block always takes the slot
 after the last one, at the end of the file.  Allocation is "reserve, write,
 barrier, publish", so that any subset of the writes a crash keeps (a disk cache
 reorders them) is sound: the data block and the header's ``blocks_allocated``
-(the reservation) are written first, and the map entries of a request only after
-an fsync at its end (:meth:`VdiImage._end_change`).  A crash before that barrier
+(the reservation) are written first, and the map entries only at the next flush,
+after an fsync (:meth:`VdiImage._publish_entries`; the in-memory map serves reads
+meanwhile, and one barrier covers every allocation since the last flush, as
+QEMU's qcow2 orders its metadata cache).  A crash before that barrier
 leaves the header count ahead of the map: an orphan slot, which is a leak (the
 next allocation takes a fresh slot; a read-write open trims the count).  A count
 behind the map, which would hand a used slot out again, never happens.  (QEMU's
@@ -432,8 +434,9 @@ class VdiImage(Image):
     def _recover_orphans(self) -> None:
         """Finish what a crash interrupted: free the reserved slots past the last used
         one, and fill slots no block uses (a discard cut short) from the end."""
-        if self.used_slots > self.header.blocks_in_image:
-            return  # a wild entry: check() reports it, nothing is moved
+        used = [entry for entry in self.block_map if entry < BLOCK_ZERO]
+        if self.used_slots > self.header.blocks_in_image or len(set(used)) != len(used):
+            return  # a wild or shared entry: check() reports it, nothing is moved
         if self.used_slots != self.header.blocks_allocated:
             self.recovered.append(f"blocks_allocated {self.header.blocks_allocated} set to "
                                   f"{self.used_slots} (slots reserved by an interrupted write)")
@@ -608,7 +611,7 @@ class VdiImage(Image):
             self.unpublished[first_block + n] = first_slot + n
         self._set_blocks_allocated(self.next_slot)  # the reservation; the map at the barrier
 
-    def _end_change(self) -> None:
+    def _flush_metadata(self) -> None:
         self._publish_entries()
 
     def _publish_entries(self) -> None:

@@ -30,15 +30,17 @@ that are contiguous on the host); data in another file or compressed is a
 ``special`` run the driver serves.  Writes that need allocation land in
 :meth:`VmdkImage._write_unallocated`: a grain is written at the end of the file
 first, with a new GT pair where the GD entry was empty and the redundant GT and GD
-entries; then a barrier (fsync); then the primary GT and GD entries.  A crash,
-whatever subset of those writes it keeps, therefore leaks space (or leaves the
-redundant copy ahead, which ``check()`` reports as a leak) but never publishes a
-pointer to unwritten data.
+entries; the primary GT and GD entries follow at the next flush, after a barrier
+(fsync; the in-memory tables serve reads meanwhile and are never evicted).  A
+crash, whatever subset of those writes it keeps, therefore leaks space (or leaves
+the redundant copy ahead, which ``check()`` reports as a leak) but never
+publishes a pointer to unwritten data.
 Grain entries that point into the metadata area are refused, never written
 through.  Stream-optimized extents open for writing only append compressed
-grains; their tables, footer and end-of-stream marker are written out on
-flush/close (and cut off again by the next write).  A stream without a footer
-is read by walking its markers.
+grains, where the footer was, after a copy of the footer has been made durable
+past them; a flush appends the tables and a directory the same way and then
+points the footer at them (see "stream-optimized writing" below).  A stream
+without a footer is read by walking its markers.
 
 Descriptor text is kept line by line: keys we change (CID, parentCID) are
 rewritten in place, unknown keys and comments survive.  The CID changes once per
@@ -112,6 +114,9 @@ MARKER_EOS = 0
 MARKER_GT = 1
 MARKER_GD = 2
 MARKER_FOOTER = 3
+STREAM_TAIL = 3 * 512   # footer marker, footer, end-of-stream marker
+PAGE = 4096             # a stream's tail never straddles one of these
+STREAM_RESERVE = 1 << 20   # room for grains kept before a stream's tail
 
 # Sanity limits, checked before anything is allocated from a header.
 MAX_GRAIN_SECTORS = 1 << 17            # 64 MiB grains (VMware uses 64 KiB)
@@ -624,6 +629,7 @@ class GrainTables:
         self.grain_bytes = grain_bytes
         self.extent_bytes = extent_bytes
         self.compressed = compressed
+        self.dirty: set[int] = set()   # tables with entries not yet on disk: never evicted
 
     def table(self, index: int) -> array[int] | None:
         """The grain table for GD entry ``index``, or None when the entry is empty."""
@@ -682,8 +688,11 @@ class GrainTables:
     def _remember(self, index: int, table: array[int]) -> None:
         self.cache[index] = table
         if not self.keep_all:
-            while len(self.cache) > GT_CACHE_TABLES:
-                self.cache.popitem(last=False)
+            for oldest in list(self.cache):
+                if len(self.cache) <= GT_CACHE_TABLES:
+                    break
+                if oldest not in self.dirty and oldest != index:
+                    del self.cache[oldest]
 
     def adopt(self, index: int, table: array[int]) -> None:
         self._remember(index, table)
@@ -764,7 +773,12 @@ class SparseExtent(Extent):
         self.first_data_sector = max(1, header.overhead if not self.markers else 1)
         self.tables = self._load_directory()
         self.end = _round_up(file.size(), SECTOR)   # where the next grain goes
-        self.stream_appending = False                # tables cut off, grains being appended
+        self.stream_appending = False                # tables loaded, grains being appended
+        self.tail_at = self.end                       # where a stream's footer marker is
+        self.fill = self.end                          # where its next grain goes
+        self.durable_gd: int | None = None           # the GD the on-disk footer names
+        self.pending_gt: dict[int, tuple[int, int]] = {}  # GT -> entries [lo, hi) to write
+        self.pending_gd: set[int] = set()            # GD entries to write (new tables)
         self.stream_dirty = False
         self._grain_cache: tuple[int, bytes] | None = None
         self._window: tuple[int, bytes] | None = None   # read-ahead of compressed grains
@@ -972,16 +986,16 @@ class SparseExtent(Extent):
         """Point GT entries at grains whose data is written: ``updates`` {grain: sector}.
 
         Everything only a recovery would read goes out with the data: new tables (GT
-        and redundant GT, with their entries), redundant GT and GD entries.  Then a
-        barrier (fsync), then the primary GT and GD entries.  Whatever subset of the
-        writes a crash keeps, a primary entry is durable only after its grain, its table
-        and its redundant copy: the redundant copy may be ahead (a leak), never behind.
+        and redundant GT, with their entries), redundant GT and GD entries.  The primary
+        GT and GD entries wait in memory for the next flush, which writes them after a
+        barrier (:meth:`_publish_pending`).  Whatever subset of the writes a crash
+        keeps, a primary entry is durable only after its grain, its table and its
+        redundant copy: the redundant copy may be ahead (a leak), never behind.
         """
         gtes, tables = self.gtes, self.tables
         by_table: dict[int, list[int]] = {}
         for grain in sorted(updates):
             by_table.setdefault(grain // gtes, []).append(grain)
-        primary: list[tuple[bytes, int]] = []   # (bytes, host offset) after the barrier
         for index, grains in by_table.items():
             table = tables.table(index)
             fresh = table is None
@@ -989,22 +1003,41 @@ class SparseExtent(Extent):
                 table = array("I", bytes(gtes * 4))
             for grain in grains:
                 table[grain % gtes] = updates[grain]
+            tables.dirty.add(index)
             if fresh:
-                primary.append(self._allocate_table(index, table))
+                self._allocate_table(index, table)
+                self.pending_gd.add(index)
                 continue
             lo = grains[0] % gtes
             hi = grains[-1] % gtes + 1
-            chunk = _table_bytes(table[lo:hi])
             if tables.rgd is not None and tables.rgd[index]:
-                self.file.pwrite(chunk, tables.rgd[index] * SECTOR + lo * 4)
-            primary.append((chunk, tables.gd[index] * SECTOR + lo * 4))
-        self.file.sync()
-        for chunk, offset in primary:
-            self.file.pwrite(chunk, offset)
+                self.file.pwrite(_table_bytes(table[lo:hi]),
+                                 tables.rgd[index] * SECTOR + lo * 4)
+            span = self.pending_gt.get(index, (lo, hi))
+            self.pending_gt[index] = (min(span[0], lo), max(span[1], hi))
+        if len(tables.dirty) >= GT_CACHE_TABLES:  # bound what the cache must hold
+            self._publish_pending()
 
-    def _allocate_table(self, index: int, table: array[int]) -> tuple[bytes, int]:
-        """A new GT (and redundant GT) at the end of the file and the RGD entry; returns
-        the GD entry write, for after the barrier."""
+    def _publish_pending(self) -> None:
+        """The barrier, then the primary GT and GD entries held since the last flush."""
+        if not self.pending_gt and not self.pending_gd:
+            return
+        tables = self.tables
+        self.file.sync()
+        for index, (lo, hi) in sorted(self.pending_gt.items()):
+            table = tables.table(index)
+            assert table is not None
+            self.file.pwrite(_table_bytes(table[lo:hi]), tables.gd[index] * SECTOR + lo * 4)
+        for index in sorted(self.pending_gd):
+            self.file.pwrite(struct.pack("<I", tables.gd[index]),
+                             self.header.gd_offset * SECTOR + index * 4)
+        self.pending_gt.clear()
+        self.pending_gd.clear()
+        tables.dirty.clear()
+
+    def _allocate_table(self, index: int, table: array[int]) -> None:
+        """A new GT (and redundant GT) at the end of the file and the RGD entry (the GD
+        entry waits for the flush)."""
         tables, header = self.tables, self.header
         gt_span = _round_up(self.gtes * 4, SECTOR)
         content = _table_bytes(table).ljust(gt_span, b"\0")
@@ -1020,42 +1053,79 @@ class SparseExtent(Extent):
                              header.rgd_offset * SECTOR + index * 4)
         tables.gd[index] = gt_sector
         tables.adopt(index, table)
-        return struct.pack("<I", gt_sector), header.gd_offset * SECTOR + index * 4
 
     # -- stream-optimized writing ----------------------------------------
+    # A stream must end with a footer and an end-of-stream marker (the tail: readers
+    # find the grain directory through it), so nothing is ever appended after it and
+    # it is never overwritten before a successor is durable.  New grains go into a
+    # gap kept before the tail (``fill`` .. ``tail_at``); when one does not fit, a copy
+    # of the tail is first written STREAM_RESERVE further on and made durable (an
+    # fsync per STREAM_RESERVE bytes of grains, not per write).  Until a flush the tail
+    # names the old grain directory.  A flush writes the tables and a new directory at
+    # ``fill``, makes them durable, writes a tail naming them right after, makes it
+    # durable, and cuts the file there.  Whatever subset of these writes a crash keeps,
+    # the file ends with a tail naming a directory whose tables and grains are on disk.
     def _stream_begin(self) -> None:
-        """Load every table, then cut the old tables/footer off so grains can be appended."""
+        """Load every table and find the tail before the first grain is appended."""
         if self.stream_appending:
             return
         tables = self.tables
         tables.keep_all = True
         tables.rgd = None   # streams keep no redundant tables; the old ones are dropped
-        last_grain_end = self.header.overhead * SECTOR
-        highest = 0
         for index in range(len(tables.gd)):
-            table = tables.table(index)
-            if table is not None:
-                highest = max(highest, max(table))
-        if highest > GTE_ZEROED:
-            head = self.file.pread(GRAIN_MARKER.size, highest * SECTOR)
-            if len(head) == GRAIN_MARKER.size:
-                _, size = GRAIN_MARKER.unpack(head)
-                if size > 2 * self.grain_bytes:
-                    raise CorruptImageError(self.filename, f"grain marker at sector {highest} "
-                                            f"claims {size} bytes", field="grainMarker")
-                last_grain_end = max(last_grain_end, _round_up(
-                    highest * SECTOR + GRAIN_MARKER.size + size, SECTOR))
-        # never grow the file here: a marker running past the end names bytes that are gone
-        last_grain_end = min(last_grain_end, _round_up(self.file.size(), SECTOR))
-        # old GT/GD sectors past this point are dropped: forget their addresses
-        for index in range(len(tables.gd)):
-            if tables.gd[index] * SECTOR >= last_grain_end:
-                tables.gd[index] = 0
-        self.file.truncate(last_grain_end)
+            tables.table(index)
         self._window = None
-        self.end = last_grain_end
+        size = self.file.size()
+        self.tail_at = _round_up(size, SECTOR)
+        self.durable_gd = None
+        if self.header.gd_offset != GD_AT_END and size >= STREAM_TAIL and \
+                self._is_tail(self.file.pread(STREAM_TAIL, size - STREAM_TAIL)):
+            self.tail_at = size - STREAM_TAIL
+            self.durable_gd = self.header.gd_offset
+        self.fill = self.end = self.tail_at
         self.stream_appending = True
-        self.stream_dirty = True
+        if self.durable_gd is None:
+            # no footer to keep (an unfinished stream, or a directory named by the
+            # header): write the tables and a footer as they are, before any grain
+            self.stream_dirty = True
+            self._stream_finish()
+
+    @staticmethod
+    def _is_tail(raw: bytes) -> bool:
+        _, marker_size, marker_type = MARKER.unpack_from(raw, 0)
+        _, eos_size, eos_type = MARKER.unpack_from(raw, 2 * SECTOR)
+        return (marker_size, marker_type, eos_size, eos_type) == (0, MARKER_FOOTER, 0,
+                                                                  MARKER_EOS) \
+            and raw[SECTOR:SECTOR + 4] == KDMV_MAGIC
+
+    def _tail_bytes(self, gd_sector: int) -> bytes:
+        """Footer marker, footer naming the directory at ``gd_sector``, end-of-stream."""
+        footer = _stream_header(self.header)
+        footer.gd_offset = gd_sector
+        return (MARKER.pack(1, 0, MARKER_FOOTER).ljust(SECTOR, b"\0") + footer.pack()
+                + MARKER.pack(0, 0, MARKER_EOS).ljust(SECTOR, b"\0"))
+
+    def _stream_append(self, payload: list[Any]) -> int:
+        """Write ``payload`` (whole sectors) at ``fill``, before the tail; returns where.
+
+        When it does not fit, the tail moves first (a durable copy further on), so
+        the payload never overwrites the only tail."""
+        at = self.fill
+        length = sum(len(b) for b in payload)
+        if at + length > self.tail_at:
+            self._move_tail(at + length)
+        _pwritev(self.file, payload, at)
+        self.fill = self.end = at + length
+        return at
+
+    def _move_tail(self, end: int) -> None:
+        """A durable copy of the tail past ``end`` and the reserve, page-aligned (the
+        page cache writes an append back page by page, so it is never torn)."""
+        assert self.durable_gd is not None
+        tail_at = _round_up(end + STREAM_RESERVE, PAGE)
+        self.file.pwrite(self._tail_bytes(self.durable_gd), tail_at)
+        self.file.sync()
+        self.tail_at = tail_at
 
     def _stream_write(self, rel: int, data: memoryview, below: ReadBelow) -> None:
         self._stream_begin()
@@ -1088,62 +1158,81 @@ class SparseExtent(Extent):
             return
         packed = _compress_many([c for _, c in contents])
         buffers: list[bytes] = []
-        updates: dict[int, int] = {}
-        host = self.end
+        offsets: dict[int, int] = {}   # grain -> offset in the payload
+        length = 0
         for (grain, _), blob in zip(contents, packed, strict=True):
             marker = GRAIN_MARKER.pack(grain * self.header.grain_sectors, len(blob))
             total = GRAIN_MARKER.size + len(blob)
             pad = _round_up(total, SECTOR) - total
             buffers += [marker, blob, bytes(pad)] if pad else [marker, blob]
-            updates[grain] = host // SECTOR
-            host += total + pad
-        _pwritev(self.file, buffers, self.end)
-        self.end = host
-        for grain, sector in updates.items():
+            offsets[grain] = length
+            length += total + pad
+        self._window = None
+        at = self._stream_append(buffers)
+        for grain, offset in offsets.items():
             index = grain // self.gtes
             table = self.tables.table(index)
             if table is None:
                 table = array("I", bytes(self.gtes * 4))
                 self.tables.adopt(index, table)
-            table[grain % self.gtes] = sector
+            table[grain % self.gtes] = (at + offset) // SECTOR
         self._grain_cache = None
-        self._window = None
         self.stream_dirty = True
 
     def _stream_finish(self) -> None:
-        """Write GTs, GD, footer and end-of-stream marker after the grains."""
+        """Write the GTs and GD at ``fill``, make them durable, then the tail naming them
+        right after, make it durable, and cut the file there."""
         if not self.stream_dirty:
             return
         tables, header = self.tables, self.header
         gt_span = _round_up(self.gtes * 4, SECTOR)
-        pos = self.end
-        buffers: list[bytes] = []
+        gd_span = _round_up(len(tables.gd) * 4, SECTOR)
+        used = [index for index in range(len(tables.gd))
+                if (table := tables.cache.get(index)) is not None and any(table)]
+        pos = self.fill
+        payload: list[bytes] = []
+        end = pos + len(used) * (SECTOR + gt_span) + SECTOR + gd_span
+        if end % PAGE > PAGE - STREAM_TAIL:   # the new tail inside one page: pad before
+            pad = PAGE - end % PAGE           # the tables (they end with GD, footer, EOS)
+            payload.append(_padding_marker(pad))
+            pos += pad
         gd = array("I", bytes(len(tables.gd) * 4))
-        for index in range(len(tables.gd)):
-            table = tables.cache.get(index)
-            if table is None or not any(table):
-                continue
-            buffers.append(MARKER.pack(gt_span // SECTOR, 0, MARKER_GT).ljust(SECTOR, b"\0"))
+        for index in used:
+            payload.append(MARKER.pack(gt_span // SECTOR, 0, MARKER_GT).ljust(SECTOR, b"\0"))
             pos += SECTOR
             gd[index] = pos // SECTOR
-            buffers.append(_table_bytes(table).ljust(gt_span, b"\0"))
+            payload.append(_table_bytes(tables.cache[index]).ljust(gt_span, b"\0"))
             pos += gt_span
-        tail = _stream_tail(header, gd, pos)
+        payload += [MARKER.pack(gd_span // SECTOR, 0, MARKER_GD).ljust(SECTOR, b"\0"),
+                    _table_bytes(gd).ljust(gd_span, b"\0")]
+        gd_sector = pos // SECTOR + 1
+        pos += SECTOR + gd_span
         self._window = None
-        _pwritev(self.file, buffers + tail, self.end)
-        self.file.truncate(pos + sum(len(b) for b in tail))
+        if self.durable_gd is None:   # nothing to keep: tables and tail in one go
+            _pwritev(self.file, [*payload, self._tail_bytes(gd_sector)], self.fill)
+        else:
+            self._stream_append(payload)
+            self.file.sync()          # the tables are durable before a tail names them
+            if pos + STREAM_TAIL > self.tail_at:   # it would overlap the old tail
+                self._move_tail(pos + STREAM_TAIL)
+            self.file.pwrite(self._tail_bytes(gd_sector), pos)
+            self.file.sync()          # the new tail is durable before the old one goes
+        self.file.truncate(pos + STREAM_TAIL)
+        self.fill = self.end = self.tail_at = pos
+        self.durable_gd = gd_sector
         if header.gd_offset != GD_AT_END:   # e.g. a stream qemu-img wrote: GD in the header
-            self.header = _stream_header(header)
-            self.file.pwrite(self.header.pack(), 0)
-        # the tables written here are cut off again by the next write
-        self.stream_appending = False
+            on_disk = SparseHeader.unpack(self.file.pread(SECTOR, 0), self.filename)
+            if on_disk.gd_offset != GD_AT_END:
+                self.file.sync()      # the footer is durable before the header defers to it
+                self.file.pwrite(_stream_header(header).pack(), 0)
         self.stream_dirty = False
         tables.gd = gd
-        self.tables.keep_all = False
 
     def flush(self) -> None:
         if self.compressed and self.writable_file:
             self._stream_finish()
+        elif self.writable_file:
+            self._publish_pending()
 
     def mark_in_use(self, in_use: bool) -> None:
         """Set or clear the header's ``uncleanShutdown`` byte (hosted extents only: a
@@ -1536,6 +1625,12 @@ def _stream_header(header: SparseHeader) -> SparseHeader:
     copy.rgd_offset = 0
     copy.flags &= ~FLAG_REDUNDANT_GT
     return copy
+
+
+def _padding_marker(length: int) -> bytes:
+    """``length`` bytes (whole sectors) a reader walking the markers skips: an empty GT
+    marker whose size covers them (zero sectors would read as an end-of-stream)."""
+    return MARKER.pack(length // SECTOR - 1, 0, MARKER_GT).ljust(length, b"\0")
 
 
 def _stream_tail(header: SparseHeader, gd: array[int], pos: int) -> list[bytes]:

@@ -32,7 +32,7 @@ Rules this driver follows beyond the letter of the spec:
   (65535/16/255) keeps ``current_size`` since CHS cannot describe it.
 * Allocation appends a block where the end footer was: first the footer at the
   new end of file and a barrier (fsync), then the block's data and bitmap over the
-  old footer; new bits and BAT entries are published once per request, after a
+  old footer; new bits and BAT entries are published at the next flush, after a
   barrier (in a dynamic disk one is needed only for new BAT entries: a clear bit
   reads zeros and the data area of a clear-bit sector is zero on disk; in a
   differencing disk a set bit over lost data would hide the parent's sector).
@@ -786,15 +786,12 @@ class VpcImage(Image):
         # a fixed VHD is raw: report the host file's holes as zeros
         yield from host_data_runs(self.file, offset, length)
 
-    # Every request publishes its new bitmap bits and BAT entries after its data, which
-    # keeps the order data -> bitmap -> BAT entry -> footer for the whole request.  In a
-    # differencing disk a set bit over data that never reached the disk would hide the
-    # parent's sector, so there a sync separates data from publishing; elsewhere a clear
-    # bit reads zeros and the data area of a clear-bit sector is zero on disk, so either
-    # order reads old or new data after a crash.  flush() publishes whatever is left.
-    def _end_change(self) -> None:
-        self._publish()
-
+    # A flush publishes the bitmap bits and BAT entries of every request since the last
+    # one, after their data: a barrier first when there are new BAT entries, or any bits
+    # in a differencing disk (a set bit over data that never reached the disk would hide
+    # the parent's sector); in a dynamic disk a clear bit reads zeros and the data area of
+    # a clear-bit sector is zero on disk, so either order reads old or new data.  Until
+    # then the in-memory BAT and bitmaps serve reads.
     def _flush_metadata(self) -> None:
         self._publish()
 
@@ -902,6 +899,7 @@ class VpcImage(Image):
             # freeing a differencing block would expose the parent: write zeros instead
             self.write_zeroes(offset, length)
             return
+        self._publish()  # entries on disk before any is freed
         end = offset + length
         freed_tail = False
         while offset < end:

@@ -16,8 +16,10 @@ Three models say which subsets a power cut can leave:
 * ``prefix``: the writes up to any syscall, none after (an ordered disk);
 * ``torn``: a prefix plus part of the next write, cut at a 512-byte sector
   boundary of the host file (the head persisted, or the tail).  Drives write a
-  sector atomically and the page cache hands whole blocks to them, so
-  byte-granular tears are not modelled;
+  sector atomically, so byte-granular tears are not modelled.  A write that
+  extends its file is cut at 4 KiB page boundaries only: the file system grows
+  the file as pages reach the disk (ext4 and XFS update the on-disk size after
+  the data of an append is written), so an append never leaves part of a page;
 * ``reorder``: a drive cache that reorders: everything each file held at its
   last completed fsync, plus ANY subset of the writes issued since (all subsets
   when few, a seeded sample when many).
@@ -45,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,8 @@ import disks
 from disks.hostfile import HostFile
 
 SECTOR = 512
+PAGE = 4096
+TMPFS = "/dev/shm"
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -275,12 +280,18 @@ def torn_states(rec: Recording, per_write: int | None) -> Iterator[CrashState]:
     """Every write of two or more host sectors, cut at sector boundaries inside it: the
     head persisted, or the tail.  ``per_write`` bounds the boundaries tried per write
     (first, last and an even spread); None tries them all."""
+    sizes = {name: len(data) for name, data in rec.base.items()}
     for index, op in enumerate(rec.journal):
+        size = sizes.get(op.name, 0)
+        if op.kind == "truncate":
+            sizes[op.name] = op.offset
         if op.kind != "write":
             continue
         end = op.offset + len(op.data)
-        first = (op.offset // SECTOR + 1) * SECTOR
-        bounds = list(range(first, end, SECTOR))
+        sizes[op.name] = max(size, end)
+        unit = PAGE if end > size else SECTOR
+        first = (op.offset // unit + 1) * unit
+        bounds = list(range(first, end, unit))
         if per_write is not None and len(bounds) > per_write:
             step = (len(bounds) - 1) / (per_write - 1)
             bounds = sorted({bounds[round(i * step)] for i in range(per_write)})
@@ -501,9 +512,9 @@ def _content_problems(rec: Recording, state: CrashState, content: bytes) -> list
 
 MODELS: dict[str, Callable[[Recording, bool], Iterator[CrashState]]] = {
     "prefix": lambda rec, full: prefix_states(rec),
-    "torn": lambda rec, full: torn_states(rec, None if full else 3),
-    "reorder": lambda rec, full: reorder_states(rec, 10 if full else 6,
-                                                2000 if full else 24),
+    "torn": lambda rec, full: torn_states(rec, None if full else 2),
+    "reorder": lambda rec, full: reorder_states(rec, 10 if full else 5,
+                                                2000 if full else 16),
 }
 
 
@@ -515,6 +526,27 @@ def run_variant(variant: Variant, work: Path, *, full: bool = False,
     Returns, per model, the number of states tried and the failures found.
     ``qemu_every`` runs the qemu oracle on every n-th state of a model only.
     """
+    with _scratch(work) as scratch:
+        return _run(variant, scratch, full=full, models=models, qemu=qemu,
+                    qemu_every=qemu_every)
+
+
+@contextmanager
+def _scratch(work: Path) -> Iterator[Path]:
+    """A folder in memory (tmpfs) when the host has one: the states are rewritten and
+    fsynced hundreds of times, which on a disk costs more than all the checking."""
+    if os.path.isdir(TMPFS) and os.access(TMPFS, os.W_OK):
+        folder = Path(tempfile.mkdtemp(prefix="emu-crash-", dir=TMPFS))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        yield work
+
+
+def _run(variant: Variant, work: Path, *, full: bool, models: Sequence[str], qemu: bool,
+         qemu_every: int) -> dict[str, tuple[int, list[str]]]:
     rec = record(variant, work / "recorded")
     results: dict[str, tuple[int, list[str]]] = {}
     seen: set[tuple[tuple[str, int, int, int], ...]] = set()

@@ -317,6 +317,7 @@ def test_allocation_writes_data_and_count_then_a_barrier_then_the_map_entry(
         img.file.close()
         img.file = recording
         img.write(2 * MiB + 100, b"\x42" * 200)
+        img.flush()                             # map entries wait for the flush
         log = list(recording.log)
     data_at = [i for i, (_, off, _n) in enumerate(log) if off >= header.offset_data]
     map_at = [i for i, (_, off, n) in enumerate(log)

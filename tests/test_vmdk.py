@@ -606,9 +606,10 @@ def test_crash_at_any_point_of_an_allocation_leaves_a_consistent_image(
         image._bump_cid()
         log.clear()
         image.write(40 * MiB + 100, b"\x42" * 200)
+        image.flush()                      # the GD entry waits for the flush
         steps = list(log)
     monkeypatch.undo()
-    assert len(steps) >= 4                 # grain, new GT + RGT, GD entry, RGD entry
+    assert len(steps) >= 3                 # grain, new GT + RGT, RGD entry; GD entry
     for cut in range(len(steps) + 1):
         crashed = bytearray(original)
         for offset, chunk in steps[:cut]:
