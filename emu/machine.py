@@ -129,6 +129,7 @@ from disks import Image as DiskImage
 from . import x86
 from .clock import NS_PER_INSTRUCTION, NS_PER_PORT_ACCESS, VirtualClock
 from .console import CharBackend, open_backend
+from .debugger import Conditions, Debugger, Pause, PortHook
 from .fastuc import FastUc
 from .portbus import MASKS as PORT_MASKS
 from .portbus import PortBus
@@ -372,7 +373,8 @@ class Machine:
                  debugcon: str = "null", snapshot: bool = False, timeout: float | None = None,
                  trace: str | Path | None = None, reboot: bool = False,
                  max_instructions: int | None = None,
-                 rtc_start: Any = DEFAULT_START, serial_input: bytes = b"") -> None:
+                 rtc_start: Any = DEFAULT_START, serial_input: bytes = b"",
+                 gdb: str | None = None, start_stopped: bool = False) -> None:
         self.ram_size = parse_memory_size(memory)
         self.bios = load_bios(bios)
         self.timeout = timeout
@@ -406,6 +408,8 @@ class Machine:
         self.pending_serial_input = bytearray(serial_input)
         self.trace_path = Path(trace) if trace is not None else None
         self.tracer: Any = None
+        self.debugger: Debugger | None = None  # see emu.debugger: only when asked for
+        self._final: RunResult | None = None
         self.serial_backend: CharBackend = open_backend(serial, interactive=True)
         self.debugcon_backend: CharBackend = open_backend(debugcon)
         try:
@@ -415,6 +419,8 @@ class Machine:
             self._build_devices()
             self._install_hooks()
             self._power_on()
+            if gdb is not None or start_stopped:
+                self._attach_debugger(gdb, start_stopped)
         except BaseException:
             self.close()
             raise
@@ -883,13 +889,157 @@ class Machine:
         if self.bus.tracer is not None:
             self.bus.tracer(kind, port, size, items)
 
+    # --- in-process debugging API (tests drive the machine with these) ----------------
+    def debug(self) -> Debugger:
+        """The machine's debugger, made on first use (no cost until then)."""
+        if self.debugger is None:
+            self.debugger = Debugger(self)
+        return self.debugger
+
+    def _attach_debugger(self, gdb: str | None, start_stopped: bool) -> None:
+        debugger = self.debug()
+        if gdb is not None:
+            from .gdbstub import GdbEndpointError, GdbStub
+            try:
+                stub = GdbStub(gdb)
+            except GdbEndpointError as error:
+                raise MachineConfigError(str(error)) from None
+            self.gdb_stub = stub
+            debugger.front_end = stub
+            stub.announce()
+        if start_stopped:
+            debugger.pending = Pause("start", "started stopped (-S)")
+
+    @property
+    def result(self) -> RunResult | None:
+        """How the machine ended, once it has (None while it can still run)."""
+        if self._final is None and self._stop is not None:
+            self._final = self._result()
+        return self._final
+
+    def run_until(self, *, breakpoint: int | Sequence[int] | None = None,
+                  port: int | Sequence[int] | None = None,
+                  port_kinds: Sequence[str] = ("in", "out", "ins", "outs"),
+                  serial: str | bytes | None = None, instructions: int | None = None,
+                  virtual_ns: int | None = None) -> Pause:
+        """Run until the first of: the machine stops (``Pause.reason == "exit"``, with
+        ``.result``), PC reaches a ``breakpoint`` (linear address), an access to
+        ``port`` completes, COM1 prints ``serial`` (checked between slices),
+        ``instructions`` more instructions ran, virtual time reaches ``virtual_ns``
+        (checked between slices), or a breakpoint/watchpoint set earlier is hit."""
+        debugger = self.debug()
+        if self._stop is not None:
+            return Pause("exit", self._stop.detail, result=self.result)
+        text = serial.encode("latin-1") if isinstance(serial, str) else serial
+        conditions = debugger.conditions = Conditions(
+            instructions=None if instructions is None else self.instructions + instructions,
+            virtual_ns=virtual_ns, serial=text, serial_from=len(self.com1.transcript))
+        addresses = [] if breakpoint is None else \
+            [breakpoint] if isinstance(breakpoint, int) else list(breakpoint)
+        temporary = [a for a in addresses if a & 0xFFFF_FFFF not in debugger.breakpoints]
+        for address in temporary:
+            debugger.add_breakpoint(address, temporary=True)
+        if port is not None:
+            debugger.watch_ports([port] if isinstance(port, int) else port, port_kinds)
+        debugger.resuming = debugger.resuming or self._paused_here()
+        try:
+            self._run_slices()
+        finally:
+            debugger.conditions = None
+            debugger.unwatch_ports()
+            for address in temporary:
+                debugger.remove_breakpoint(address)
+        if self._stop is not None:
+            debugger.pending = None
+            return Pause("exit", self._stop.detail, result=self.result)
+        pause, debugger.pending = debugger.pending, None
+        assert pause is not None and conditions is not None
+        self._last_pause_pc = self.debug()._pc()
+        return pause
+
+    def _paused_here(self) -> bool:
+        return getattr(self, "_last_pause_pc", None) == self.debug()._pc()
+
+    def step(self, count: int = 1) -> Pause:
+        """Execute ``count`` instructions (interrupts are not delivered in between)."""
+        self.debug().request_step(count)
+        return self.run_until()
+
+    def add_breakpoint(self, linear: int) -> None:
+        self.debug().add_breakpoint(linear)
+
+    def remove_breakpoint(self, linear: int) -> bool:
+        return self.debug().remove_breakpoint(linear)
+
+    def add_watchpoint(self, linear: int, length: int = 1, kind: str = "w") -> None:
+        """Pause after an instruction that writes (``w``), reads (``r``) or accesses
+        (``a``) ``[linear, linear + length)``."""
+        self.debug().add_watchpoint(linear, length, kind)
+
+    def remove_watchpoint(self, linear: int, length: int = 1, kind: str = "w") -> bool:
+        return self.debug().remove_watchpoint(linear, length, kind)
+
+    def read_memory(self, address: int, length: int, *, physical: bool = False) -> bytes:
+        """Guest memory at a linear (through the page tables) or physical address."""
+        return self.debug().read_memory(address, length, physical=physical)
+
+    def write_memory(self, address: int, data: bytes, *, physical: bool = False) -> None:
+        self.debug().write_memory(address, bytes(data), physical=physical)
+
+    def registers(self) -> dict[str, int]:
+        """General, EIP, EFLAGS, segment selectors and CR0-CR4 by (gdb's) name."""
+        from .debugger import REGISTERS
+        return {name: self.debug().read_register(name) for name in REGISTERS}
+
+    def read_register(self, name: str) -> int:
+        return self.debug().read_register(name)
+
+    def write_register(self, name: str, value: int) -> None:
+        self.debug().write_register(name, value)
+
+    def hook_port(self, port: int,
+                  read: Callable[[int, int], int | None] | None = None,
+                  write: Callable[[int, int, int], bool | None] | None = None) -> PortHook:
+        """Put a test's handler in front of ``port``: ``read(port, size)`` returns the
+        value or None (the device answers); ``write(port, size, value)`` returns True
+        when it consumed the write (else the device gets it too)."""
+        hook = PortHook(port, read, write, self.bus.owner(port, 1))
+        self.bus.intercept(port, hook)
+        self._forget_port_classes()
+        return hook
+
+    @property
+    def drives(self) -> dict[tuple[int, int], DiskImage]:
+        """Each IDE drive's image by (bus, unit): the ``disks.Image`` the drive uses."""
+        return {(bus, unit): image for bus, unit, image in self.images}
+
+    def drive(self, bus: int, unit: int) -> DiskImage | None:
+        return self.drives.get((bus, unit))
+
+    def system_reset(self) -> None:
+        """Reset the CPU and devices now (the monitor's ``system_reset``); call it
+        between runs, not from a hook."""
+        self._reboot()
+
     # --- the run loop -----------------------------------------------------------
     def run(self) -> RunResult:
-        self.wall_start = time.monotonic()
-        self.deadline = None if self.timeout is None else self.wall_start + self.timeout
+        self._run_slices()
+        result = self._final = self._result()
+        if self.debugger is not None:
+            self.debugger.finished(result)
+        return result
+
+    def _run_slices(self) -> None:
+        """Run until the machine stops or the debugger pauses it (see emu.debugger)."""
+        if not self.wall_start:
+            self.wall_start = time.monotonic()
+            self.deadline = None if self.timeout is None else self.wall_start + self.timeout
         uc = self.uc
         try:
             while self._stop is None:
+                debugger = self.debugger
+                if debugger is not None and debugger.at_boundary():
+                    break
                 if self._timed_out():
                     break
                 if self.max_instructions is not None and self.instructions >= self.max_instructions:
@@ -905,6 +1055,8 @@ class Machine:
                 budget = SLICE_INSTRUCTIONS
                 if self.max_instructions is not None:
                     budget = max(1, min(budget, self.max_instructions - self.instructions))
+                if debugger is not None:
+                    budget = debugger.slice_budget(budget)
                 try:
                     uc.emu_start(uc.reg_read(X.UC_X86_REG_EIP), NEVER, 0, budget)
                 except UcError as error:
@@ -913,6 +1065,8 @@ class Machine:
                     continue
                 if self._stop is not None:
                     break
+                if debugger is not None and debugger.after_slice():
+                    continue  # stopped by the debugger: the PC stays where it stopped
                 if self.reboot_requested is not None:
                     self.reboot_requested = None
                     self._reboot()
@@ -929,7 +1083,6 @@ class Machine:
                 self._service_interrupts(halted, pc)
         except Exception:
             self._request_stop(StopReason.INTERNAL_ERROR, traceback.format_exc())
-        return self._result()
 
     def _halted(self, pc: int) -> bool:
         """Did the slice end at a HLT?  (see module docstring)"""

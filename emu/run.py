@@ -51,7 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trace", metavar="FILE", help="write an instruction and port trace")
     parser.add_argument("--reboot", action="store_true",
                         help="on guest reset or triple fault, restart instead of exiting")
+    add_debug_options(parser)
     return parser
+
+
+def add_debug_options(parser: argparse.ArgumentParser) -> None:
+    """The debugger's options (QEMU's spellings): gdb stub and start-stopped."""
+    group = parser.add_argument_group("debugging")
+    group.add_argument("--gdb", "-gdb", metavar="tcp::PORT", dest="gdb",
+                       help="gdb remote stub on tcp:[HOST]:PORT (HOST defaults to 127.0.0.1)")
+    group.add_argument("-s", dest="gdb", action="store_const", const="tcp::1234",
+                       help="shorthand for --gdb tcp::1234")
+    group.add_argument("-S", dest="start_stopped", action="store_true",
+                       help="do not start the CPU until gdb (or the monitor's cont) says so")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             machine = Machine(bios=args.bios, memory=args.memory, disks=disks,
                               serial=args.serial, debugcon=args.debugcon,
                               snapshot=args.snapshot, timeout=args.timeout, trace=args.trace,
-                              reboot=args.reboot, max_instructions=args.max_instructions)
+                              reboot=args.reboot, max_instructions=args.max_instructions,
+                              gdb=args.gdb, start_stopped=args.start_stopped)
         except (MachineConfigError, ChardevError) as error:
             print(f"emu run: {error}", file=sys.stderr)
             return SETUP_ERROR
