@@ -33,6 +33,11 @@ but leaves EIP on the instruction), so the hook only records the hit and a code
 hook over all addresses -- present only while a watchpoint exists -- stops
 before the *next* instruction, where gdb and QEMU report a watchpoint.
 
+Unicorn passes memory hooks the *physical* address once paging is on, so a
+watchpoint's linear range is translated through the page tables when it is set
+(a later remap of those pages is not followed) and hits are reported back as
+linear addresses.
+
 **Addresses.**  Everything a user names is a linear address.  Memory is read
 through the page tables when CR0.PG is set (:func:`linear_to_physical`), then
 from RAM or the ROM.
@@ -135,7 +140,7 @@ class _Watch:
     address: int
     length: int
     kind: str
-    hook: int
+    hooks: list[int]      # one memory hook per physical piece
 
 
 @dataclass
@@ -285,9 +290,15 @@ class Debugger:
     def add_watchpoint(self, linear: int, length: int, kind: str = "w") -> None:
         if kind not in WATCH_KINDS or length < 1:
             raise DebugError(f"bad watchpoint {kind!r} of {length} bytes")
-        hook = self.uc.hook_add(WATCH_KINDS[kind], self._on_memory, kind,
-                                linear, linear + length - 1)
-        self.watches.append(_Watch(linear, length, kind, hook))
+        # Unicorn hands memory hooks the *physical* address when paging is on: hook the
+        # physical pieces of the range as the page tables map it now.
+        hooks = []
+        for start, chunk in self._pages(linear, length):
+            physical = linear_to_physical(self.uc, start)
+            where = start if physical is None else physical
+            hooks.append(self.uc.hook_add(WATCH_KINDS[kind], self._on_memory,
+                                          (kind, start - where), where, where + chunk - 1))
+        self.watches.append(_Watch(linear, length, kind, hooks))
         if self.watch_stopper is None:
             self.watch_stopper = self.uc.hook_add(UC_HOOK_CODE, self._on_instruction_watch,
                                                   None, 1, 0)
@@ -296,7 +307,8 @@ class Debugger:
     def remove_watchpoint(self, linear: int, length: int, kind: str = "w") -> bool:
         for watch in self.watches:
             if (watch.address, watch.length, watch.kind) == (linear, length, kind):
-                self.uc.hook_del(watch.hook)
+                for hook in watch.hooks:
+                    self.uc.hook_del(hook)
                 self.watches.remove(watch)
                 break
         else:
@@ -402,9 +414,10 @@ class Debugger:
         uc.emu_stop()
 
     def _on_memory(self, uc: Any, access: int, address: int, size: int, value: int,
-                   kind: str) -> None:
+                   piece: tuple[str, int]) -> None:
         if self.watch_hit is None:
-            self.watch_hit = (address, kind)
+            kind, to_linear = piece
+            self.watch_hit = ((address + to_linear) & 0xFFFF_FFFF, kind)
 
     def _on_instruction_watch(self, uc: Any, address: int, size: int, _: Any) -> None:
         hit = self.watch_hit

@@ -201,6 +201,8 @@ class GdbStub:
     def poll(self, debugger: Debugger) -> None:
         if self.connection is None:
             self._accept(block=False)
+            if self.connection is not None:  # gdb attached to a running guest: stop it
+                debugger.pending = Pause("attach", "gdb attached", address=debugger._pc())
             return
         readable, _, _ = select.select([self.connection], [], [], 0)
         if readable:
@@ -215,7 +217,7 @@ class GdbStub:
         if self.connection is None:
             self.announce()
             self._accept(block=True)
-        elif pause.reason != "start":
+        elif pause.reason not in ("start", "attach"):  # gdb asks with '?' 
             self._send(self._stop_reply(pause))
         self.last_pause = pause
         while self.connection is not None:
