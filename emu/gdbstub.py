@@ -217,7 +217,7 @@ class GdbStub:
         if self.connection is None:
             self.announce()
             self._accept(block=True)
-        elif pause.reason not in ("start", "attach"):  # gdb asks with '?' 
+        elif pause.reason not in ("start", "attach"):  # gdb asks with '?'
             self._send(self._stop_reply(pause))
         self.last_pause = pause
         while self.connection is not None:
