@@ -243,6 +243,12 @@ class Debugger:
             machine.clock.advance(NS_PER_INSTRUCTION)
             if self.event is None and not self.stepping:
                 self.event = Pause("step", address=self._pc())
+        if self.event is not None and self.event.reason == "serial-check":
+            self.event = None
+            found = self._condition_met()
+            if found is None:
+                return False  # not yet: an ordinary slice end (as one cut by an IRQ)
+            self.event = found
         if self.event is None:
             return False
         if machine._stop is not None:
@@ -326,7 +332,8 @@ class Debugger:
             self.remove_watchpoint(watch.address, watch.length, watch.kind)
 
     def watch_ports(self, ports: Iterable[int], kinds: Iterable[str]) -> None:
-        """Pause right after an access to one of ``ports`` (the bus tracer is chained)."""
+        """Pause right after an access to one of ``ports`` (the bus tracer is chained);
+        with a serial condition, COM1's transmitter is watched the same way."""
         assert self.conditions is not None
         self.conditions.ports = frozenset(ports)
         self.conditions.port_kinds = frozenset(kinds)
@@ -434,9 +441,16 @@ class Debugger:
         if self.port_tracer_saved is not None:
             self.port_tracer_saved(kind, port, size, value)
         conditions = self.conditions
-        if conditions is not None and port in conditions.ports and \
-                kind in conditions.port_kinds and self.event is None:
+        if conditions is None or self.event is not None:
+            return
+        if port in conditions.ports and kind in conditions.port_kinds:
             self.event = Pause("port", f"{kind} {port:#x}/{size}={value:#x}", address=port)
+            self.uc.emu_stop()
+        elif conditions.serial is not None and port == self.machine.com1.base and \
+                kind.startswith("out"):
+            # The transcript grows after the tracer saw the access: decide at the
+            # next slice boundary, which this stop makes immediate.
+            self.event = Pause("serial-check")
             self.uc.emu_stop()
 
     def _condition_met(self) -> Pause | None:

@@ -924,7 +924,7 @@ class Machine:
                   virtual_ns: int | None = None) -> Pause:
         """Run until the first of: the machine stops (``Pause.reason == "exit"``, with
         ``.result``), PC reaches a ``breakpoint`` (linear address), an access to
-        ``port`` completes, COM1 prints ``serial`` (checked between slices),
+        ``port`` completes, COM1 has printed ``serial`` (from now on),
         ``instructions`` more instructions ran, virtual time reaches ``virtual_ns``
         (checked between slices), or a breakpoint/watchpoint set earlier is hit."""
         debugger = self.debug()
@@ -939,8 +939,9 @@ class Machine:
         temporary = [a for a in addresses if a & 0xFFFF_FFFF not in debugger.breakpoints]
         for address in temporary:
             debugger.add_breakpoint(address, temporary=True)
-        if port is not None:
-            debugger.watch_ports([port] if isinstance(port, int) else port, port_kinds)
+        if port is not None or text is not None:
+            debugger.watch_ports([] if port is None else [port] if isinstance(port, int)
+                                 else port, port_kinds)
         debugger.resuming = debugger.resuming or self._paused_here()
         try:
             self._run_slices()
