@@ -85,7 +85,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unicorn import (
     UC_ARCH_X86,
@@ -130,6 +130,9 @@ from . import x86
 from .clock import NS_PER_INSTRUCTION, NS_PER_PORT_ACCESS, VirtualClock
 from .console import CharBackend, open_backend
 from .debugger import Conditions, Debugger, Pause, PortHook
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
 from .fastuc import FastUc
 from .portbus import MASKS as PORT_MASKS
 from .portbus import PortBus
@@ -409,9 +412,11 @@ class Machine:
         self.trace_path = Path(trace) if trace is not None else None
         self.tracer: Any = None
         self.debugger: Debugger | None = None  # see emu.debugger: only when asked for
+        self._monitor: Monitor | None = None
         self._final: RunResult | None = None
         self.serial_backend: CharBackend = open_backend(serial, interactive=True)
         self.debugcon_backend: CharBackend = open_backend(debugcon)
+        self.serial_backend.monitor_handler = self._monitor_line
         try:
             self._open_disks()
             self.uc = self._make_cpu()
@@ -475,7 +480,8 @@ class Machine:
         self.pit = Pit(clock, pic.irq_line(0))
         self.port_b = SystemControlPortB(self.pit)
         self.cmos = Cmos(clock, pic.irq_line(8), start=self.rtc_start)
-        self.com1 = Uart16550(COM1[0], pic.irq_line(COM1[1]), self.serial_backend.write)
+        self.com1 = Uart16550(COM1[0], pic.irq_line(COM1[1]), self.serial_backend.write,
+                              self._serial_refill)
         self.com2 = Uart16550(COM2[0], pic.irq_line(COM2[1]))
         self.debug_exit = DebugExit(self._on_debug_exit)
         self.debugcon = DebugConsole(self.debugcon_backend.write)
@@ -907,8 +913,17 @@ class Machine:
             self.gdb_stub = stub
             debugger.front_end = stub
             stub.announce()
+        elif start_stopped and self.serial_backend.interactive:
+            debugger.front_end = self.monitor()  # its 'cont' starts the CPU
         if start_stopped:
             debugger.pending = Pause("start", "started stopped (-S)")
+
+    def monitor(self) -> Monitor:
+        """The console's monitor (Ctrl-A c), made on first use."""
+        if self._monitor is None:
+            from .monitor import Monitor
+            self._monitor = Monitor(self, self.serial_backend.write)
+        return self._monitor
 
     @property
     def result(self) -> RunResult | None:
@@ -1024,7 +1039,13 @@ class Machine:
 
     # --- the run loop -----------------------------------------------------------
     def run(self) -> RunResult:
+        """Run to the end.  Pauses nobody holds (breakpoints without gdb or the
+        monitor) are passed over: only :meth:`run_until` returns at them."""
         self._run_slices()
+        while self._stop is None and self.debugger is not None and \
+                self.debugger.pending is not None:
+            self.debugger.pending = None
+            self._run_slices()
         result = self._final = self._result()
         if self.debugger is not None:
             self.debugger.finished(result)
@@ -1047,8 +1068,8 @@ class Machine:
                     self._request_stop(StopReason.INSTRUCTION_BUDGET,
                                        f"{self.instructions} instructions executed")
                     break
-                if self.slices % INPUT_POLL_SLICES == 0:
-                    self._poll_input()
+                if self.slices % INPUT_POLL_SLICES == 0 or self.serial_backend.interactive:
+                    self._poll_input()  # a terminal every slice: keys must not wait
                     if self._stop is not None:
                         break
                 self.slices += 1
@@ -1209,14 +1230,29 @@ class Machine:
         return False
 
     def _poll_input(self) -> None:
-        typed = self.serial_backend.read_input()
-        if self.serial_backend.quit_requested:
+        backend = self.serial_backend
+        typed = backend.read_input()
+        if backend.quit_requested:
             self._request_stop(StopReason.USER_QUIT, "Ctrl-A x pressed")
             return
         self.pending_serial_input += typed
         if self.pending_serial_input:
             taken = self.com1.feed(bytes(self.pending_serial_input))
             del self.pending_serial_input[:taken]
+
+    def _monitor_line(self, line: str) -> None:
+        """A command typed at the console's monitor (Ctrl-A c)."""
+        output = self.monitor().execute(line)
+        self.serial_backend.write(output.replace("\n", "\r\n").encode("latin-1", "replace"))
+
+    def _serial_refill(self, space: int) -> bytes:
+        """COM1's receiver has room again (the guest read RBR): the next queued bytes."""
+        pending = self.pending_serial_input
+        if not pending or space <= 0:
+            return b""
+        taken = bytes(pending[:space])
+        del pending[:space]
+        return taken
 
     def feed_serial(self, data: bytes) -> None:
         """Queue bytes for COM1's receiver (as if typed at the terminal)."""

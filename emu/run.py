@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         except (MachineConfigError, ChardevError) as error:
             print(f"emu run: {error}", file=sys.stderr)
             return SETUP_ERROR
+        if args.start_stopped and (machine.debugger is None or
+                                   machine.debugger.front_end is None):
+            machine.close()
+            print("emu run: -S needs --gdb (or the monitor: --serial stdio on a terminal) "
+                  "to start the CPU", file=sys.stderr)
+            return USAGE_ERROR
         with machine:
             result = machine.run()
         if result.report:
