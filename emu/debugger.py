@@ -154,9 +154,9 @@ class _PortHit:
 def linear_to_physical(uc: Any, linear: int) -> int | None:
     """Walk the 32-bit page tables (4 KiB pages, 4 MiB pages under CR4.PSE); None when
     not present.  Identity when paging is off.  (PAE is not modelled by the machine.)"""
-    walk = getattr(x86, "linear_to_physical", None)
-    if walk is not None:  # the CPU model's own walk, when it has one
-        return walk(uc, linear)  # type: ignore[no-any-return]
+    walk = getattr(x86, "walk", None)
+    if walk is not None:  # the CPU model's own walk (no checks, no A/D updates)
+        return walk(uc, linear).physical  # type: ignore[no-any-return]
     cr0 = uc.reg_read(X.UC_X86_REG_CR0)
     if not cr0 & x86.CR0_PG:
         return linear & 0xFFFF_FFFF

@@ -1025,12 +1025,12 @@ class Machine:
         return hook
 
     @property
-    def drives(self) -> dict[tuple[int, int], DiskImage]:
+    def drive_images(self) -> dict[tuple[int, int], DiskImage]:
         """Each IDE drive's image by (bus, unit): the ``disks.Image`` the drive uses."""
         return {(bus, unit): image for bus, unit, image in self.images}
 
-    def drive(self, bus: int, unit: int) -> DiskImage | None:
-        return self.drives.get((bus, unit))
+    def drive_image(self, bus: int, unit: int) -> DiskImage | None:
+        return self.drive_images.get((bus, unit))
 
     def system_reset(self) -> None:
         """Reset the CPU and devices now (the monitor's ``system_reset``); call it

@@ -21,7 +21,7 @@ gets these fixtures:
     images, closed when the test ends: ``pc = emu_pc(image)``, then
     ``pc.run_until(breakpoint=0x7C00)``, ``pc.step()``, ``pc.read_memory(...)``,
     ``pc.registers()``, ``pc.write_register("eax", 1)``, ``pc.hook_port(...)``,
-    ``pc.drive(0, 0)`` (the drive's ``disks.Image``), ``pc.run()``.  Faster than a
+    ``pc.drive_image(0, 0)`` (the drive's ``disks.Image``), ``pc.run()``.  Faster than a
     subprocess and lets a test look inside; a guest that wedges the emulator costs the
     session, so give such guests ``max_instructions=``/``timeout=``.
 ``nasm``

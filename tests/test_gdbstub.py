@@ -49,6 +49,11 @@ continue
 p/x $eip
 p/x $ax
 delete
+rwatch *(short*)0x600
+continue
+p/x $eip
+p/x $dx
+delete
 continue
 """
 
@@ -138,6 +143,7 @@ def test_real_mode_session_matches_qemu(nasm, tmp_path: Path) -> None:
     assert "Breakpoint 1, 0x00007c00 in ?? ()" in ours
     assert "$5 = 0x1234" in ours and "$7 = 0xabcd" in ours and "$8 = 0x5678" in ours
     assert "New value = 4660" in ours and "$9 = 0x7c0a" in ours
+    assert "Value = 66" in ours and "$11 = 0x7c0e" in ours and "$12 = 0x42" in ours
     # The guest read the 0x42 gdb stored at 0x600 and wrote it to the debug-exit port.
     assert our_status == 0x42 and their_status == (0x42 << 1) | 1
     assert "exited with code 0102" in ours
@@ -155,7 +161,7 @@ def paged_script(boot: bytes) -> str:
     return f"""
 break *0x7c00
 continue
-break *{high:#x}
+hbreak *{high:#x}
 continue
 p/x $eip
 p/x $cs
@@ -182,7 +188,7 @@ def test_paged_protected_mode_session_matches_qemu(nasm, tmp_path: Path) -> None
     ours, our_status = emu_session(disk, script, tmp_path)
     theirs, their_status = qemu_session(disk, script, tmp_path)
     assert answers(ours) == answers(theirs), ours + "\n----- qemu -----\n" + theirs
-    assert "Breakpoint 2, 0x8000" in ours          # a breakpoint on a paged linear address
+    assert "Breakpoint 2, 0x8000" in ours          # hbreak (Z1) on a paged linear address
     assert "$3 = 0xe0000011" in ours               # PG CD NW ET PE
     assert "New value = 286331153" in ours         # 0x11111111 through the high mapping
     assert "$6 = 0x11111111" in ours               # read back through the identity map

@@ -3,7 +3,13 @@ look at and change its registers, memory, ports and disks (the ``emu_pc`` fixtur
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from conftest import ROOT
 from debug_guests import BOOT_SECTOR, PAGED_GUEST
 
 import disks
@@ -121,9 +127,9 @@ def test_drives_are_the_images(disk_image, emu_pc, nasm) -> None:
     first = disk_image("vdi", "2M", content={0: nasm.boot_sector(BOOT_SECTOR)})
     second = disk_image("vhdx", "4M", content={512: b"second"})
     pc = emu_pc(first, None, second)
-    assert set(pc.drives) == {(0, 0), (1, 0)}
-    assert pc.drive(0, 1) is None
-    image = pc.drive(1, 0)
+    assert set(pc.drive_images) == {(0, 0), (1, 0)}
+    assert pc.drive_image(0, 1) is None
+    image = pc.drive_image(1, 0)
     assert isinstance(image, disks.Image) and image.size == 4 << 20
     assert image.read(512, 6) == b"second"
 
@@ -144,3 +150,17 @@ def test_start_stopped_and_reset(boot) -> None:
     pc.system_reset()
     assert (pc.read_register("cs"), pc.read_register("eip")) == (0xF000, 0xFFF0)
     assert pc.run_until(breakpoint=0x7C00).reason == "breakpoint"
+
+
+def test_readme_example_runs(tmp_path: Path) -> None:
+    """The README's ``emu_pc`` example, taken from the README and run by plain pytest."""
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"```python\n(def test_boot_sector_under_the_microscope.*?)```",
+                        readme, re.S)
+    assert example is not None
+    (tmp_path / "test_example.py").write_text(example.group(1))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:randomly", "test_example.py"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
