@@ -214,6 +214,12 @@ class GdbStub:
                 debugger.interrupt("gdb interrupt (Ctrl-C)")
 
     def paused(self, debugger: Debugger, pause: Pause) -> None:
+        try:
+            self._hold(debugger, pause)
+        except OSError:  # gdb went away mid-conversation: the guest runs on
+            self._disconnected(debugger)
+
+    def _hold(self, debugger: Debugger, pause: Pause) -> None:
         if self.connection is None:
             self.announce()
             self._accept(block=True)
@@ -280,10 +286,25 @@ class GdbStub:
         if not data:
             return False
         if INTERRUPT_BYTE in data:
-            self.interrupt_seen = True
-            data = data.replace(bytes((INTERRUPT_BYTE,)), b"")
+            data = self._take_interrupts(data)
         self.buffer += data
         return True
+
+    def _take_interrupts(self, data: bytes) -> bytes:
+        """Drop 0x03 bytes that arrive between packets (gdb's Ctrl-C); inside a packet
+        (an X packet's binary data) 0x03 is data."""
+        kept = bytearray()
+        inside = self.buffer.rfind(b"$") > self.buffer.rfind(b"#")
+        for byte in data:
+            if byte == INTERRUPT_BYTE and not inside:
+                self.interrupt_seen = True
+                continue
+            if byte == 0x24:   # '$'
+                inside = True
+            elif byte == 0x23:  # '#'
+                inside = False
+            kept.append(byte)
+        return bytes(kept)
 
     def _next_packet(self) -> bytes | None:
         """The next well-formed packet (acknowledged); None when the connection closed."""

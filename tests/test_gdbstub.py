@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,72 @@ def test_bad_gdb_endpoint_is_one_line(value: str) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "--gdb" in done.stderr
+
+
+class Wire:
+    """A hand-written gdb client: raw remote-protocol packets over the socket."""
+
+    def __init__(self, port: int) -> None:
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    def send(self, payload: bytes) -> None:
+        self.socket.sendall(b"$" + payload + b"#%02x" % (sum(payload) & 0xFF))
+
+    def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            data = self.socket.recv(65536)
+            assert data, "connection closed"
+            self.buffer += data
+        head, _, self.buffer = self.buffer.partition(marker)
+        return head
+
+    def reply(self) -> str:
+        self.read_until(b"$")
+        payload = self.read_until(b"#")
+        self.read_until(self.buffer[:2]) if len(self.buffer) >= 2 else None
+        self.buffer = self.buffer[2:] if len(self.buffer) >= 2 else self.buffer
+        return payload.decode("latin-1")
+
+    def ask(self, payload: str) -> str:
+        self.send(payload.encode("latin-1"))
+        return self.reply()
+
+
+def test_protocol_edges(boot_machine) -> None:
+    from emu.gdbstub import REGISTERS
+    pc = boot_machine(gdb="tcp::0", start_stopped=True)
+    runner = threading.Thread(target=pc.run)
+    runner.start()
+    wire = Wire(pc.gdb_stub.port)
+    try:
+        assert "qXfer:features:read+" in wire.ask("qSupported:multiprocess+;xmlRegisters=i386")
+        wire.socket.sendall(b"$g#00")                       # bad checksum: NAK, no reply
+        assert wire.read_until(b"-").strip(b"+") == b""
+        assert wire.ask("?") == "T05thread:01;"
+        description = wire.ask("qXfer:features:read:target.xml:0,40")
+        assert description.startswith("m<?xml")
+        total = sum(register.bits for register in REGISTERS) // 4
+        assert len(wire.ask("g")) == total
+        assert wire.ask("P0=78563412") == "OK" and wire.ask("p0") == "78563412"
+        assert wire.ask(f"p{len(REGISTERS):x}") == "E00"
+        assert wire.ask("M500,2:abcd") == "OK" and wire.ask("m500,2") == "abcd"
+        assert wire.ask("X502,2:" + "}\x03}\x5d") == "OK"     # escaped binary: 0x23 0x7d
+        assert wire.ask("m502,2") == "237d"
+        assert wire.ask("m40000000,4") == "E14"             # nothing mapped there
+        assert wire.ask("mzz,4") == "E01"
+        assert wire.ask("vFrobnicate") == "" and wire.ask("Z9,0,1") == ""
+        wire.send(b"k")
+    finally:
+        wire.socket.close()
+        runner.join(timeout=TIMEOUT)   # killed (or, on a failure above, gdb gone: it ends)
+    assert pc.result is not None and pc.result.exit_code == 123
+
+
+@pytest.fixture
+def boot_machine(nasm, disk_image, emu_pc):
+    def make(**options):
+        image = disk_image("raw", "1M", content={0: nasm.boot_sector(BOOT_SECTOR)})
+        options.setdefault("timeout", TIMEOUT)
+        return emu_pc(image, **options)
+    return make
