@@ -192,6 +192,7 @@ class Debugger:
         self.watch_hit: tuple[int, str] | None = None  # (data address, kind) seen this insn
         self.skip_break_at: int | None = None          # resume at a breakpoint: skip it once
         self.resuming = False                          # the next slice leaves a pause
+        self.paused_at: int | None = None              # PC of the last pause handed out
         self.event: Pause | None = None                # what cut the current slice short
         self.pending: Pause | None = None              # a pause to report at the boundary
         self.stepping = 0                              # instructions left to single-step
@@ -205,6 +206,10 @@ class Debugger:
     def at_boundary(self) -> bool:
         """Top of a slice.  True: return from the run loop to the in-process caller."""
         machine = self.machine
+        if self.paused_at is not None:
+            # The caller ran on from a pause: a breakpoint at the PC was just reported.
+            self.resuming = self.resuming or self.paused_at == self._pc()
+            self.paused_at = None
         if self.pending is None and self.conditions is not None:
             self.pending = self._condition_met()
         if self.pending is None and self.front_end is not None:
@@ -213,6 +218,7 @@ class Debugger:
             pause, self.pending = self.pending, None
             if self.front_end is None:
                 self.pending = pause        # run_until reads it
+                self.paused_at = self._pc()
                 return True
             self.front_end.paused(self, pause)
             if machine._stop is not None:  # killed / quit while paused

@@ -957,7 +957,6 @@ class Machine:
         if port is not None or text is not None:
             debugger.watch_ports([] if port is None else [port] if isinstance(port, int)
                                  else port, port_kinds)
-        debugger.resuming = debugger.resuming or self._paused_here()
         try:
             self._run_slices()
         finally:
@@ -970,11 +969,7 @@ class Machine:
             return Pause("exit", self._stop.detail, result=self.result)
         pause, debugger.pending = debugger.pending, None
         assert pause is not None and conditions is not None
-        self._last_pause_pc = self.debug()._pc()
         return pause
-
-    def _paused_here(self) -> bool:
-        return getattr(self, "_last_pause_pc", None) == self.debug()._pc()
 
     def step(self, count: int = 1) -> Pause:
         """Execute ``count`` instructions (interrupts are not delivered in between)."""

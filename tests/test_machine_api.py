@@ -164,3 +164,14 @@ def test_readme_example_runs(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+def test_run_goes_on_past_a_breakpoint_it_was_paused_at(boot) -> None:
+    pc = boot(BOOT_SECTOR)
+    pc.add_breakpoint(0x7C03)
+    assert pc.run_until().address == 0x7C03
+    assert pc.run_until(instructions=1).reason == "instructions"   # stepped off it
+    assert pc.read_register("eip") == 0x7C06
+    pc.write_register("eip", 0x7C03)                                # back onto it:
+    assert pc.run_until().address == 0x7C03                         # hit again
+    assert pc.run().exit_code == 0                                  # run() passes it
