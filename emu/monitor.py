@@ -103,15 +103,15 @@ class Monitor:
 
     def info_block(self) -> str:
         lines = []
-        machine = self.machine
-        for bus, unit, image in machine.images:
-            spec = next((s for s in machine.disk_specs if s.path == getattr(image, "path", None)),
-                        None)
-            notes = [image.format_name or "raw"]
-            if getattr(image, "readonly", False):
+        for bus, unit, image in self.machine.images:
+            notes = []
+            if image.format_name == "overlay":   # --snapshot: writes go to a temporary file
+                image = image.backing or image
+                notes.append("snapshot")
+            notes.insert(0, image.format_name)
+            if image.readonly and "snapshot" not in notes:
                 notes.append("read-only")
-            lines.append(f"ide{bus}-hd{unit}: {getattr(image, 'path', spec)} "
-                         f"({', '.join(notes)})")
+            lines.append(f"ide{bus}-hd{unit}: {image.path} ({', '.join(notes)})")
         for name, media in self._media_devices():
             lines.append(f"{name}: {media}")
         return "\n".join(lines) + "\n" if lines else "no block devices\n"
