@@ -358,8 +358,15 @@ class Debugger:
     def read_register(self, name: str) -> int:
         if name in REGISTERS:
             return int(self.uc.reg_read(REGISTERS[name][0]))
+        if name == "fs_base":  # Unicorn shows FS's descriptor cache (not GS's)
+            return int(self.uc.reg_read(X.UC_X86_REG_FS_BASE))
         if name.endswith("_base") and name[:-5] in SEGMENT_NAMES:
-            return x86.segment(self.uc, name[:-5]).base
+            try:
+                return x86.segment(self.uc, name[:-5]).base
+            except x86.DeliveryError:
+                # Outside the descriptor table: loaded in real mode before the switch,
+                # the usual reason; its cached base is then selector * 16.
+                return int(self.uc.reg_read(x86.SEGMENT_REGISTERS[name[:-5]])) << 4
         raise DebugError(f"no register {name!r}")
 
     def write_register(self, name: str, value: int) -> None:

@@ -17,9 +17,10 @@ Packets (``$data#checksum``, acknowledged with ``+`` until ``QStartNoAckMode``):
 ``c``, ``s``, ``vCont``, ``D``, ``k``/``vKill``, and the thread queries answered
 for one CPU.  Anything else gets the empty reply ("not supported").
 
-Registers follow gdb's i386 layout: the ``org.gnu.gdb.i386.core`` feature
-(general, EIP, EFLAGS, segment selectors, x87), ``org.gnu.gdb.i386.sse`` and a
-system feature with the segment bases and CR0/CR2/CR3/CR4 under QEMU's names.
+Registers follow QEMU's i386 target description, names, types and order:
+general, EIP, EFLAGS, segment selectors and bases, CR0/CR2/CR3/CR4 (CR8, EFER
+and KERNEL_GS_BASE read 0: no APIC, no long mode), x87, SSE -- so gdb's
+``info registers`` reads the same against either.
 The description names the architecture ``i8086`` when gdb connects to a CPU in
 real mode (so ``x/i`` decodes 16-bit code; ``set architecture i386`` overrides
 it) and ``i386`` otherwise.  Addresses in ``m``/``M``/``Z`` are linear, as in
@@ -65,88 +66,97 @@ class Register:
     source: Any = None      # Unicorn id, or a callable key handled in _read_register
 
 
-def _core_registers() -> list[Register]:
-    general = [Register(n, 32, t, source=getattr(X, f"UC_X86_REG_{n.upper()}"))
+def _registers() -> list[Register]:
+    """gdb's i386 registers in QEMU's order (so the ``g`` packet and ``info registers``
+    read the same as against QEMU): general, EIP, EFLAGS, selectors, segment bases,
+    control registers, x87, SSE."""
+    def unicorn(name: str) -> int:
+        return int(getattr(X, f"UC_X86_REG_{name.upper()}"))
+
+    general = [Register(n, 32, t, source=unicorn(n))
                for n, t in (("eax", "int32"), ("ecx", "int32"), ("edx", "int32"),
                             ("ebx", "int32"), ("esp", "data_ptr"), ("ebp", "data_ptr"),
                             ("esi", "int32"), ("edi", "int32"), ("eip", "code_ptr"),
                             ("eflags", "i386_eflags"))]
     segments = [Register(n, 32, "int32", source=x86.SEGMENT_REGISTERS[n])
                 for n in ("cs", "ss", "ds", "es", "fs", "gs")]
-    x87 = [Register(f"st{i}", 80, "i387_ext", source=getattr(X, f"UC_X86_REG_FP{i}"))
-           for i in range(8)]
+    system = [Register("fs_base", 32, "int32", source="fs_base"),
+              Register("gs_base", 32, "int32", source="gs_base"),
+              Register("k_gs_base", 32, "int32", source="zero"),   # no long mode
+              Register("cr0", 32, "i386_cr0", source=X.UC_X86_REG_CR0),
+              Register("cr2", 32, "int32", source=X.UC_X86_REG_CR2),
+              Register("cr3", 32, "i386_cr3", source=X.UC_X86_REG_CR3),
+              Register("cr4", 32, "i386_cr4", source=X.UC_X86_REG_CR4),
+              Register("cr8", 32, "int32", source="zero"),         # no APIC
+              Register("efer", 32, "i386_efer", source="zero")]    # no long mode, no NX
+    x87 = [Register(f"st{i}", 80, "i387_ext", source=unicorn(f"fp{i}")) for i in range(8)]
     x87_control = [Register(n, 32, "int", "float", source=s) for n, s in (
         ("fctrl", X.UC_X86_REG_FPCW), ("fstat", X.UC_X86_REG_FPSW),
         ("ftag", X.UC_X86_REG_FPTAG), ("fiseg", X.UC_X86_REG_FCS),
         ("fioff", X.UC_X86_REG_FIP), ("foseg", X.UC_X86_REG_FDS),
         ("fooff", X.UC_X86_REG_FDP), ("fop", X.UC_X86_REG_FOP))]
-    return general + segments + x87 + x87_control
+    sse = [Register(f"xmm{i}", 128, "vec128", source=unicorn(f"xmm{i}")) for i in range(8)]
+    return general + segments + system + x87 + x87_control + sse + [
+        Register("mxcsr", 32, "i386_mxcsr", "vector", source=X.UC_X86_REG_MXCSR)]
 
 
-def _sse_registers() -> list[Register]:
-    return [Register(f"xmm{i}", 128, "vec128", source=getattr(X, f"UC_X86_REG_XMM{i}"))
-            for i in range(8)] + [Register("mxcsr", 32, "int", "vector",
-                                           source=X.UC_X86_REG_MXCSR)]
-
-
-def _system_registers() -> list[Register]:
-    return [Register("fs_base", 32, "int32", source="fs_base"),
-            Register("gs_base", 32, "int32", source="gs_base"),
-            Register("cr0", 32, "i386_cr0", source=X.UC_X86_REG_CR0),
-            Register("cr2", 32, "int32", source=X.UC_X86_REG_CR2),
-            Register("cr3", 32, "int32", source=X.UC_X86_REG_CR3),
-            Register("cr4", 32, "int32", source=X.UC_X86_REG_CR4)]
-
-
-FEATURES = (("org.gnu.gdb.i386.core", _core_registers()),
-            ("org.gnu.gdb.i386.sse", _sse_registers()),
-            ("org.emu.x86.system", _system_registers()))
-REGISTERS = [register for _, registers in FEATURES for register in registers]
+REGISTERS = _registers()
 REGISTER_NUMBERS = {register.name: number for number, register in enumerate(REGISTERS)}
 
-# EFLAGS and CR0 bits (Intel SDM vol. 1 3.4.3, vol. 3 2.5), shown by name in gdb.
-EFLAGS_BITS = (("CF", 0), ("", 1), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7), ("TF", 8),
-               ("IF", 9), ("DF", 10), ("OF", 11), ("NT", 14), ("RF", 16), ("VM", 17),
-               ("AC", 18), ("VIF", 19), ("VIP", 20), ("ID", 21))
-CR0_BITS = (("PE", 0), ("MP", 1), ("EM", 2), ("TS", 3), ("ET", 4), ("NE", 5), ("WP", 16),
-            ("AM", 18), ("NW", 29), ("CD", 30), ("PG", 31))
+# Flag registers' fields (Intel SDM vol. 1 3.4.3, 10.2.3; vol. 3 2.2.1, 2.5), listed in the
+# order gdb shows them; unnamed fields are reserved bits.
+Fields = tuple[tuple[str, int, int], ...]
+FLAG_TYPES: dict[str, Fields] = {
+    "i386_eflags": (("", 22, 31), ("ID", 21, 21), ("VIP", 20, 20), ("VIF", 19, 19),
+                    ("AC", 18, 18), ("VM", 17, 17), ("RF", 16, 16), ("", 15, 15),
+                    ("NT", 14, 14), ("IOPL", 12, 13), ("OF", 11, 11), ("DF", 10, 10),
+                    ("IF", 9, 9), ("TF", 8, 8), ("SF", 7, 7), ("ZF", 6, 6), ("", 5, 5),
+                    ("AF", 4, 4), ("", 3, 3), ("PF", 2, 2), ("", 1, 1), ("CF", 0, 0)),
+    "i386_cr0": (("PG", 31, 31), ("CD", 30, 30), ("NW", 29, 29), ("AM", 18, 18),
+                 ("WP", 16, 16), ("NE", 5, 5), ("ET", 4, 4), ("TS", 3, 3), ("EM", 2, 2),
+                 ("MP", 1, 1), ("PE", 0, 0)),
+    "i386_cr3": (("PDBR", 12, 31), ("PCID", 0, 11)),
+    "i386_cr4": tuple((name, bit, bit) for name, bit in (
+        ("LAM_SUP", 28), ("LASS", 27), ("UINTR", 25), ("PKS", 24), ("CET", 23), ("PKE", 22),
+        ("SMAP", 21), ("SMEP", 20), ("KL", 19), ("OSXSAVE", 18), ("PCIDE", 17),
+        ("FSGSBASE", 16), ("SMXE", 14), ("VMXE", 13), ("LA57", 12), ("UMIP", 11),
+        ("OSXMMEXCPT", 10), ("OSFXSR", 9), ("PCE", 8), ("PGE", 7), ("MCE", 6), ("PAE", 5),
+        ("PSE", 4), ("DE", 3), ("TSD", 2), ("PVI", 1), ("VME", 0))),
+    "i386_efer": tuple((name, bit, bit) for name, bit in (
+        ("TCE", 15), ("FFXSR", 14), ("LMSLE", 13), ("SVME", 12), ("NXE", 11), ("LMA", 10),
+        ("LME", 8), ("SCE", 0))),
+    "i386_mxcsr": tuple((name, bit, bit) for name, bit in (
+        ("IE", 0), ("DE", 1), ("ZE", 2), ("OE", 3), ("UE", 4), ("PE", 5), ("DAZ", 6),
+        ("IM", 7), ("DM", 8), ("ZM", 9), ("OM", 10), ("UM", 11), ("PM", 12), ("FZ", 15))),
+}
+VECTOR_TYPES = ('<vector id="v4f" type="ieee_single" count="4"/>'
+                '<vector id="v2d" type="ieee_double" count="2"/>'
+                '<vector id="v16i8" type="int8" count="16"/>'
+                '<vector id="v8i16" type="int16" count="8"/>'
+                '<vector id="v4i32" type="int32" count="4"/>'
+                '<vector id="v2i64" type="int64" count="2"/>'
+                '<union id="vec128"><field name="v4_float" type="v4f"/>'
+                '<field name="v2_double" type="v2d"/><field name="v16_int8" type="v16i8"/>'
+                '<field name="v8_int16" type="v8i16"/><field name="v4_int32" type="v4i32"/>'
+                '<field name="v2_int64" type="v2i64"/><field name="uint128" type="uint128"/>'
+                '</union>')
 
 
 def target_description(architecture: str) -> str:
-    """The target.xml gdb reads through qXfer:features:read."""
-    def flags(name: str, bits: tuple[tuple[str, int], ...]) -> str:
-        fields = "".join(f'<field name="{field}" start="{bit}" end="{bit}"/>'
-                         for field, bit in bits)
-        return f'<flags id="{name}" size="4">{fields}</flags>'
-
-    types = {
-        "org.gnu.gdb.i386.core": flags("i386_eflags", EFLAGS_BITS),
-        "org.gnu.gdb.i386.sse": (
-            '<vector id="v4f" type="ieee_single" count="4"/>'
-            '<vector id="v2d" type="ieee_double" count="2"/>'
-            '<vector id="v16i8" type="int8" count="16"/>'
-            '<vector id="v8i16" type="int16" count="8"/>'
-            '<vector id="v4i32" type="int32" count="4"/>'
-            '<vector id="v2i64" type="int64" count="2"/>'
-            '<union id="vec128"><field name="v4_float" type="v4f"/>'
-            '<field name="v2_double" type="v2d"/><field name="v16_int8" type="v16i8"/>'
-            '<field name="v8_int16" type="v8i16"/><field name="v4_int32" type="v4i32"/>'
-            '<field name="v2_int64" type="v2i64"/><field name="uint128" type="uint128"/>'
-            '</union>'),
-        "org.emu.x86.system": flags("i386_cr0", CR0_BITS),
-    }
+    """The target.xml gdb reads through qXfer:features:read: one i386 core feature
+    holding every register (as QEMU's), with the flag and vector types it uses."""
     parts = ['<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd">',
-             f"<target><architecture>{architecture}</architecture><osabi>none</osabi>"]
-    number = 0
-    for feature, registers in FEATURES:
-        parts.append(f'<feature name="{feature}">{types[feature]}')
-        for register in registers:
-            group = f' group="{register.group}"' if register.group else ""
-            parts.append(f'<reg name="{register.name}" bitsize="{register.bits}" '
-                         f'type="{register.type}" regnum="{number}"{group}/>')
-            number += 1
-        parts.append("</feature>")
-    parts.append("</target>")
+             f"<target><architecture>{architecture}</architecture><osabi>none</osabi>",
+             '<feature name="org.gnu.gdb.i386.core">', VECTOR_TYPES]
+    for name, fields in FLAG_TYPES.items():
+        parts.append(f'<flags id="{name}" size="4">' + "".join(
+            f'<field name="{field}" start="{start}" end="{end}"/>'
+            for field, start, end in fields) + "</flags>")
+    for number, register in enumerate(REGISTERS):
+        group = f' group="{register.group}"' if register.group else ""
+        parts.append(f'<reg name="{register.name}" bitsize="{register.bits}" '
+                     f'type="{register.type}" regnum="{number}"{group}/>')
+    parts.append("</feature></target>")
     return "".join(parts)
 
 
@@ -488,7 +498,9 @@ class GdbStub:
         uc = debugger.uc
         size = register.bits // 8
         try:
-            if isinstance(register.source, str):
+            if register.source == "zero":
+                value = 0
+            elif isinstance(register.source, str):
                 value = debugger.read_register(register.source)
             elif register.bits == 80:
                 mantissa, exponent = uc.reg_read(register.source)

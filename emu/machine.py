@@ -555,6 +555,7 @@ class Machine:
                          X.UC_X86_REG_ESP):
             uc.reg_write(register, 0)
         uc.reg_write(X.UC_X86_REG_EDX, 0x0633)  # family/model/stepping, as CPUID leaf 1
+        uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80)  # SSE exceptions masked (SDM 11.6.4)
         uc.reg_write(X.UC_X86_REG_CS, RESET_CS)
         uc.reg_write(X.UC_X86_REG_EIP, RESET_IP)
 

