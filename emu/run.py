@@ -9,7 +9,8 @@ Exit status
   not given;
 * 1 when the machine cannot be built (bad disk, image error, missing BIOS), 2 for
   a usage error;
-* 121 internal error, 123 quit from the terminal (Ctrl-A x), 124 ``--timeout``
+* 121 internal error, 123 quit (Ctrl-A x, the monitor's ``quit``, gdb's ``kill``),
+  124 ``--timeout``
   expired, 125 halted (HLT with interrupts off, or with nothing armed to wake
   it), 126 triple fault (an exception the IDT cannot deliver) / fetch from
   unmapped memory,
