@@ -42,6 +42,9 @@ linear addresses.
 through the page tables when CR0.PG is set (:func:`linear_to_physical`), then
 from RAM or the ROM.
 
+Not modelled: single-stepping a HLT does not wait for an interrupt (the step
+ends after it, as if one had come at once).
+
 No cost when not in use: without a debugger the run loop tests one attribute
 per slice; code hooks exist only for the addresses asked for.
 """

@@ -14,8 +14,9 @@ itself gdb gets ``W`` with the exit status.
 Packets (``$data#checksum``, acknowledged with ``+`` until ``QStartNoAckMode``):
 ``qSupported``, ``qXfer:features:read`` (the target description below),
 ``?``, ``g``/``G``, ``p``/``P``, ``m``/``M``/``X``, ``Z0``-``Z4``/``z0``-``z4``,
-``c``, ``s``, ``vCont``, ``D``, ``k``/``vKill``, and the thread queries answered
-for one CPU.  Anything else gets the empty reply ("not supported").
+``c``, ``s``, ``vCont``, ``D``, ``k``/``vKill``, ``qRcmd`` (gdb's ``monitor``
+command runs a monitor command, :mod:`emu.monitor`), and the thread queries
+answered for one CPU.  Anything else gets the empty reply ("not supported").
 
 Registers follow QEMU's i386 target description, names, types and order:
 general, EIP, EFLAGS, segment selectors and bases, CR0/CR2/CR3/CR4 (CR8, EFER
@@ -372,6 +373,12 @@ class GdbStub:
             return None, False
         if text.startswith("qXfer:features:read:target.xml:"):
             return self._xfer(debugger, text.rsplit(":", 1)[1]), False
+        if text.startswith("qRcmd,"):   # gdb's "monitor CMD": the console monitor's commands
+            command = bytes.fromhex(text[6:]).decode("latin-1")
+            output = debugger.machine.monitor().execute(command)
+            if output:
+                self._send("O" + output.encode("latin-1", "replace").hex())
+            return "OK", False
         if text == "?":
             return self._stop_reply(self.last_pause), False
         if text in ("qfThreadInfo",):

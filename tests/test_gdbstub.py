@@ -153,8 +153,10 @@ def test_real_mode_session_matches_qemu(nasm, tmp_path: Path) -> None:
 
 def test_real_mode_code_disassembles_as_16_bit(nasm, tmp_path: Path) -> None:
     disk = make_disk(tmp_path, nasm.boot_sector(BOOT_SECTOR))
-    output, _ = emu_session(disk, "break *0x7c00\ncontinue\nx/2i $pc\nkill\n", tmp_path)
+    output, _ = emu_session(disk, "break *0x7c00\ncontinue\nx/2i $pc\n"
+                                  "monitor x /2xb 0x7c00\nkill\n", tmp_path)
     assert "mov    $0x1234,%ax" in output and "mov    $0x5678,%bx" in output
+    assert "00007c00: 0xb8 0x34" in output      # gdb's monitor command reaches emu's monitor
 
 
 def paged_script(boot: bytes) -> str:
