@@ -130,12 +130,13 @@ from . import x86
 from .clock import NS_PER_INSTRUCTION, NS_PER_PORT_ACCESS, VirtualClock
 from .console import CharBackend, open_backend
 from .debugger import Conditions, Debugger, Pause, PortHook
-
-if TYPE_CHECKING:
-    from .monitor import Monitor
 from .fastuc import FastUc
 from .portbus import MASKS as PORT_MASKS
 from .portbus import PortBus
+
+if TYPE_CHECKING:
+    from .gdbstub import GdbStub
+    from .monitor import Monitor
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -413,6 +414,7 @@ class Machine:
         self.tracer: Any = None
         self.debugger: Debugger | None = None  # see emu.debugger: only when asked for
         self._monitor: Monitor | None = None
+        self.gdb_stub: GdbStub | None = None
         self._final: RunResult | None = None
         self.serial_backend: CharBackend = open_backend(serial, interactive=True)
         self.debugcon_backend: CharBackend = open_backend(debugcon)
@@ -1275,6 +1277,9 @@ class Machine:
                         getattr(self, "debugcon_backend", None)):
             if backend is not None:
                 backend.close()
+        stub = getattr(self, "gdb_stub", None)
+        if stub is not None:
+            stub.close()
         tracer = getattr(self, "tracer", None)
         if tracer is not None:
             tracer.close()
