@@ -234,6 +234,13 @@ class Debugger:
             self.skip_break_at = pc if pc in self.breakpoints else None
         return False
 
+    def poll_front_end(self) -> bool:
+        """While the machine idles in a HLT: let the front end look for an interrupt
+        request; True when a pause is pending (the machine then ends its wait)."""
+        if self.pending is None and self.front_end is not None:
+            self.front_end.poll(self)
+        return self.pending is not None
+
     def slice_budget(self, budget: int) -> int:
         if self.stepping:
             return 1

@@ -216,13 +216,12 @@ class GdbStub:
                 debugger.pending = Pause("attach", "gdb attached", address=debugger._pc())
             return
         readable, _, _ = select.select([self.connection], [], [], 0)
-        if readable:
-            if not self._receive():
-                self._disconnected(debugger)
-                return
-            if self.interrupt_seen:
-                self.interrupt_seen = False
-                debugger.interrupt("gdb interrupt (Ctrl-C)")
+        if readable and not self._receive():
+            self._disconnected(debugger)
+            return
+        if self.interrupt_seen:  # (possibly read along with the packet that resumed)
+            self.interrupt_seen = False
+            debugger.interrupt("gdb interrupt (Ctrl-C)")
 
     def paused(self, debugger: Debugger, pause: Pause) -> None:
         try:

@@ -1164,7 +1164,7 @@ class Machine:
                         if ahead_ns > 0:
                             self.serial_backend.wait_input(min(ahead_ns / 1e9, INPUT_WAIT_S))
                             self._poll_input()
-                            if self._stop is not None:
+                            if self._idle_ended():
                                 return
                             continue
                     self.clock.advance_to(target)
@@ -1174,7 +1174,7 @@ class Machine:
                     # Only the terminal can wake this CPU: wait for a key (wall time).
                     self.serial_backend.wait_input(INPUT_WAIT_S)
                     self._poll_input()
-                    if self._stop is not None or self._timed_out():
+                    if self._idle_ended() or self._timed_out():
                         return
                 else:
                     self._request_stop(StopReason.HALTED,
@@ -1184,6 +1184,13 @@ class Machine:
             return  # STI's one-instruction interrupt shadow: take it after the next slice
         if interrupts_on and self.pic.interrupt_pending:
             self._deliver_irq()
+
+    def _idle_ended(self) -> bool:
+        """Halted, waiting in wall time: has the run ended, or does a debugger (gdb's
+        Ctrl-C, the monitor's stop) want the CPU?"""
+        if self._stop is not None:
+            return True
+        return self.debugger is not None and self.debugger.poll_front_end()
 
     def _deliver_irq(self) -> None:
         """INTA at the PIC and vector the CPU to the answer."""

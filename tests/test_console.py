@@ -231,3 +231,52 @@ def test_terminal_paste_monitor_and_quit(nasm, tmp_path: Path, terminal) -> None
             break
         subprocess.run(["sleep", "0.05"])
     assert term.status.read_text().strip() == "123"
+
+
+IDLE_FOREVER = """
+    mov si, ready
+    mov dx, 0x3F8
+.prompt:
+    lodsb
+    out dx, al
+    cmp si, ready + 6
+    jb .prompt
+    mov al, 0xFF                ; every IRQ masked: nothing will wake the CPU
+    out 0x21, al
+    out 0xA1, al
+    sti
+idle:
+    hlt
+    jmp idle
+ready: db "ready>"
+"""
+
+
+def test_gdb_interrupts_a_guest_idle_at_the_terminal(nasm, tmp_path: Path, terminal) -> None:
+    """A CPU halted with nothing to wake it, waiting in wall time at a terminal, still
+    answers gdb's Ctrl-C (0x03 on the wire)."""
+    from test_gdbstub import Wire
+    boot = nasm.boot_sector(IDLE_FOREVER)
+    disk = tmp_path / "idle.img"
+    disk.write_bytes(boot.ljust(1 << 20, b"\0"))
+    term = terminal(f"cd {ROOT} && {sys.executable} -m emu run --disk {disk},format=raw "
+                    "--gdb tcp::0")
+    screen = term.wait_for("ready>")
+    port = re.search(r"listening on [\d.]+:(\d+)", screen)
+    assert port, screen
+    wire = Wire(int(port.group(1)))
+    try:
+        assert wire.ask("?").startswith("T05")      # attaching stopped the guest
+        wire.send(b"vCont;c")
+        wire.socket.sendall(b"\x03")
+        assert wire.reply() == "T02thread:01;"
+        after_hlt = 0x7C00 + boot.index(b"\xf4\xeb") + 1
+        assert wire.ask("p8") == after_hlt.to_bytes(4, "little").hex()
+        wire.send(b"k")
+    finally:
+        wire.socket.close()
+    for _ in range(TIMEOUT * 20):
+        if term.status.exists() and term.status.read_text():
+            break
+        subprocess.run(["sleep", "0.05"])
+    assert term.status.read_text().strip() == "123"
