@@ -52,7 +52,7 @@ per slice; code hooks exist only for the addresses asked for.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UcError
@@ -525,7 +525,6 @@ class PortHook:
     read_hook: Callable[[int, int], int | None] | None
     write_hook: Callable[[int, int, int], bool | None] | None
     device: Any = None
-    calls: list[tuple[str, int, int, int]] = field(default_factory=list)
 
     def io_ports(self) -> list[tuple[int, int]]:
         return [(self.port, 1)]
