@@ -23,7 +23,11 @@ and THR/TSR are empty again, so THRE and TEMT always read 1 (baud rates and
 line settings are stored, not simulated).  In loopback (MCR bit 4) transmitted
 bytes arrive in the receiver instead and the modem inputs mirror the modem
 outputs.  Received bytes come from :meth:`Uart16550.feed` (the host terminal)
-into a 16-byte FIFO (1 byte in 16450 mode); overflow sets OE.
+into a 16-byte FIFO (1 byte in 16450 mode); overflow sets OE.  A host that
+holds more input than the receiver takes gives a ``refill(space) -> bytes``
+source: when the guest reads RBR the receiver refills from it at once (as
+QEMU's character back ends do when the UART can receive again), so pasted text
+arrives as fast as the guest reads it instead of a byte per host poll.
 
 Interrupts, highest priority first, as the IIR reports them: receiver line
 status (OE), received data available, THR empty (raised when THR empties or
@@ -76,10 +80,12 @@ MSR_CONNECTED = MSR_CTS | MSR_DSR | MSR_DCD  # a terminal is attached
 
 class Uart16550:
     def __init__(self, base: int = COM1[0], irq: IrqLine | None = None,
-                 sink: Callable[[bytes], None] | None = None) -> None:
+                 sink: Callable[[bytes], None] | None = None,
+                 refill: Callable[[int], bytes] | None = None) -> None:
         self.base = base
         self.irq = irq or NullIrq()
         self.sink = sink
+        self.refill = refill
         self.transcript = bytearray()
         self.reset()
 
@@ -129,6 +135,9 @@ class Uart16550:
             if dlab:
                 return self.divisor & 0xFF
             value = self.rx.popleft() if self.rx else 0
+            if self.refill is not None and not self.mcr & MCR_LOOP:
+                for byte in self.refill(self.rx_space()):
+                    self.rx.append(byte)
             self._update_irq()
             return value
         if offset == 1:

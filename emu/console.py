@@ -1,8 +1,20 @@
 """Character back ends for the serial port and the debug console: stdio, file:PATH, null.
 
 ``stdio`` for the serial port puts an interactive terminal in raw mode (so
-keys reach the guest as typed) and keeps QEMU's escape: Ctrl-A x quits,
-Ctrl-A Ctrl-A sends one Ctrl-A.  Input is polled without blocking between
+keys reach the guest as typed) and keeps QEMU's escapes (Ctrl-A then a key):
+
+====  =====================================================================
+ h    print this help
+ x    print a line and quit (``emu run`` exits 123)
+ c    switch between the guest's console and the monitor (:mod:`emu.monitor`)
+ ^A   send one Ctrl-A to the guest
+====  =====================================================================
+
+In monitor mode typed keys are echoed and edited locally (Backspace, Ctrl-U)
+and each line goes to :attr:`CharBackend.monitor_handler` (the machine runs
+it: input is read between slices, so at an instruction boundary); the guest
+keeps running and its output still shows,
+as in QEMU's multiplexed console.  Input is polled without blocking between
 execution slices.  Every back end also keeps nothing itself: the devices keep
 their own transcripts.
 """
@@ -12,10 +24,22 @@ from __future__ import annotations
 import os
 import select
 import sys
+from collections.abc import Callable
 from typing import BinaryIO
 
 ESCAPE = 0x01  # Ctrl-A
 QUIT_KEY = ord("x")
+HELP_KEY = ord("h")
+MONITOR_KEY = ord("c")
+ENTER_KEYS = (0x0D, 0x0A)
+ERASE_KEYS = (0x08, 0x7F)
+KILL_LINE_KEY = 0x15  # Ctrl-U
+MONITOR_PROMPT = b"(emu) "
+ESCAPE_HELP = (b"\r\nC-a h    print this help\r\n"
+               b"C-a x    exit emulator\r\n"
+               b"C-a c    switch between console and monitor\r\n"
+               b"C-a C-a  sends C-a\r\n")
+QUIT_LINE = b"\r\nemu: terminated (C-a x)\r\n"
 
 
 class ChardevError(ValueError):
@@ -27,9 +51,18 @@ class CharBackend:
 
     quit_requested = False
     interactive = False  # input can arrive (a terminal), so a halted CPU may wait for it
+    in_monitor = False
+    # Called with each line typed at the monitor (the machine runs the command).
+    monitor_handler: Callable[[str], None] | None = None
 
     def wait_input(self, seconds: float) -> None:
         """Block until input may be readable or ``seconds`` pass."""
+
+    def prompt(self) -> None:
+        """Show the monitor's prompt when the monitor has the console."""
+
+    def toggle_monitor(self) -> None:
+        """Switch the console between the guest and the monitor."""
 
     def write(self, data: bytes) -> None:
         pass
@@ -74,6 +107,8 @@ class StdioBackend(CharBackend):
         self.fd: int | None = None
         self.saved_mode: list | None = None  # type: ignore[type-arg]
         self.escape_pending = False
+        self.in_monitor = False
+        self.line = bytearray()          # the monitor line being typed
         if not interactive:
             return
         try:
@@ -113,14 +148,51 @@ class StdioBackend(CharBackend):
             if self.escape_pending:
                 self.escape_pending = False
                 if key == QUIT_KEY:
+                    self.write(QUIT_LINE)
                     self.quit_requested = True
                     break
-                forwarded.append(key)
+                if key == HELP_KEY:
+                    self.write(ESCAPE_HELP)
+                elif key == MONITOR_KEY:
+                    self.toggle_monitor()
+                elif key == ESCAPE:
+                    self._typed(key, forwarded)
+                # any other key after C-a is swallowed, as QEMU does
             elif key == ESCAPE:
                 self.escape_pending = True
             else:
-                forwarded.append(key)
+                self._typed(key, forwarded)
         return bytes(forwarded)
+
+    def toggle_monitor(self) -> None:
+        self.in_monitor = not self.in_monitor
+        self.line.clear()
+        self.write(b"\r\n" + MONITOR_PROMPT if self.in_monitor else b"\r\n")
+
+    def prompt(self) -> None:
+        if self.in_monitor:
+            self.write(MONITOR_PROMPT)
+
+    def _typed(self, key: int, forwarded: bytearray) -> None:
+        if not self.in_monitor:
+            forwarded.append(key)
+        elif key in ENTER_KEYS:
+            self.write(b"\r\n")
+            line = self.line.decode("latin-1")
+            self.line.clear()
+            if self.monitor_handler is not None:
+                self.monitor_handler(line)
+            self.prompt()
+        elif key in ERASE_KEYS:
+            if self.line:
+                self.line.pop()
+                self.write(b"\b \b")
+        elif key == KILL_LINE_KEY:
+            self.write(b"\b \b" * len(self.line))
+            self.line.clear()
+        elif key >= 0x20:
+            self.line.append(key)
+            self.write(bytes((key,)))
 
     def close(self) -> None:
         if self.fd is not None and self.saved_mode is not None:

@@ -140,7 +140,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unicorn import (
     UC_ARCH_X86,
@@ -187,9 +187,14 @@ from disks import Image as DiskImage
 from . import x86
 from .clock import NS_PER_INSTRUCTION, NS_PER_PORT_ACCESS, VirtualClock, WallClock
 from .console import CharBackend, open_backend
+from .debugger import Conditions, Debugger, Pause, PortHook
 from .fastuc import FastUc
 from .portbus import MASKS as PORT_MASKS
 from .portbus import PortBus
+
+if TYPE_CHECKING:
+    from .gdbstub import GdbStub
+    from .monitor import Monitor
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -535,7 +540,8 @@ class Machine:
                  message_hook: Callable[[str], None] | None = None,
                  stop_on_boot_failure: bool = True,
                  cdrom: str | None = None, boot: str = DEFAULT_BOOT_ORDER,
-                 icount: bool = True) -> None:
+                 icount: bool = True,
+                 gdb: str | None = None, start_stopped: bool = False) -> None:
         """``icount``: deterministic instruction-counted mode (``emu run --icount``);
         False runs guest code at JIT speed on wall time (``emu run --fast``)."""
         self.ram_size = parse_memory_size(memory)
@@ -592,8 +598,13 @@ class Machine:
         self.pending_serial_input = bytearray(serial_input)
         self.trace_path = Path(trace) if trace is not None else None
         self.tracer: Any = None
+        self.debugger: Debugger | None = None  # see emu.debugger: only when asked for
+        self._monitor: Monitor | None = None
+        self.gdb_stub: GdbStub | None = None
+        self._final: RunResult | None = None
         self.serial_backend: CharBackend = open_backend(serial, interactive=True)
         self.debugcon_backend: CharBackend = open_backend(debugcon)
+        self.serial_backend.monitor_handler = self._monitor_line
         try:
             self._open_disks()
             if self.io_log_path is not None:
@@ -607,6 +618,8 @@ class Machine:
             self._build_devices()
             self._install_hooks()
             self._power_on()
+            if gdb is not None or start_stopped:
+                self._attach_debugger(gdb, start_stopped)
         except BaseException:
             self.close()
             raise
@@ -736,7 +749,7 @@ class Machine:
         self.port_b = SystemControlPortB(self.pit)
         self.cmos = Cmos(clock, pic.irq_line(8), start=self.rtc_start)
         self.com1 = Uart16550(COM1[0], pic.irq_line(COM1[1]),
-                              self._watched(self.serial_backend.write))
+                              self._watched(self.serial_backend.write), self._serial_refill)
         self.com2 = Uart16550(COM2[0], pic.irq_line(COM2[1]))
         self.debug_exit = DebugExit(self._on_debug_exit)
         self.debugcon = DebugConsole(self._watched(self.debugcon_backend.write))
@@ -816,6 +829,7 @@ class Machine:
                          X.UC_X86_REG_ESP):
             uc.reg_write(register, 0)
         uc.reg_write(X.UC_X86_REG_EDX, 0x0633)  # family/model/stepping, as CPUID leaf 1
+        uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80)  # SSE exceptions masked (SDM 11.6.4)
         uc.reg_write(X.UC_X86_REG_CS, RESET_CS)
         uc.reg_write(X.UC_X86_REG_EIP, RESET_IP)
 
@@ -1273,21 +1287,176 @@ class Machine:
         if self.bus.tracer is not None:
             self.bus.tracer(kind, port, size, items)
 
+    # --- in-process debugging API (tests drive the machine with these) ----------------
+    def debug(self) -> Debugger:
+        """The machine's debugger, made on first use (no cost until then)."""
+        if self.debugger is None:
+            self.debugger = Debugger(self)
+        return self.debugger
+
+    def _attach_debugger(self, gdb: str | None, start_stopped: bool) -> None:
+        debugger = self.debug()
+        if gdb is not None:
+            from .gdbstub import GdbEndpointError, GdbStub
+            try:
+                stub = GdbStub(gdb)
+            except GdbEndpointError as error:
+                raise MachineConfigError(str(error)) from None
+            self.gdb_stub = stub
+            debugger.front_end = stub
+            stub.announce()
+        elif start_stopped and self.serial_backend.interactive:
+            debugger.front_end = self.monitor()  # its 'cont' starts the CPU
+        if start_stopped:
+            debugger.pending = Pause("start", "started stopped (-S)")
+
+    def monitor(self) -> Monitor:
+        """The console's monitor (Ctrl-A c), made on first use."""
+        if self._monitor is None:
+            from .monitor import Monitor
+            self._monitor = Monitor(self, self.serial_backend.write)
+        return self._monitor
+
+    @property
+    def result(self) -> RunResult | None:
+        """How the machine ended, once it has (None while it can still run)."""
+        if self._final is None and self._stop is not None:
+            self._final = self._result()
+        return self._final
+
+    def run_until(self, *, breakpoint: int | Sequence[int] | None = None,
+                  port: int | Sequence[int] | None = None,
+                  port_kinds: Sequence[str] = ("in", "out", "ins", "outs"),
+                  serial: str | bytes | None = None, instructions: int | None = None,
+                  virtual_ns: int | None = None) -> Pause:
+        """Run until the first of: the machine stops (``Pause.reason == "exit"``, with
+        ``.result``), PC reaches a ``breakpoint`` (linear address), an access to
+        ``port`` completes, COM1 has printed ``serial`` (from now on),
+        ``instructions`` more instructions ran, virtual time reaches ``virtual_ns``
+        (checked between slices), or a breakpoint/watchpoint set earlier is hit."""
+        debugger = self.debug()
+        if self._stop is not None:
+            return Pause("exit", self._stop.detail, result=self.result)
+        text = serial.encode("latin-1") if isinstance(serial, str) else serial
+        conditions = debugger.conditions = Conditions(
+            instructions=None if instructions is None else self.instructions + instructions,
+            virtual_ns=virtual_ns, serial=text, serial_from=len(self.com1.transcript))
+        addresses = [] if breakpoint is None else \
+            [breakpoint] if isinstance(breakpoint, int) else list(breakpoint)
+        temporary = [a for a in addresses if a & 0xFFFF_FFFF not in debugger.breakpoints]
+        for address in temporary:
+            debugger.add_breakpoint(address, temporary=True)
+        if port is not None or text is not None:
+            debugger.watch_ports([] if port is None else [port] if isinstance(port, int)
+                                 else port, port_kinds)
+        try:
+            self._run_slices()
+        finally:
+            debugger.conditions = None
+            debugger.unwatch_ports()
+            for address in temporary:
+                debugger.remove_breakpoint(address)
+        if self._stop is not None:
+            debugger.pending = None
+            return Pause("exit", self._stop.detail, result=self.result)
+        pause, debugger.pending = debugger.pending, None
+        assert pause is not None and conditions is not None
+        return pause
+
+    def step(self, count: int = 1) -> Pause:
+        """Execute ``count`` instructions (interrupts are not delivered in between)."""
+        self.debug().request_step(count)
+        return self.run_until()
+
+    def add_breakpoint(self, linear: int) -> None:
+        self.debug().add_breakpoint(linear)
+
+    def remove_breakpoint(self, linear: int) -> bool:
+        return self.debug().remove_breakpoint(linear)
+
+    def add_watchpoint(self, linear: int, length: int = 1, kind: str = "w") -> None:
+        """Pause after an instruction that writes (``w``), reads (``r``) or accesses
+        (``a``) ``[linear, linear + length)``."""
+        self.debug().add_watchpoint(linear, length, kind)
+
+    def remove_watchpoint(self, linear: int, length: int = 1, kind: str = "w") -> bool:
+        return self.debug().remove_watchpoint(linear, length, kind)
+
+    def read_memory(self, address: int, length: int, *, physical: bool = False) -> bytes:
+        """Guest memory at a linear (through the page tables) or physical address."""
+        return self.debug().read_memory(address, length, physical=physical)
+
+    def write_memory(self, address: int, data: bytes, *, physical: bool = False) -> None:
+        self.debug().write_memory(address, bytes(data), physical=physical)
+
+    def registers(self) -> dict[str, int]:
+        """General, EIP, EFLAGS, segment selectors and CR0-CR4 by (gdb's) name."""
+        from .debugger import REGISTERS
+        return {name: self.debug().read_register(name) for name in REGISTERS}
+
+    def read_register(self, name: str) -> int:
+        return self.debug().read_register(name)
+
+    def write_register(self, name: str, value: int) -> None:
+        self.debug().write_register(name, value)
+
+    def hook_port(self, port: int,
+                  read: Callable[[int, int], int | None] | None = None,
+                  write: Callable[[int, int, int], bool | None] | None = None) -> PortHook:
+        """Put a test's handler in front of ``port``: ``read(port, size)`` returns the
+        value or None (the device answers); ``write(port, size, value)`` returns True
+        when it consumed the write (else the device gets it too)."""
+        hook = PortHook(port, read, write, self.bus.owner(port, 1))
+        self.bus.intercept(port, hook)
+        self._forget_port_classes()
+        return hook
+
+    @property
+    def drive_images(self) -> dict[tuple[int, int], DiskImage]:
+        """Each IDE drive's image by (bus, unit): the ``disks.Image`` the drive uses."""
+        return {(bus, unit): image for bus, unit, image in self.images}
+
+    def drive_image(self, bus: int, unit: int) -> DiskImage | None:
+        return self.drive_images.get((bus, unit))
+
+    def system_reset(self) -> None:
+        """Reset the CPU and devices now (the monitor's ``system_reset``); call it
+        between runs, not from a hook."""
+        self._reboot()
+
     # --- the run loop -----------------------------------------------------------
     def run(self) -> RunResult:
-        self.wall_start = time.monotonic()
-        self.deadline = None if self.timeout is None else self.wall_start + self.timeout
+        """Run to the end.  Pauses nobody holds (breakpoints without gdb or the
+        monitor) are passed over: only :meth:`run_until` returns at them."""
+        self._run_slices()
+        while self._stop is None and self.debugger is not None and \
+                self.debugger.pending is not None:
+            self.debugger.pending = None
+            self._run_slices()
+        result = self._final = self._result()
+        if self.debugger is not None:
+            self.debugger.finished(result)
+        return result
+
+    def _run_slices(self) -> None:
+        """Run until the machine stops or the debugger pauses it (see emu.debugger)."""
+        if not self.wall_start:
+            self.wall_start = time.monotonic()
+            self.deadline = None if self.timeout is None else self.wall_start + self.timeout
         uc = self.uc
         try:
             while self._stop is None:
+                debugger = self.debugger
+                if debugger is not None and debugger.at_boundary():
+                    break
                 if self._timed_out():
                     break
                 if self.max_instructions is not None and self.instructions >= self.max_instructions:
                     self._request_stop(StopReason.INSTRUCTION_BUDGET,
                                        f"{self.instructions} instructions executed")
                     break
-                if self.slices % INPUT_POLL_SLICES == 0:
-                    self._poll_input()
+                if self.slices % INPUT_POLL_SLICES == 0 or self.serial_backend.interactive:
+                    self._poll_input()  # a terminal every slice: keys must not wait
                     if self._stop is not None:
                         break
                 self.slices += 1
@@ -1302,6 +1471,8 @@ class Machine:
                     continue
                 if self._stop is not None:
                     break
+                if debugger is not None and debugger.after_slice():
+                    continue  # stopped by the debugger: the PC stays where it stopped
                 if self.reboot_requested is not None:
                     self.reboot_requested = None
                     self._reboot()
@@ -1318,7 +1489,6 @@ class Machine:
                 self._service_interrupts(halted, pc)
         except Exception:
             self._request_stop(StopReason.INTERNAL_ERROR, traceback.format_exc())
-        return self._result()
 
     def _run_slice(self, start: int) -> int | None:
         """Run the CPU for one slice from EIP ``start``; the instructions it executed
@@ -1326,15 +1496,19 @@ class Machine:
         runs on an empty exits list)."""
         uc = self.uc
         waiting_irq = self.pic.interrupt_pending  # IF was 0: come back soon to retry
-        if not self.icount:
+        budget = IRQ_WAIT_INSTRUCTIONS if waiting_irq else SLICE_INSTRUCTIONS
+        if self.max_instructions is not None:
+            budget = max(1, min(budget, self.max_instructions - self.instructions))
+        # The debugger may ask for a shorter, counted slice (a single step, a count).
+        wanted = budget if self.debugger is None else self.debugger.slice_budget(budget)
+        limited = wanted < budget
+        budget = wanted
+        if not self.icount and not limited:
             timeout_us = self.slice_timeout_us = self._slice_timeout_us(waiting_irq)
             began = time.monotonic()
             uc.run_for(start, timeout_us)
             self.slice_wall_s = time.monotonic() - began
             return None
-        budget = IRQ_WAIT_INSTRUCTIONS if waiting_irq else SLICE_INSTRUCTIONS
-        if self.max_instructions is not None:
-            budget = max(1, min(budget, self.max_instructions - self.instructions))
         clock = self.clock
         assert isinstance(clock, VirtualClock)
         counted = uc.counts_instructions
@@ -1470,7 +1644,7 @@ class Machine:
                         if ahead_ns > 0:
                             self.serial_backend.wait_input(min(ahead_ns / 1e9, INPUT_WAIT_S))
                             self._poll_input()
-                            if self._stop is not None:
+                            if self._idle_ended():
                                 return
                             continue
                     self.clock.advance_to(target)
@@ -1480,7 +1654,7 @@ class Machine:
                     # Only the terminal can wake this CPU: wait for a key (wall time).
                     self.serial_backend.wait_input(INPUT_WAIT_S)
                     self._poll_input()
-                    if self._stop is not None or self._timed_out():
+                    if self._idle_ended() or self._timed_out():
                         return
                 else:
                     self._request_stop(StopReason.HALTED,
@@ -1490,6 +1664,13 @@ class Machine:
             return  # STI's one-instruction interrupt shadow: take it after the next slice
         if interrupts_on and self.pic.interrupt_pending:
             self._deliver_irq()
+
+    def _idle_ended(self) -> bool:
+        """Halted, waiting in wall time: has the run ended, or does a debugger (gdb's
+        Ctrl-C, the monitor's stop) want the CPU?"""
+        if self._stop is not None:
+            return True
+        return self.debugger is not None and self.debugger.poll_front_end()
 
     def _deliver_irq(self) -> None:
         """INTA at the PIC and vector the CPU to the answer."""
@@ -1543,14 +1724,29 @@ class Machine:
         return False
 
     def _poll_input(self) -> None:
-        typed = self.serial_backend.read_input()
-        if self.serial_backend.quit_requested:
+        backend = self.serial_backend
+        typed = backend.read_input()
+        if backend.quit_requested:
             self._request_stop(StopReason.USER_QUIT, "Ctrl-A x pressed")
             return
         self.pending_serial_input += typed
         if self.pending_serial_input:
             taken = self.com1.feed(bytes(self.pending_serial_input))
             del self.pending_serial_input[:taken]
+
+    def _monitor_line(self, line: str) -> None:
+        """A command typed at the console's monitor (Ctrl-A c)."""
+        output = self.monitor().execute(line)
+        self.serial_backend.write(output.replace("\n", "\r\n").encode("latin-1", "replace"))
+
+    def _serial_refill(self, space: int) -> bytes:
+        """COM1's receiver has room again (the guest read RBR): the next queued bytes."""
+        pending = self.pending_serial_input
+        if not pending or space <= 0:
+            return b""
+        taken = bytes(pending[:space])
+        del pending[:space]
+        return taken
 
     def feed_serial(self, data: bytes) -> None:
         """Queue bytes for COM1's receiver (as if typed at the terminal)."""
@@ -1597,6 +1793,9 @@ class Machine:
                         getattr(self, "debugcon_backend", None)):
             if backend is not None:
                 backend.close()
+        stub = getattr(self, "gdb_stub", None)
+        if stub is not None:
+            stub.close()
         tracer = getattr(self, "tracer", None)
         if tracer is not None:
             tracer.close()

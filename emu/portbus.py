@@ -70,6 +70,13 @@ class PortBus:
                 self.byte_overlays[port] = device
         self._rebuild()
 
+    def intercept(self, port: int, device: PortDevice) -> None:
+        """Put ``device`` in front of ``port`` for accesses of every size (a test's hook,
+        emu.machine.Machine.hook_port); it sees the previous owner itself."""
+        self.devices[port] = device
+        self.byte_overlays[port] = device
+        self._rebuild()
+
     def detach(self, device: PortDevice) -> None:
         for port in [port for port, owner in self.devices.items() if owner is device]:
             del self.devices[port]

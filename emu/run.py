@@ -12,7 +12,8 @@ Exit status
 * 119 a fault plan cut the power, 120 the BIOS found nothing to boot (its "No
   bootable device/disk" line ends the run), 122 stopped on a disk I/O error
   (``werror``/``rerror=stop``; ``werror=enospc``, the default, on a full host disk),
-* 121 internal error, 123 quit from the terminal (Ctrl-A x), 124 ``--timeout``
+* 121 internal error, 123 quit (Ctrl-A x, the monitor's ``quit``, gdb's ``kill``),
+  124 ``--timeout``
   expired, 125 halted (HLT with interrupts off, or with nothing armed to wake
   it), 126 triple fault (an exception the IDT cannot deliver) / fetch from
   unmapped memory,
@@ -271,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         except (MachineConfigError, ChardevError) as error:
             print(f"emu run: {error}", file=sys.stderr)
             return SETUP_ERROR
+        if args.start_stopped and (machine.debugger is None or
+                                   machine.debugger.front_end is None):
+            machine.close()
+            print("emu run: -S needs --gdb (or the monitor: --serial stdio on a terminal) "
+                  "to start the CPU", file=sys.stderr)
+            return USAGE_ERROR
         with machine:
             result = machine.run()
         if result.report:
