@@ -33,7 +33,6 @@ default), ``-s``/``-S``/``-gdb`` (for the gdb stub) and ``--version``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import tempfile
 from pathlib import Path
@@ -203,16 +202,12 @@ def collect_disks(args: argparse.Namespace) -> list[str]:
 
 
 def debugger_options(args: argparse.Namespace) -> dict[str, Any]:
-    """-s/-S/-gdb as Machine options, if this Machine has the gdb stub."""
+    """-s/-S/-gdb as Machine options (emu.gdbstub, emu.debugger)."""
     options: dict[str, Any] = {}
     if args.gdb or args.gdb_default:
         options["gdb"] = args.gdb or GDB_DEFAULT
     if args.start_stopped:
         options["start_stopped"] = True
-    from .machine import Machine
-    missing = [name for name in options if name not in inspect.signature(Machine).parameters]
-    if missing:
-        raise _Usage("-s/-S/-gdb: this emu has no gdb stub")
     return options
 
 

@@ -126,8 +126,9 @@ def test_monitor_commands(nasm, disk_image, emu_pc) -> None:
     assert "CR0=60000010" in registers
     assert monitor.execute("x /2xb $pc") == "00007c00: 0xb8 0x34\n"
     assert monitor.execute("info block") == f"ide0-hd0: {image.path} (raw)\n"
-    other = emu_pc(None, image, snapshot=True)
-    assert other.monitor().execute("info block") == f"ide0-hd1: {image.path} (raw, snapshot)\n"
+    copy = disk_image("raw", "1M", content={0: nasm.boot_sector(BOOT_SECTOR)}, name="copy")
+    other = emu_pc(None, copy, snapshot=True)   # (the image itself is locked by pc)
+    assert other.monitor().execute("info block") == f"ide0-hd1: {copy.path} (raw, snapshot)\n"
     assert "not found" in monitor.execute("eject ide1-cd0")
     assert "unknown command" in monitor.execute("frobnicate")
     assert "invalid char" in monitor.execute("x /4zb 0")
