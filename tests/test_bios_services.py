@@ -1045,3 +1045,23 @@ def test_memory_above_4g_under_qemu(guest_disk: DiskImage, emu_machine) -> None:
     assert sorted(ram) == [("0000000000000000", "000000000009FC00"),
                            ("0000000000100000", "00000000BFF00000"),
                            ("0000000100000000", "0000000060000000")]
+
+
+@pytest.mark.parametrize("memory", ["128M", "3G"])
+def test_e820_follows_the_memory_size_like_qemu(guest_disk: DiskImage, emu_machine,
+                                                memory: str) -> None:
+    """128 MiB is the default, 3 GiB the largest --memory: the BIOS's E820 map (from the
+    CMOS memory-size registers) covers exactly the RAM, under both engines."""
+    qemu = emu_machine(guest_disk, engine="qemu", bios="ours", timeout=60, memory=memory)
+    emu = emu_machine(guest_disk, bios="ours", timeout=120, memory=memory)
+
+    def e820(run: GuestRun) -> list[str]:
+        return [line for line in run.debugcon.splitlines() if line.startswith("e820")]
+    extended = parse(emu.debugcon)["e820_04"]
+    size = parse_size_text(memory)
+    assert f"length={size - 0x100000:016X} type=00000001" in extended
+    assert e820(emu) == e820(qemu)
+
+
+def parse_size_text(text: str) -> int:
+    return int(text[:-1]) << {"M": 20, "G": 30}[text[-1]]
