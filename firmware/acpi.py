@@ -199,7 +199,7 @@ class AcpiConfig:
     creator_revision: int = 1
     lapic_address: int = 0xFEE00000
     ioapic_address: int = 0xFEC00000
-    ioapic_id: int | None = None          # default: the first ID after the CPUs
+    ioapic_id: int = 0                    # QEMU's MADT and SeaBIOS's MP table both say 0
     sci_irq: int = 9
     pm_base: int = 0x600
     gpe0_base: int = 0xAFE0
@@ -209,10 +209,6 @@ class AcpiConfig:
     overrides: tuple[IrqOverride, ...] = field(default_factory=lambda: (
         IrqOverride(0, 2),
         *(IrqOverride(irq, irq, LEVEL_ACTIVE_HIGH) for irq in (5, 9, 10, 11))))
-
-    @property
-    def io_apic_id(self) -> int:
-        return self.cpus if self.ioapic_id is None else self.ioapic_id
 
     @property
     def pci_hole(self) -> tuple[int, int]:
@@ -226,6 +222,7 @@ FADT_PROC_C1 = 1 << 2
 FADT_SLP_BUTTON = 1 << 5
 FADT_RTC_S4 = 1 << 7
 FADT_RESET_REG_SUP = 1 << 10
+FADT_USE_PLATFORM_CLOCK = 1 << 15
 BOOT_ARCH_LEGACY_DEVICES = 1 << 0
 BOOT_ARCH_8042 = 1 << 1
 PM_PROFILE_UNSPECIFIED = 0
@@ -257,7 +254,8 @@ def fadt(config: AcpiConfig) -> bytearray:
         PM1_EVT_LEN, PM1_CNT_LEN, 0, PM_TMR_LEN, GPE0_LEN, 0, 0, 0,
         0xFFF, 0xFFF, 0, 0, 0, 0, 0, 0, 0x32,           # C2/C3 latencies > limits: unsupported
         BOOT_ARCH_LEGACY_DEVICES | BOOT_ARCH_8042, 0,
-        FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_RTC_S4 | FADT_RESET_REG_SUP)
+        FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_RTC_S4 | FADT_RESET_REG_SUP
+        | FADT_USE_PLATFORM_CLOCK)
     body += gas(GAS_IO, 8, ACCESS_BYTE, config.reset_port) + bytes([config.reset_value])
     body += bytes(3)                                   # ARM boot flags, minor version
     body += bytes(16)                                  # X_FIRMWARE_CTRL, X_DSDT
@@ -287,7 +285,7 @@ def madt(config: AcpiConfig) -> bytearray:
     body = struct.pack("<II", config.lapic_address, MADT_PCAT_COMPAT)
     for cpu in range(config.cpus):
         body += struct.pack("<BBBBI", MADT_LOCAL_APIC, 8, cpu, cpu, LAPIC_ENABLED)
-    body += struct.pack("<BBBBII", MADT_IO_APIC, 12, config.io_apic_id, 0,
+    body += struct.pack("<BBBBII", MADT_IO_APIC, 12, config.ioapic_id, 0,
                         config.ioapic_address, 0)
     for override in config.overrides:
         body += struct.pack("<BBBBIH", MADT_OVERRIDE, 10, 0, override.irq, override.gsi,

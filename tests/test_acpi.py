@@ -121,7 +121,7 @@ def test_madt_lists_cpus_ioapic_and_qemu_overrides(tmp_path: Path) -> None:
     assert struct.unpack_from("<II", madt, 36) == (0xFEE00000, 1)
     assert [e[0] for e in entries] == [0, 0, 1, 2, 2, 2, 2, 2, 4]
     assert [struct.unpack("<BBBBI", e)[2:] for e in entries[:2]] == [(0, 0, 1), (1, 1, 1)]
-    assert struct.unpack("<BBBBII", entries[2])[2:] == (2, 0, 0xFEC00000, 0)
+    assert struct.unpack("<BBBBII", entries[2])[2:] == (0, 0, 0xFEC00000, 0)
     overrides = [struct.unpack("<BBBBIH", e)[3:] for e in entries[3:8]]
     assert overrides == [(0, 2, 0), (5, 5, 0xD), (9, 9, 0xD), (10, 10, 0xD), (11, 11, 0xD)]
     text, _ = iasl_roundtrip(madt, tmp_path, "apic")
