@@ -179,3 +179,27 @@ def test_loader_script_relocates_to_what_build_lays_out_directly() -> None:
     assert memory.read(BASE, len(direct.blob)) == bytes(direct.blob)
     assert memory.read(rsdp_address, 36) == bytes(direct.rsdp)
     assert len(files[LOADER_FILE]) % 128 == 0
+
+
+def test_seabios_path_fw_cfg_files_to_an_rsdp_in_the_bios_area() -> None:
+    """fw_cfg carries the loader files; running the script leaves an RSDP in 0xE0000-0xFFFFF."""
+    from test_fwcfg import SeabiosLikeReader
+
+    from devices.fwcfg import FwCfg, pc_items
+
+    device = FwCfg()
+    pc_items(device, ram_size=BASE + 0x10000)
+    for file, data in loader_files(AcpiConfig()).items():
+        device.add_file(file, data)
+    reader = SeabiosLikeReader(device)
+    files = {name: reader.load(name) for name in (LOADER_FILE, RSDP_FILE, TABLES_FILE)}
+    memory = BytearrayMemory(BASE + 0x10000)
+    run_table_loader(files, memory, {TABLES_FILE: BASE, RSDP_FILE: 0xF5A40})
+    rsdp = next(a for a in range(0xE0000, 0x100000, 16) if memory.read(a, 8) == b"RSD PTR ")
+    rsdt = struct.unpack("<I", memory.read(rsdp + 16, 4))[0]
+    header = memory.read(rsdt, 36)
+    length = struct.unpack_from("<I", header, 4)[0]
+    assert header[:4] == b"RSDT" and sum(memory.read(rsdt, length)) & 0xFF == 0
+    signatures = [memory.read(struct.unpack_from("<I", memory.read(rsdt + 36 + 4 * i, 4))[0], 4)
+                  for i in range((length - 36) // 4)]
+    assert signatures == [b"FACP", b"APIC"]

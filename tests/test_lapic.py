@@ -308,3 +308,17 @@ def test_current_count_matches_the_definition(divide: int, initial: int, elapsed
     assert lapic.read(REG_TIMER_CURRENT, 4) == initial - ticks % initial
     lapic.update()
     assert lapic.interrupt_pending() == (ticks >= initial)
+
+
+def test_seabios_smp_scan_sequence_leaves_the_8259_path_open() -> None:
+    """SeaBIOS smp_scan: enable via SVR, LINT0 ExtINT, LINT1 NMI, INIT + SIPI to others."""
+    lapic = LocalApic(FakeClock())
+    lapic.write(REG_SVR, 4, lapic.read(REG_SVR, 4) | 0x100)
+    lapic.write(REG_LVT_LINT0, 4, 0x8700)
+    lapic.write(REG_LVT_LINT1, 4, 0x8400)
+    lapic.write(REG_ICR_LOW, 4, 0x000C4500)                 # INIT, all excluding self
+    lapic.write(REG_ICR_LOW, 4, 0x000C4600 | 0x9F)          # start-up, all excluding self
+    assert lapic.init_received == 0 and not lapic.interrupt_pending()
+    assert lapic.accepts_pic_interrupt()
+    lapic.write(REG_ESR, 4, 0)
+    assert lapic.read(REG_ESR, 4) == 0
