@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import need_tool
 from oracles import run
+from test_fwcfg import SeabiosLikeReader
 
+from devices.fwcfg import FwCfg, pc_items
 from devices.interfaces import BytearrayMemory
 from firmware.acpi import (
     LOADER_FILE,
@@ -183,10 +185,6 @@ def test_loader_script_relocates_to_what_build_lays_out_directly() -> None:
 
 def test_seabios_path_fw_cfg_files_to_an_rsdp_in_the_bios_area() -> None:
     """fw_cfg carries the loader files; running the script leaves an RSDP in 0xE0000-0xFFFFF."""
-    from test_fwcfg import SeabiosLikeReader
-
-    from devices.fwcfg import FwCfg, pc_items
-
     device = FwCfg()
     pc_items(device, ram_size=BASE + 0x10000)
     for file, data in loader_files(AcpiConfig()).items():
