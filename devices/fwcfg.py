@@ -27,8 +27,10 @@ size, be16 select, be16 reserved and a 56-byte NUL-padded name, sorted by
 name.  :func:`pc_items` fills in what QEMU's ``pc`` machine offers and SeaBIOS
 (``src/fw/paravirt.c``: ``qemu_cfg_init``, ``qemu_cfg_legacy``,
 ``qemu_cfg_e820``) reads: signature, ID, UUID, NUMA, boot menu, max CPUs, the
-ACPI/SMBIOS legacy lists (empty), the IRQ0 override flag, ``etc/e820`` and
-``etc/boot-cpus``.  ACPI tables for SeaBIOS arrive as the files
+ACPI/SMBIOS legacy lists (empty), the IRQ0 override flag and ``etc/e820``
+(QEMU's ``pc`` offers no ``etc/boot-cpus``: SeaBIOS then counts CPUs from CMOS
+0x5F + 1).  ``tests/test_fwcfg_vs_qemu.py`` reads QEMU's own fw_cfg from a guest
+ROM and compares.  ACPI tables for SeaBIOS arrive as the files
 ``etc/acpi/tables``, ``etc/acpi/rsdp`` and the loader script
 ``etc/table-loader`` (built in ``firmware/acpi.py``).
 
@@ -232,4 +234,3 @@ def pc_items(fw_cfg: FwCfg, *, ram_size: int, cpus: int = 1,
     e820 = list(e820) or [(0, low, E820_RAM)] + (
         [(1 << 32, ram_size - low, E820_RAM)] if ram_size > low else [])
     fw_cfg.add_file("etc/e820", e820_table(e820))
-    fw_cfg.add_file("etc/boot-cpus", struct.pack("<H", cpus))

@@ -95,12 +95,11 @@ def test_file_directory_and_e820_through_ports() -> None:
     device.add_file("bootorder", b"/pci@i0cf8/ide@1,1/drive@0/disk@0\0")
     reader = SeabiosLikeReader(device)
     files = reader.files()
-    assert sorted(files) == ["bootorder", "etc/acpi/rsdp", "etc/boot-cpus", "etc/e820"]
-    assert [files[name][0] for name in sorted(files)] == [0x20, 0x21, 0x22, 0x23]
+    assert sorted(files) == ["bootorder", "etc/acpi/rsdp", "etc/e820"]
+    assert [files[name][0] for name in sorted(files)] == [0x20, 0x21, 0x22]
     e820 = reader.load("etc/e820")
     assert struct.unpack("<QQI", e820) == (0, 128 << 20, E820_RAM)
     assert reader.load("etc/acpi/rsdp").startswith(b"RSD PTR ")
-    assert struct.unpack("<H", reader.load("etc/boot-cpus")) == (1,)
 
 
 def test_reads_past_the_end_and_of_unknown_keys_are_zero() -> None:
@@ -152,8 +151,8 @@ def test_dma_signature_id_and_select_read() -> None:
     assert signature == b"QEMU CFG"
     assert SeabiosLikeReader(device).read_entry(KEY_ID, 4) == b"\x03\0\0\0"
     assert dma(device, memory, KEY_FILE_DIR << 16 | DMA_CTL_SELECT | DMA_CTL_READ, 4) == 0
-    assert struct.unpack(">I", memory.read(BUFFER, 4)) == (2,)
-    assert dma(device, memory, DMA_CTL_SKIP, 64 + 8 + 3) == 0  # entry 0, a header, "etc"
+    assert struct.unpack(">I", memory.read(BUFFER, 4)) == (1,)
+    assert dma(device, memory, DMA_CTL_SKIP, 8 + 3) == 0       # a header and "etc"
     assert dma(device, memory, DMA_CTL_READ, 48) == 0
     assert memory.read(BUFFER, 8) == b"/e820\0\0\0"       # rest of "etc/e820"
     assert dma(device, memory, 0x00 << 16 | DMA_CTL_SELECT | DMA_CTL_READ, 8) == 0
