@@ -188,8 +188,10 @@ class FwCfg:
         """Carry out the transfer whose FWCfgDmaAccess is at ``descriptor_address``."""
         if not self.dma or self.memory is None:
             return
-        control, length, address = DMA_ACCESS.unpack(
-            self.memory.read(descriptor_address, DMA_ACCESS.size))
+        raw = self.memory.read(descriptor_address, DMA_ACCESS.size)
+        if len(raw) != DMA_ACCESS.size:
+            return  # descriptor outside guest memory: nothing to report it in
+        control, length, address = DMA_ACCESS.unpack(raw)
         if control & DMA_CTL_SELECT:
             self.select(control >> 16)
         error = False

@@ -235,10 +235,11 @@ SLP_EN = 1 << 13
 S5_SLP_TYP = 0                      # PIIX4: \_S5 is package {0, 0, 0, 0}
 
 # Where build() puts pointers: (table, offset of the pointer, pointer size, target table).
+# X_FIRMWARE_CTRL stays 0: it "must be zero" when FIRMWARE_CTRL is set (table 5.9);
+# X_DSDT may repeat DSDT, and 64-bit OSPMs prefer it.
 POINTERS = (
     ("FACP", 36, 4, "FACS"),
     ("FACP", 40, 4, "DSDT"),
-    ("FACP", 132, 8, "FACS"),
     ("FACP", 140, 8, "DSDT"),
 )
 
@@ -397,11 +398,10 @@ def build(config: AcpiConfig, base: int, *, xsdt: bool = True) -> AcpiImage:
         xsdt_address = base + offsets["XSDT"]
     for signature, offset, size, target in POINTERS:
         _store(blob, offsets[signature] + offset, size, base + offsets[target])
-    for signature in ("FACP",):
-        start = offsets[signature]
-        length = struct.unpack_from("<I", blob, start + 4)[0]
-        blob[start + HEADER_CHECKSUM_OFFSET] = 0
-        blob[start + HEADER_CHECKSUM_OFFSET] = checksum_byte(blob[start:start + length])
+    fadt_start = offsets["FACP"]                       # its pointers changed: re-checksum
+    blob[fadt_start + HEADER_CHECKSUM_OFFSET] = 0
+    blob[fadt_start + HEADER_CHECKSUM_OFFSET] = checksum_byte(
+        blob[fadt_start:fadt_start + FADT_LENGTH])
     return AcpiImage(base, blob, rsdp(config, base + offsets["RSDT"], xsdt_address),
                      offsets, pointers)
 

@@ -169,6 +169,10 @@ def test_dma_write_only_to_writable_items() -> None:
     assert bytes(device.files["etc/vmgenid_addr"].data) == b"\x11" * 8
     assert dma(device, memory, 0x00 << 16 | DMA_CTL_SELECT | DMA_CTL_WRITE, 4) == DMA_CTL_ERROR
     assert SeabiosLikeReader(device).read_entry(0, 4) == b"QEMU"
+    device.select(KEY_ID)
+    device.write(PORT_DMA_HIGH, 4, 0)
+    device.write(PORT_DMA_LOW, 4, int.from_bytes((0x20000).to_bytes(4, "big"), "little"))
+    assert device.selector == KEY_ID                        # descriptor beyond RAM: ignored
 
 
 @given(st.dictionaries(st.text("abcdefgh/-.", min_size=1, max_size=55),
