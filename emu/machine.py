@@ -71,7 +71,9 @@ fast string I/O, trace, report) goes through :func:`emu.x86.translate`.
 
 **Not modelled.**  The A20 gate (always enabled; ports 0x92 and the 8042 keep
 the bit), PAM read/write steering (see Memory), SMM, APIC/IOAPIC (hidden from
-CPUID), task gates, virtual-8086 mode and rings 1-2 (see :mod:`emu.x86`).
+CPUID; :mod:`devices.lapic`, :mod:`devices.ioapic` and :mod:`devices.fwcfg` exist
+but are not wired in yet), task gates, virtual-8086 mode and rings 1-2 (see
+:mod:`emu.x86`).
 
 **HLT.**  Unicorn stops at HLT with EIP past it, indistinguishable from a slice
 ending by count after any instruction whose last byte is 0xF4.  The machine
@@ -120,8 +122,19 @@ planned power cut (exit 119; the image is closed without flushing, as a crash
 leaves it).  The channels are timers too: a plan's busy time holds INTRQ back
 until the virtual clock passes it, so a HLT waits for it.
 
+**CD/DVD drives.**  ATAPI drives (:mod:`devices.atapi`) sit on the IDE channels
+beside the disks (``--cdrom`` at the secondary master, or ``--disk F,media=cdrom``);
+their disc changes at run time through :meth:`Machine.change_cdrom` (the monitor's
+``eject``/``change``).  The ``--boot`` letters reach the BIOS through CMOS 3Dh/38h.
+
+**Debugging.**  ``self.debugger`` (:mod:`emu.debugger`) stays None until gdb, ``-S``,
+:meth:`Machine.run_until` or a breakpoint asks for it; the loop consults it only at
+slice boundaries, and breakpoints and watchpoints are Unicorn hooks on their own
+addresses, so a machine nobody debugs pays one attribute test per slice.  A
+single step is a counted slice of one instruction, in either clock mode.
+
 **Boot failure.**  A console line (COM1 or the debug console) saying "No bootable
-d..." (our BIOS: "disk", SeaBIOS: "device") ends the run with exit 120 and that
+d..." (both BIOSes print "No bootable device.") ends the run with exit 120 and that
 line, instead of a halt or SeaBIOS's reboot loop with a register dump.
 """
 
