@@ -18,6 +18,7 @@ import functools
 import os
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,37 +42,58 @@ QEMU_TIMEOUT = 120.0
 # qemu-img check supports these formats (raw and vpc have nothing to check).
 CHECKABLE = {"vdi", "vmdk", "vhdx"}
 
-# (format variant, BIOS, kernel flavour) combinations booted under emu: every format with
-# the built-in BIOS, SeaBIOS on two, and the PAE kernel on one.
-EMU_BOOTS = [(variant, "ours", "686") for variant in DISK_FORMATS] + [
-    ("raw", "seabios", "686"),
-    ("vhdx", "seabios", "686"),
-    ("vdi", "ours", "686-pae"),
+# The guest as built: kernel flavour and transfer mode ("dma": what ata_piix picks, MWDMA2 on
+# the PIIX3; "pio": libata.dma=0, PIO for every command).
+GUEST_MODES = {"dma": "", "pio": "libata.dma=0"}
+
+
+@dataclass(frozen=True)
+class Boot:
+    """One emu boot: the drive set's format variant, the BIOS, the guest."""
+
+    variant: str
+    bios: str = "ours"
+    flavour: str = "686"
+    mode: str = "dma"
+
+    def __str__(self) -> str:
+        return "-".join((self.variant, self.bios, self.flavour, self.mode))
+
+
+# Every format with the built-in BIOS; SeaBIOS on two formats; the PAE kernel and PIO
+# transfers on one each.
+EMU_BOOTS = [Boot(variant) for variant in DISK_FORMATS] + [
+    Boot("raw", "seabios"),
+    Boot("vhdx", "seabios"),
+    Boot("vdi", flavour="686-pae"),
+    Boot("vmdk", mode="pio"),
 ]
 
 
 @pytest.fixture(scope="session")
-def raw_set(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list[Path]]:
-    """The raw drive set of a kernel flavour, built on first use (once per xdist worker)."""
+def raw_set(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], list[Path]]:
+    """The raw drive set of a guest (flavour, mode), built on first use (once per xdist
+    worker)."""
     folder = tmp_path_factory.mktemp("linux")
 
     @functools.cache
-    def build(flavour: str) -> list[Path]:
-        return build_raw_set(folder / flavour, flavour)
+    def build(flavour: str, mode: str) -> list[Path]:
+        return build_raw_set(folder / f"{flavour}-{mode}", flavour,
+                             extra_cmdline=GUEST_MODES[mode])
     return build
 
 
 @pytest.fixture(scope="session")
 def qemu_reference(raw_set, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Callable[[str], GuestRun]:
-    """A flavour's drive set booted once under qemu-system-i386 with SeaBIOS."""
+                   ) -> Callable[[str, str], GuestRun]:
+    """A guest's drive set booted once under qemu-system-i386 with SeaBIOS."""
     folder = tmp_path_factory.mktemp("linux-qemu")
 
     @functools.cache
-    def boot(flavour: str) -> GuestRun:
-        images = [DiskImage(path, "raw") for path in raw_set(flavour)]
-        return run_machine(folder / flavour, *images, engine="qemu", bios="seabios",
-                           memory=MEMORY, timeout=QEMU_TIMEOUT)
+    def boot(flavour: str, mode: str) -> GuestRun:
+        images = [DiskImage(path, "raw") for path in raw_set(flavour, mode)]
+        return run_machine(folder / f"{flavour}-{mode}", *images, engine="qemu",
+                           bios="seabios", memory=MEMORY, timeout=QEMU_TIMEOUT)
     return boot
 
 
@@ -108,28 +130,30 @@ def qemu_img_contents(image: DiskImage, folder: Path) -> bytes:
     return data[:DISK_SIZE]
 
 
-def test_qemu_passes_the_linux_guest(raw_set, qemu_reference) -> None:
+GUESTS = sorted({(boot.flavour, boot.mode) for boot in EMU_BOOTS})
+
+
+@pytest.mark.parametrize(("flavour", "mode"), GUESTS, ids=[f"{f}-{m}" for f, m in GUESTS])
+def test_qemu_passes_the_linux_guest(raw_set, qemu_reference, flavour: str, mode: str) -> None:
     """The guest itself is right: under QEMU it passes and leaves the expected bytes."""
-    run = qemu_reference("686")
+    run = qemu_reference(flavour, mode)
     assert_linux_passed(run)
-    for drive, path, disk in zip(DRIVES, raw_set("686"), run.disks, strict=True):
+    for drive, path, disk in zip(DRIVES, raw_set(flavour, mode), run.disks, strict=True):
         assert disk.contents() == expected_contents(drive, path.read_bytes()), drive
 
 
-@pytest.mark.parametrize(("variant", "bios", "flavour"), EMU_BOOTS,
-                         ids=[f"{v}-{b}-{f}" for v, b, f in EMU_BOOTS])
-def test_linux_ata_piix_on_emu(raw_set, qemu_reference, variant: str, bios: str,
-                               flavour: str, tmp_path: Path) -> None:
-    images = boot_disks(raw_set(flavour), variant, tmp_path / "disks")
-    run = run_machine(tmp_path / "machines", *images, bios=bios, memory=MEMORY,
+@pytest.mark.parametrize("boot", EMU_BOOTS, ids=str)
+def test_linux_ata_piix_on_emu(raw_set, qemu_reference, boot: Boot, tmp_path: Path) -> None:
+    images = boot_disks(raw_set(boot.flavour, boot.mode), boot.variant, tmp_path / "disks")
+    run = run_machine(tmp_path / "machines", *images, bios=boot.bios, memory=MEMORY,
                       timeout=EMU_TIMEOUT)
     assert_linux_passed(run)
-    if variant in CHECKABLE:
+    if boot.variant in CHECKABLE:
         for image in images:
             check = subprocess.run([need_tool("qemu-img"), "check", "-f", image.format,
                                     str(image.path)], capture_output=True, text=True)
             assert check.returncode == 0, f"{image.path.name}: {check.stdout}{check.stderr}"
-    reference = qemu_reference(flavour)
+    reference = qemu_reference(boot.flavour, boot.mode)
     assert_linux_passed(reference)
     for drive, image, qemu_disk in zip(DRIVES, images, reference.disks, strict=True):
         assert qemu_img_contents(image, tmp_path) == qemu_disk.contents(), \
