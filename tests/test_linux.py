@@ -45,6 +45,8 @@ CHECKABLE = {"vdi", "vmdk", "vhdx"}
 # The guest as built: kernel flavour and transfer mode ("dma": what ata_piix picks, MWDMA2 on
 # the PIIX3; "pio": libata.dma=0, PIO for every command).
 GUEST_MODES = {"dma": "", "pio": "libata.dma=0"}
+# libata's sysfs xfer_mode on QEMU's drives
+TRANSFER_MODES = {"dma": "XFER_MW_DMA_2", "pio": "XFER_PIO_4"}
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,8 @@ GUESTS = sorted({(boot.flavour, boot.mode) for boot in EMU_BOOTS})
 def test_qemu_passes_the_linux_guest(raw_set, qemu_reference, flavour: str, mode: str) -> None:
     """The guest itself is right: under QEMU it passes and leaves the expected bytes."""
     run = qemu_reference(flavour, mode)
-    assert_linux_passed(run)
+    modes = set(assert_linux_passed(run).xfer_modes.values())
+    assert modes == {TRANSFER_MODES[mode]}, run.serial
     for drive, path, disk in zip(DRIVES, raw_set(flavour, mode), run.disks, strict=True):
         assert disk.contents() == expected_contents(drive, path.read_bytes()), drive
 
@@ -154,7 +157,7 @@ def test_linux_ata_piix_on_emu(raw_set, qemu_reference, boot: Boot, tmp_path: Pa
                                     str(image.path)], capture_output=True, text=True)
             assert check.returncode == 0, f"{image.path.name}: {check.stdout}{check.stderr}"
     reference = qemu_reference(boot.flavour, boot.mode)
-    assert_linux_passed(reference)
+    assert Outcome.parse(run.serial).xfer_modes == assert_linux_passed(reference).xfer_modes
     for drive, image, qemu_disk in zip(DRIVES, images, reference.disks, strict=True):
         assert qemu_img_contents(image, tmp_path) == qemu_disk.contents(), \
             f"{drive}: emu left different bytes than qemu-system-i386"
