@@ -6,6 +6,34 @@ functions directly with one reused buffer for the plain integer registers
 (general, EIP, EFLAGS, segment selectors, control registers) and for small
 memory reads, and defers to the binding for everything else (descriptor-table
 registers, wide registers).
+
+**No "until" address.**  ``uc_emu_start(begin, until, ...)`` records ``until`` as
+the exit address and, when the run ends, drops the translated block just below
+it -- which means *translating* ``until - 1`` through the guest's page tables
+(``get_page_addr_code``).  With paging on that walk can raise a page fault inside
+Unicorn: CR2 and the pending exception are overwritten between slices and the
+guest's next real #PF arrives wrong.  :class:`FastUc` therefore switches Unicorn
+to its exits list (``UC_CTL_UC_USE_EXITS``) and leaves the list empty: ``until``
+is ignored and nothing is translated at the end of a slice.
+
+**Instructions executed.**  With ``count`` set Unicorn counts instructions in
+``uc_struct.emu_counter`` but has no call to read it.  :func:`counter_offset`
+finds the field once per process by running a NOP sled with known counts in a
+scratch engine and looking for the word that followed them;
+:meth:`FastUc.executed` then reads it in place (None when the layout was not
+recognised: callers fall back to charging whole slices).
+
+**The exception in flight.**  QEMU's CPU remembers the exception it is raising
+(``env->old_exception``) to turn a second one into #DF and a third into a
+shutdown, and forgets it when *it* delivers the exception.  Unicorn hands every
+exception to the hook instead, so the memory is never cleared: the guest's next
+#PF or #GP arrives as #DF and the one after that halts the CPU for good.  The
+error code of an exception (``env->error_code``) is not exposed either.  Both
+fields are found once per process in the saved CPU context
+(:func:`context_offsets`: a #GP with a known selector error code in a scratch
+engine); :meth:`FastUc.exception_taken` reads the error code and clears the
+exception in flight (context save, patch, restore) after the machine has
+delivered an exception itself.
 """
 
 from __future__ import annotations
@@ -39,6 +67,9 @@ SMALL_READ = 64
 UC_CTL_IO_WRITE = 1
 # uc_ctl's request word: direction << 30 | argument count << 26 | control number
 REMOVE_CACHE_REQUEST = UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE
+UC_STRUCT_SCAN = 64 * 1024     # bytes of uc_struct searched for the instruction counter
+CALIBRATION_COUNTS = (1000, 1234, 777)
+CR0_PG = 0x8000_0000
 
 
 # Direct prototypes (plain integers in, no per-call ctypes objects, the GIL kept over
@@ -63,6 +94,7 @@ if _uclib is not None:
 
 _PORT_IN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32,
                                      ctypes.c_int, ctypes.c_void_p)
+_INSN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 _PORT_OUT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
                                       ctypes.c_uint32, ctypes.c_void_p)
 
@@ -72,6 +104,112 @@ class _TableRegister(ctypes.Structure):
 
     _fields_ = (("selector", ctypes.c_uint16), ("base", ctypes.c_uint64),
                 ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32))
+
+
+_counter_offset: int | None | bool = False  # False: not looked for yet
+
+
+def counter_offset() -> int | None:
+    """Byte offset of ``emu_counter`` in Unicorn's ``uc_struct`` (None if not found).
+
+    A run stopped by ``count=N`` leaves the counter at N + 1 (the instruction whose
+    count hook stopped it did not execute); three runs with different N must agree
+    on exactly one such word.
+    """
+    global _counter_offset
+    if _counter_offset is not False:
+        return _counter_offset  # type: ignore[return-value]
+    _counter_offset = None
+    if _uclib is None:
+        return None
+    from unicorn import UC_ARCH_X86, UC_MODE_32
+    scratch = Uc(UC_ARCH_X86, UC_MODE_32)
+    scratch.mem_map(0, 0x10000)
+    scratch.mem_write(0x1000, b"\x90" * 0x1000)  # NOPs
+    scratch.ctl_exits_enabled(True)
+    handle = int(getattr(scratch._uch, "value", 0) or 0)
+    candidates: set[int] | None = None
+    for count in CALIBRATION_COUNTS:
+        scratch.emu_start(0x1000, 0, 0, count)
+        if scratch.reg_read(X.UC_X86_REG_EIP) != 0x1000 + count:
+            return None
+        words = struct.unpack_from(f"<{UC_STRUCT_SCAN // 8}Q",
+                                   ctypes.string_at(handle, UC_STRUCT_SCAN))
+        found = {8 * i for i, word in enumerate(words) if word == count + 1}
+        candidates = found if candidates is None else candidates & found
+    if candidates is not None and len(candidates) == 1:
+        _counter_offset = candidates.pop()
+    return _counter_offset  # type: ignore[return-value]
+
+
+# env->old_exception follows env->error_code by this many bytes (error_code,
+# exception_is_int, exception_next_eip, dr[8], 4 breakpoint pointers); checked.
+OLD_EXCEPTION_AFTER_ERROR_CODE = 4 + 4 + 8 + 8 * 8 + 4 * 8
+CALIBRATION_SELECTORS = (0x1234, 0x2348)
+GP_VECTOR = 13
+_context_offsets: tuple[int, int] | None | bool = False
+
+
+def context_offsets() -> tuple[int, int] | None:
+    """Offsets of ``error_code`` and ``old_exception`` in a saved context (from the
+    start of Unicorn's ``uc_context``), or None when the layout is not recognised."""
+    global _context_offsets
+    if _context_offsets is not False:
+        return _context_offsets  # type: ignore[return-value]
+    _context_offsets = None
+    from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32
+    scratch = Uc(UC_ARCH_X86, UC_MODE_32)
+    scratch.mem_map(0, 0x10000)
+    flat = 0xCF  # 4 KiB granular, 32-bit, limit 0xFFFFF
+    gdt = (bytes(8) + struct.pack("<HHBBBB", 0xFFFF, 0, 0, 0x9A, flat, 0)
+           + struct.pack("<HHBBBB", 0xFFFF, 0, 0, 0x92, flat, 0))
+    scratch.mem_write(0x500, gdt)
+    scratch.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
+    scratch.reg_write(X.UC_X86_REG_CR0, 0x11)
+    scratch.reg_write(X.UC_X86_REG_CS, 0x08)
+    scratch.reg_write(X.UC_X86_REG_SS, 0x10)
+    scratch.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    seen: list[tuple[int, bytes]] = []
+    context = scratch.context_save()
+    size = context.size + 64
+
+    def on_interrupt(uc: Any, vector: int, _: Any) -> None:
+        uc.context_update(context)
+        seen.append((vector, ctypes.string_at(context.context, size)))
+        uc.emu_stop()
+
+    scratch.hook_add(UC_HOOK_INTR, on_interrupt)
+    found: set[int] | None = None
+    for index, selector in enumerate(CALIBRATION_SELECTORS):
+        # mov ax, selector; mov ds, ax (beyond the GDT limit: #GP(selector)); hlt -- each
+        # at its own address (Unicorn does not retranslate code that mem_write changed)
+        code = 0x1000 + 0x100 * index
+        scratch.mem_write(code, b"\x66\xb8" + struct.pack("<H", selector) + b"\x8e\xd8\xf4")
+        seen.clear()
+        scratch.emu_start(code, 0, 0, 10)
+        if len(seen) != 1 or seen[0][0] != GP_VECTOR:
+            return None
+        raw = seen[0][1]
+        here = {offset for offset in range(0, len(raw) - OLD_EXCEPTION_AFTER_ERROR_CODE - 4, 4)
+                if struct.unpack_from("<i", raw, offset)[0] == selector
+                and struct.unpack_from("<i", raw, offset + OLD_EXCEPTION_AFTER_ERROR_CODE)[0]
+                == GP_VECTOR}
+        found = here if found is None else found & here
+        if len(found) != 1:
+            return None
+        # Clear the exception in flight as the machine will: the next #GP must stay #GP.
+        offset = next(iter(found)) + OLD_EXCEPTION_AFTER_ERROR_CODE
+        ctypes.c_int.from_address(_context_address(context) + offset).value = -1
+        scratch.context_restore(context)
+    if found is not None and len(found) == 1:
+        error_offset = found.pop()
+        _context_offsets = (error_offset, error_offset + OLD_EXCEPTION_AFTER_ERROR_CODE)
+    return _context_offsets  # type: ignore[return-value]
+
+
+def _context_address(context: Any) -> int:
+    pointer = context.context
+    return int(getattr(pointer, "value", pointer) or 0)
 
 
 class FastUc(_Base):  # type: ignore[misc,valid-type]
@@ -90,6 +228,38 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         self._direct_callbacks: list[Any] = []
         self._pairs: dict[tuple[int, int], Any] = {}
         self._table_ref = ctypes.byref(self._table)
+        self.ctl_exits_enabled(True)  # "until" ignored: see the module docstring
+        self._context: Any = None
+        self._context_offsets = context_offsets()
+        offset = counter_offset()
+        self._counter = None if offset is None else ctypes.c_uint64.from_address(
+            int(self._uch.value or 0) + offset)
+
+    def exception_taken(self) -> int | None:
+        """Call from the interrupt hook once an exception is handled: returns its error
+        code and clears QEMU's exception in flight (see the module docstring).  None
+        when the context layout is unknown (the error code is then unknown too)."""
+        if self._context_offsets is None:
+            return None
+        if self._context is None:
+            self._context = self.context_save()
+        else:
+            self.context_update(self._context)
+        base = _context_address(self._context)
+        error_offset, in_flight_offset = self._context_offsets
+        error_code = ctypes.c_int.from_address(base + error_offset).value & 0xFFFF_FFFF
+        ctypes.c_int.from_address(base + in_flight_offset).value = -1
+        self.context_restore(self._context)
+        return error_code
+
+    @property
+    def counts_instructions(self) -> bool:
+        return self._counter is not None
+
+    def executed(self) -> int:
+        """Unicorn's instruction counter for the current/last ``count=`` run (see the
+        module docstring for what it includes); 0 where it cannot be read."""
+        return 0 if self._counter is None else int(self._counter.value)
 
     def emu_start(self, begin: int, until: int, timeout: int = 0, count: int = 0) -> None:
         """As the binding's, with the GIL kept through the run (see _EMU_START)."""
@@ -198,6 +368,20 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
                                (X.UC_X86_INS_OUT, _PORT_OUT_CALLBACK(on_out))):
             self._add_insn_hook(kind, function)
 
+    def hook_rdtsc(self, on_rdtsc: Callable[[], int]) -> None:
+        """Answer RDTSC with ``on_rdtsc()`` (the binding has no wrapper for this hook;
+        Unicorn's C callback returns 1 to skip its own RDTSC)."""
+        def callback(handle: int, _: int) -> int:
+            try:
+                tsc = on_rdtsc()
+                self.reg_write(X.UC_X86_REG_EAX, tsc & 0xFFFF_FFFF)
+                self.reg_write(X.UC_X86_REG_EDX, (tsc >> 32) & 0xFFFF_FFFF)
+            except BaseException as error:  # noqa: BLE001 (re-raised by emu_start)
+                self._fail(error)
+            return 1
+
+        self._add_insn_hook(X.UC_X86_INS_RDTSC, _INSN_CALLBACK(callback))
+
     def _add_insn_hook(self, kind: int, function: Any) -> None:
         handle = ctypes.c_size_t()
         status = _uclib.uc_hook_add(self._uch, ctypes.byref(handle), UC_HOOK_INSN,
@@ -226,6 +410,25 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         status = _ctl_range(self._uch.value, REMOVE_CACHE_REQUEST, begin, end)
         if status:
             raise UcError(status)
+
+    def remove_cache_physical(self, begin: int, end: int) -> None:
+        """Drop translated code for the *physical* range ``[begin, end)``.
+
+        Unicorn's cache removal takes guest-virtual addresses and translates them
+        through the page tables; with paging on, a device's write to physical
+        memory would drop the wrong blocks (and the translation may fault inside
+        Unicorn).  Paging is switched off around the call so the range is taken as
+        physical; the CR0 writes flush the TLB, which the CPU refills.
+        """
+        cr0 = self.reg_read(X.UC_X86_REG_CR0)
+        if not cr0 & CR0_PG:
+            self.remove_cache(begin, end)
+            return
+        self.reg_write(X.UC_X86_REG_CR0, cr0 & ~CR0_PG)
+        try:
+            self.remove_cache(begin, end)
+        finally:
+            self.reg_write(X.UC_X86_REG_CR0, cr0)
 
     def reg_write_pair(self, first: int, first_value: int, second: int,
                        second_value: int) -> None:

@@ -19,28 +19,54 @@ alias, which then changes nothing.  The VGA window 0xA0000-0xBFFFF is plain RAM 
 unmapped addresses (above RAM, chipset MMIO such as an HPET probe) get a
 scratch page filled with 0xFF, like a floating bus; executing there is a fault.
 
-**Slices and the clock.**  The CPU runs in slices of :data:`SLICE_INSTRUCTIONS`
-instructions (Unicorn's instruction count, counted in C).  Between slices the
-machine advances the deterministic :class:`~emu.clock.VirtualClock`, lets the
-timers (PIT, RTC) raise their IRQs, polls terminal input and delivers a pending
-hardware interrupt when IF=1.  Port I/O goes straight to the devices from
-Unicorn's IN/OUT hooks; when an access makes an interrupt deliverable the slice
-is cut short so it is taken right after the current block.  No Python runs per
-instruction (unless ``--trace``).
+**Slices and the clock.**  The CPU runs in slices; between slices the machine
+lets the timers (PIT, RTC) raise their IRQs, polls terminal input and delivers
+a pending hardware interrupt when IF=1.  Port I/O goes straight to the devices
+from Unicorn's IN/OUT hooks; when an access makes an interrupt deliverable the
+slice is cut short so it is taken right after the current instruction.  While
+an IRQ waits for IF=1 slices are short, so it is taken soon after an STI.  There
+are two ways to bound a slice, as QEMU has two clocks:
+
+* *Fast* (``emu run``'s default, like QEMU without ``-icount``): no instruction
+  count, so no Python and no per-instruction callback on the hot path -- the
+  guest runs at Unicorn's JIT speed.  A slice ends by Unicorn's C-level timeout
+  (``emu_start``'s ``timeout``: a thread inside Unicorn that calls
+  ``uc_emu_stop``, so the GIL that :class:`~emu.fastuc.FastUc` keeps during
+  ``emu_start`` does not get in its way) at the next timer deadline, at most
+  :data:`SLICE_MAX_US`.  Time is :class:`~emu.clock.WallClock`: host time, so
+  PIT and RTC interrupts arrive on time and a kernel's delay calibration and
+  jiffies agree with the TSC.  Instructions are not counted (the report says
+  so) and runs are not repeatable.
+* *Deterministic* (``--icount``; implied by ``--max-instructions`` and
+  ``--trace``; the default of :class:`Machine` itself and of the pytest plugin,
+  so tests repeat exactly): a slice is :data:`SLICE_INSTRUCTIONS` instructions
+  counted by Unicorn (its ``count`` option inserts a C callback before every
+  instruction: over ten times slower than the fast mode).  The instructions a
+  slice really executed are read from Unicorn's counter
+  (:meth:`FastUc.executed`), so a slice cut short by a hook, HLT or an exception
+  is charged what ran, not the whole slice.  Time is
+  :class:`~emu.clock.VirtualClock`, derived from instructions and port accesses
+  only: same inputs, same trace, same disk.
+
+In both modes RDTSC reads the same clock (1 GHz) and HLT with nothing to do
+jumps the clock to the next timer deadline.  A CPU that ends
+:data:`STALL_SLICES` slices in a row at one address without executing anything
+has stopped advancing: the run ends with a report.
 
 **Interrupts.**  See :mod:`emu.x86`: software INTs and exceptions come in
 through ``UC_HOOK_INTR`` (#UD through the invalid-instruction hook) and are
-vectored by hand through the IVT or IDT; hardware IRQs are acknowledged at the
-PIC and vectored the same way, at slice ends, after a port access that made
-one deliverable, and before a software INT issued with IF=1 (the INT is
-re-executed after the handler's IRET).  STI's one-instruction shadow is
-respected at slice ends.
+vectored by hand through the IVT or IDT, with privilege changes through the
+TSS, the architectural error codes and the double/triple-fault rules; hardware
+IRQs are acknowledged at the PIC and vectored the same way, at slice ends,
+after a port access that made one deliverable, and before a software INT
+issued with IF=1 (the INT is re-executed after the handler's IRET).  STI's
+one-instruction shadow is respected at slice ends.  Every guest memory access
+the machine makes for the CPU (descriptor tables, stack frames, code peeks,
+fast string I/O, trace, report) goes through :func:`emu.x86.translate`.
 
 **Not modelled.**  The A20 gate (always enabled; ports 0x92 and the 8042 keep
 the bit), PAM read/write steering (see Memory), SMM, APIC/IOAPIC (hidden from
-CPUID), paging in the machine's own memory accesses (stack pushes, descriptor
-tables and fast string I/O assume identity mapping; the fast path stands aside
-when CR0.PG is set), privilege changes and task gates on interrupt delivery.
+CPUID), task gates, virtual-8086 mode and rings 1-2 (see :mod:`emu.x86`).
 
 **HLT.**  Unicorn stops at HLT with EIP past it, indistinguishable from a slice
 ending by count after any instruction whose last byte is 0xF4.  The machine
@@ -62,12 +88,14 @@ classify it; once it is known to carry no string I/O it is *plain*: one table
 lookup reaches the function serving it (the port bus's per-port handlers), with
 the access counted and kept for the stop report as the bus does.  Remaps and
 reboots forget the classification.  READ DMA lands in RAM straight from the
-image (:meth:`PhysicalMemory.ram_window`).
+image (:meth:`PhysicalMemory.ram_window`).  Device writes to RAM drop translated
+code by *physical* address (:meth:`FastUc.remove_cache_physical`).
 
 **Fast string I/O.**  A ``rep insw/insd/outsw/...`` on a
 :class:`~devices.interfaces.StringPortDevice` is moved in one step from the
 first item's hook: the rest of the burst goes through ``read_string`` /
-``write_string`` and guest memory in one block, and (E)CX and (E)DI/(E)SI are
+``write_string`` and guest memory in one block (with paging on, the part of the
+burst inside the first item's page), and (E)CX and (E)DI/(E)SI are
 set so that the CPU's own bookkeeping for the first item ends the instruction
 exactly where the slow path would.
 """
@@ -127,7 +155,7 @@ from devices.uart import COM1, COM2, Uart16550
 from disks import Image as DiskImage
 
 from . import x86
-from .clock import NS_PER_INSTRUCTION, NS_PER_PORT_ACCESS, VirtualClock
+from .clock import NS_PER_INSTRUCTION, NS_PER_PORT_ACCESS, VirtualClock, WallClock
 from .console import CharBackend, open_backend
 from .fastuc import FastUc
 from .portbus import MASKS as PORT_MASKS
@@ -137,8 +165,12 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 PAGE = 4 * KiB
-SLICE_INSTRUCTIONS = 50_000
-NEVER = (1 << 64) - 1          # an "until" address execution never reaches
+SLICE_INSTRUCTIONS = 50_000      # --icount: instructions per slice
+IRQ_WAIT_INSTRUCTIONS = 2_000    # --icount: slice while an IRQ waits for IF=1
+SLICE_MAX_US = 10_000            # fast mode: longest slice (wall time)
+SLICE_MIN_US = 50                # fast mode: shortest slice (the timer thread's grain)
+IRQ_WAIT_US = 50                 # fast mode: slice while an IRQ waits for IF=1
+STALL_SLICES = 1_000             # slices in a row that end at once at one address: stuck
 RESET_CS, RESET_IP = 0xF000, 0xFFF0
 ISA_BIOS_MAX = 128 * KiB
 BIOS_MAX = 256 * KiB
@@ -338,7 +370,7 @@ class PhysicalMemory:
         inside = max(0, min(len(data), self.ram_size - address))
         if inside:
             self.view[address:address + inside] = memoryview(data).cast("B")[:inside]
-            self.uc.remove_cache(address, address + inside)
+            self.uc.remove_cache_physical(address, address + inside)
 
     def ram_window(self, address: int, length: int) -> memoryview | None:
         """A writable view of RAM for a DMA engine; call :meth:`written` after storing."""
@@ -349,7 +381,7 @@ class PhysicalMemory:
     def written(self, address: int, length: int) -> None:
         """Stored into a :meth:`ram_window`: drop translated code for the range."""
         if length:
-            self.uc.remove_cache(address, address + length)
+            self.uc.remove_cache_physical(address, address + length)
 
     def byte(self, address: int) -> int:
         """One byte, for the machine's peeks at code (0xFF outside RAM)."""
@@ -357,7 +389,7 @@ class PhysicalMemory:
             int(self.uc.mem_read(address, 1)[0])
 
     def peek(self, address: int, length: int) -> bytes:
-        """Code bytes at a linear address (RAM or ROM)."""
+        """Bytes at a physical address (RAM or ROM)."""
         if 0 <= address and address + length <= self.ram_size:
             return bytes(self.view[address:address + length])
         return bytes(self.uc.mem_read(address, length))
@@ -367,13 +399,19 @@ class PhysicalMemory:
 class Machine:
     """A PC built from ``emu run`` options; :meth:`run` boots it until it stops."""
 
-    def __init__(self, *, bios: str | Path | bytes | None = None, memory: int | str = "64M",
+    def __init__(self, *, bios: str | Path | bytes | None = None, memory: int | str = "128M",
                  disks: Sequence[str | DiskSpec] = (), serial: str = "null",
                  debugcon: str = "null", snapshot: bool = False, timeout: float | None = None,
                  trace: str | Path | None = None, reboot: bool = False,
                  max_instructions: int | None = None,
-                 rtc_start: Any = DEFAULT_START, serial_input: bytes = b"") -> None:
+                 rtc_start: Any = DEFAULT_START, serial_input: bytes = b"",
+                 icount: bool = True) -> None:
+        """``icount``: deterministic instruction-counted mode (``emu run --icount``);
+        False runs guest code at JIT speed on wall time (``emu run``'s default)."""
         self.ram_size = parse_memory_size(memory)
+        # Deterministic, instruction-counted execution (see "Slices and the clock");
+        # an instruction budget and a trace need counted instructions.
+        self.icount = icount or max_instructions is not None or trace is not None
         self.bios = load_bios(bios)
         self.timeout = timeout
         self.reboot = reboot
@@ -392,6 +430,9 @@ class Machine:
         self.hlt_fired: int | None = None
         self.scratch_pages = 0
         self.exception_streak: tuple[tuple[int, int] | None, int] = (None, 0)
+        self.stall: tuple[int, int] = (-1, 0)      # (address, slices) ending at once there
+        self.cut_short = False                      # a hook stopped the running slice
+        self.slice_wall_s = 0.0                     # fast mode: wall time in emu_start
         self.reboot_requested: str | None = None
         self.deadline: float | None = None
         self.wall_start = 0.0
@@ -463,7 +504,7 @@ class Machine:
         return uc
 
     def _build_devices(self) -> None:
-        clock = self.clock = VirtualClock()
+        clock = self.clock = VirtualClock() if self.icount else WallClock()
         bus = self.bus = PortBus()
         pic = self.pic = PicPair()
         self.pit = Pit(clock, pic.irq_line(0))
@@ -514,6 +555,7 @@ class Machine:
         uc = self.uc
         uc.hook_port_io_raw(self._on_in, self._on_out)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_rdtsc(self._tsc)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid_instruction)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED,
@@ -568,6 +610,11 @@ class Machine:
                                EXIT_CODES[reason] if exit_code is None else exit_code)
         self.uc.emu_stop()
 
+    def _stop_slice(self) -> None:
+        """End the running slice early (from a hook), the instruction completed."""
+        self.cut_short = True
+        self.uc.emu_stop()
+
     def _on_debug_exit(self, value: int) -> None:
         self._request_stop(StopReason.DEBUG_EXIT, f"guest wrote {value:#x} to port 0xF4",
                            value & 0xFF)
@@ -575,7 +622,7 @@ class Machine:
     def _on_reset(self, why: str) -> None:
         if self.reboot:
             self.reboot_requested = why
-            self.uc.emu_stop()
+            self._stop_slice()
         else:
             self._request_stop(StopReason.RESET, why)
 
@@ -584,7 +631,7 @@ class Machine:
         """An access may have made an interrupt deliverable: cut the slice short."""
         self.pic.changed = False
         if self.pic.interrupt_pending and self.uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
-            self.uc.emu_stop()
+            self._stop_slice()
 
     def _classify_port(self, port: int, size: int) -> int:
         """First access to a port: could a ``rep ins/outs`` there take the fast path?
@@ -687,6 +734,10 @@ class Machine:
         uc.reg_write(X.UC_X86_REG_EDX, edx)
         return 1  # skip Unicorn's own CPUID
 
+    def _tsc(self) -> int:
+        """RDTSC from the machine's clock (x86.TSC_HZ): consistent with PIT and RTC."""
+        return self.clock.now_ns() * x86.TSC_HZ // 1_000_000_000
+
     def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int,
                      _: Any) -> bool:
         if self.scratch_pages >= SCRATCH_PAGES_MAX:
@@ -714,14 +765,16 @@ class Machine:
     def _on_interrupt(self, uc: Uc, vector: int, _: Any) -> None:
         try:
             self._interrupt(vector)
-        except x86.DeliveryError as error:
+        except x86.TripleFault as error:
             if self._idt_is_empty():
                 # "lidt with limit 0, then fault": the classic deliberate reset.
                 self._on_reset(f"triple fault with an empty IDT ({error})")
             else:
                 self._cpu_fault(f"triple fault: {error}")
+        except x86.DeliveryError as error:
+            self._cpu_fault(f"not modelled: {error}")
         except UcError as error:
-            self._cpu_fault(f"triple fault: interrupt {vector:#x} delivery failed ({error})")
+            self._cpu_fault(f"interrupt {vector:#x} delivery failed ({error})")
 
     def _on_invalid_instruction(self, uc: Uc, _: Any) -> bool:
         """Unicorn reports #UD here rather than as an interrupt: vector it (INT 6)."""
@@ -731,14 +784,15 @@ class Machine:
     def _interrupt(self, vector: int) -> None:
         uc = self.uc
         pc = x86.linear_pc(uc)
-        before = self.memory.peek(pc - 2, 2) if pc >= 2 else b""
+        before = self._peek_code(pc - 2, 2) if pc >= 2 else b""
         software = (before[-2:] == bytes((0xCD, vector))
                     or (vector == 3 and before[-1:] == b"\xcc")
-                    or (vector == 4 and before[-1:] == b"\xce")
-                    or (vector == 1 and before[-1:] == b"\xf1"))
+                    or (vector == 4 and before[-1:] == b"\xce"))
+        icebp = vector == 1 and before[-1:] == b"\xf1"
         if self.tracer is not None:
-            self.tracer.note(f"{'int' if software else 'exception'} {vector:#04x} at {pc:#x}")
-        if software:
+            self.tracer.note(f"{'int' if software or icebp else 'exception'} {vector:#04x} "
+                             f"at {pc:#x}")
+        if software or icebp:
             self.exception_streak = (None, 0)
             length = 2 if before[-2:] == bytes((0xCD, vector)) else 1
             if self._irq_before_software_int(pc - length):
@@ -746,9 +800,11 @@ class Machine:
                 uc.reg_write(X.UC_X86_REG_EIP, uc.reg_read(X.UC_X86_REG_EIP) - length)
                 self._deliver_irq()
                 return
-            x86.deliver_interrupt(uc, vector)
+            x86.deliver_interrupt(uc, vector, software=software)
             return
-        # A CPU exception: EIP is the faulting instruction.
+        # A CPU exception: EIP is the faulting instruction.  Unicorn's error code, and
+        # the exception in flight cleared (else the next one arrives as #DF).
+        unicorn_error_code = uc.exception_taken()
         where, count = self.exception_streak
         count = count + 1 if where == (pc, vector) else 1
         self.exception_streak = ((pc, vector), count)
@@ -756,19 +812,11 @@ class Machine:
             self._cpu_fault(f"{x86.EXCEPTION_NAMES.get(vector, vector)} repeats forever "
                             f"at {pc:#x}")
             return
-        if not x86.protected_mode(uc):
-            x86.deliver_interrupt(uc, vector)
-            return
-        error_code = 0 if vector in x86.EXCEPTIONS_WITH_ERROR_CODE else None
-        try:
-            x86.deliver_interrupt(uc, vector, error_code=error_code)
-        except x86.DeliveryError as first:
-            try:
-                x86.deliver_interrupt(uc, 8, error_code=0)  # double fault
-            except x86.DeliveryError as second:
-                raise x86.DeliveryError(
-                    f"{x86.EXCEPTION_NAMES.get(vector, hex(vector))} at {pc:#x}: {first}; "
-                    f"double fault: {second}") from None
+        error_code = unicorn_error_code
+        if error_code is None and vector == x86.Vector.PF:
+            error_code = x86.page_fault_error_code(uc, uc.reg_read(X.UC_X86_REG_CR2),
+                                                   x86.current_privilege(uc))
+        x86.deliver_exception(uc, vector, error_code)
 
     def _idt_is_empty(self) -> bool:
         return bool(self.uc.reg_read(X.UC_X86_REG_IDTR)[2] == 0)
@@ -785,8 +833,7 @@ class Machine:
         """Move a whole ``rep ins``/``rep outs`` burst; None when not applicable."""
         uc = self.uc
         cr0, eflags, cs, eip, ecx, edi, esi, es, ds = uc.reg_read_many(STRING_IO_REGISTERS)
-        if cr0 & x86.CR0_PG:
-            return None
+        paging = bool(cr0 & x86.CR0_PG)
         protected = bool(cr0 & x86.CR0_PE) and not eflags & x86.FLAG_VM
         if protected:
             code_segment = x86.segment(uc, "cs", protected)
@@ -794,7 +841,12 @@ class Machine:
         else:
             code_base, code_32 = cs << 4, False
         pc = (code_base + eip) & 0xFFFF_FFFF
-        if pc + 15 <= self.ram_size:
+        if paging:
+            paged_code = x86.peek_linear(uc, pc, 15)
+            if paged_code is None:
+                return None
+            code = paged_code
+        elif pc + 15 <= self.ram_size:
             code = bytes(self.memory.view[pc:pc + 15])
         else:
             try:
@@ -829,6 +881,24 @@ class Machine:
             base = x86.segment(uc, decoded.segment_name, protected).base
         else:
             base = (es if decoded.segment_name == "es" else ds) << 4
+        # With paging the burst stays inside the page of its first item (the CPU
+        # does the rest, and the next item's hook comes back here); ``base`` becomes
+        # the physical base of that page's mapping.
+        if paging:
+            linear = (base + index) & 0xFFFF_FFFF
+            offset = linear & (PAGE - 1)
+            if offset + size > PAGE:
+                return None
+            room = offset // size + 1 if backwards else (PAGE - offset) // size
+            count = min(count, room)
+            if count < 2:
+                return None
+            try:
+                frame = x86.translate(uc, linear - offset, write=decoded.is_input,
+                                      user=protected and cs & 3 == 3)
+            except x86.GuestFault:
+                return None  # the CPU raises the #PF itself
+            base = (base + frame - (linear - offset)) & 0xFFFF_FFFF
         lowest = index - (count - 1) * size if backwards else index
         start = (base + lowest) & 0xFFFF_FFFF
         if start + count * size > self.ram_size:
@@ -857,7 +927,7 @@ class Machine:
                     address = (base + index + size) & 0xFFFF_FFFF
                     self.memory.view[address:address + length] = \
                         memoryview(data)[size:size + length]
-                    uc.remove_cache(address, address + length)
+                    self.memory.written(address, length)
             result = int.from_bytes(data[:size], "little")
         else:
             raw = self.memory.read(start, count * size)
@@ -902,11 +972,10 @@ class Machine:
                         break
                 self.slices += 1
                 self.hlt_fired = None
-                budget = SLICE_INSTRUCTIONS
-                if self.max_instructions is not None:
-                    budget = max(1, min(budget, self.max_instructions - self.instructions))
+                self.cut_short = False
+                start_pc = uc.reg_read(X.UC_X86_REG_EIP)
                 try:
-                    uc.emu_start(uc.reg_read(X.UC_X86_REG_EIP), NEVER, 0, budget)
+                    executed = self._run_slice(start_pc)
                 except UcError as error:
                     if self._stop is None and self.reboot_requested is None:
                         self._cpu_fault(f"{error} at {x86.linear_pc(uc):#x}")
@@ -922,20 +991,95 @@ class Machine:
                 except (UcError, x86.DeliveryError):
                     pc = 0
                 halted = self._halted(pc)
-                if not halted:
-                    # A full slice ran (or a hook cut it short: charge it all the same).
-                    self.instructions += budget
-                    self.clock.advance(budget * NS_PER_INSTRUCTION)
+                if self._stalled(pc, executed, halted):
+                    self._cpu_fault(f"the CPU stopped advancing at {pc:#x} (slices end at "
+                                    "once without executing anything)")
+                    break
                 self._service_interrupts(halted, pc)
         except Exception:
             self._request_stop(StopReason.INTERNAL_ERROR, traceback.format_exc())
         return self._result()
 
+    def _run_slice(self, start: int) -> int | None:
+        """Run the CPU for one slice from EIP ``start``; the instructions it executed
+        (None in fast mode, where nothing counts them).  ``until`` is ignored (FastUc
+        runs on an empty exits list)."""
+        uc = self.uc
+        waiting_irq = self.pic.interrupt_pending  # IF was 0: come back soon to retry
+        if not self.icount:
+            timeout_us = self._slice_timeout_us(waiting_irq)
+            began = time.monotonic()
+            uc.emu_start(start, 0, timeout_us, 0)
+            self.slice_wall_s = time.monotonic() - began
+            return None
+        budget = IRQ_WAIT_INSTRUCTIONS if waiting_irq else SLICE_INSTRUCTIONS
+        if self.max_instructions is not None:
+            budget = max(1, min(budget, self.max_instructions - self.instructions))
+        clock = self.clock
+        assert isinstance(clock, VirtualClock)
+        counted = uc.counts_instructions
+        clock.in_slice = uc.executed if counted else None
+        try:
+            uc.emu_start(start, 0, 0, budget)
+        finally:
+            clock.in_slice = None
+        counter = uc.executed()
+        if not counted:
+            executed = budget  # the counter is unreadable: charge the whole slice
+        elif counter > budget or self.cut_short:
+            # Stopped at the next instruction's count hook (budget reached, or a hook
+            # asked for the stop): that instruction was counted but did not run.
+            executed = min(budget, max(0, counter - 1))
+        else:
+            executed = counter  # HLT, exception or fault: all counted ones ran
+        self.instructions += executed
+        clock.advance(executed * NS_PER_INSTRUCTION)
+        return executed
+
+    def _slice_timeout_us(self, waiting_irq: bool) -> int:
+        """Fast mode: the slice ends by wall time at the next timer deadline."""
+        if waiting_irq:
+            return IRQ_WAIT_US
+        now = self.clock.now_ns()
+        deadlines = [d for d in (t.next_deadline_ns() for t in self.timers) if d is not None]
+        if not deadlines:
+            return SLICE_MAX_US
+        return max(SLICE_MIN_US, min(SLICE_MAX_US, (min(deadlines) - now) // 1000))
+
+    def _stalled(self, pc: int, executed: int | None, halted: bool) -> bool:
+        """Has the CPU ended :data:`STALL_SLICES` slices in a row at ``pc`` at once,
+        executing nothing?  (A CPU that no longer advances would loop here forever.)"""
+        if executed is None:
+            at_once = self.slice_wall_s * 1e6 < SLICE_MIN_US / 2 and not self.cut_short
+        else:
+            at_once = executed == 0
+        if halted or not at_once:
+            self.stall = (-1, 0)
+            return False
+        where, count = self.stall
+        count = count + 1 if where == pc else 1
+        self.stall = (pc, count)
+        return count >= STALL_SLICES
+
+    def _peek_code(self, linear: int, length: int) -> bytes:
+        """Bytes at a linear address through the page tables (b"" where unmapped)."""
+        try:
+            if not self.uc.reg_read(X.UC_X86_REG_CR0) & x86.CR0_PG:
+                return self.memory.peek(linear, length)
+            return x86.peek_linear(self.uc, linear, length) or b""
+        except UcError:
+            return b""
+
+    def _code_byte(self, linear: int) -> int:
+        """The byte at a linear address (-1 where unmapped)."""
+        data = self._peek_code(linear, 1)
+        return data[0] if data else -1
+
     def _halted(self, pc: int) -> bool:
         """Did the slice end at a HLT?  (see module docstring)"""
         uc = self.uc
         try:
-            if pc == 0 or self.memory.byte(pc - 1) != HLT:
+            if pc == 0 or self._code_byte(pc - 1) != HLT:
                 return False
             site = pc - 1
             if site in self.not_hlt_sites:
@@ -959,7 +1103,7 @@ class Machine:
                 self.hlt_sites[site] = _HltSite(hook)
             if uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
                 return True
-            return pc >= 2 and self.memory.byte(pc - 2) == CLI
+            return pc >= 2 and self._code_byte(pc - 2) == CLI
         except UcError:
             return False
 
@@ -972,11 +1116,11 @@ class Machine:
             if not interrupts_on:
                 self._request_stop(StopReason.HALTED, "HLT with interrupts disabled")
                 return
-            idle_since = self.clock.ns
+            idle_since = self.clock.now_ns()
             while not self.pic.interrupt_pending:
                 deadlines = [d for d in (t.next_deadline_ns() for t in self.timers)
                              if d is not None]
-                if deadlines and self.clock.ns - idle_since > MAX_IDLE_NS:
+                if deadlines and self.clock.now_ns() - idle_since > MAX_IDLE_NS:
                     self._request_stop(StopReason.HALTED, "HLT: timers run but every "
                                        "interrupt that could wake the CPU is masked")
                     return
@@ -1018,11 +1162,13 @@ class Machine:
         vector = self.pic.acknowledge()
         if self.tracer is not None:
             self.tracer.note(f"irq vector {vector:#04x} at {x86.linear_pc(self.uc):#x} "
-                             f"time {self.clock.ns}")
+                             f"time {self.clock.now_ns()}")
         try:
             x86.deliver_interrupt(self.uc, vector)
-        except x86.DeliveryError as error:
+        except x86.TripleFault as error:
             self._cpu_fault(f"triple fault: IRQ vector {vector:#x}: {error}")
+        except x86.DeliveryError as error:
+            self._cpu_fault(f"not modelled: IRQ vector {vector:#x}: {error}")
 
     def _irq_before_software_int(self, int_address: int) -> bool:
         """Should a pending hardware interrupt be taken before this INT n?
@@ -1038,12 +1184,12 @@ class Machine:
             timer.update()
         if not self.pic.interrupt_pending:
             return False
-        return int_address < 1 or self.memory.byte(int_address - 1) != STI
+        return int_address < 1 or self._code_byte(int_address - 1) != STI
 
     def _after_sti(self, pc: int) -> bool:
         """Did the slice end right after an STI (interrupts stay blocked one instruction)?"""
         try:
-            return pc > 0 and self.memory.byte(pc - 1) == STI
+            return pc > 0 and self._code_byte(pc - 1) == STI
         except UcError:
             return False
 

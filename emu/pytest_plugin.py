@@ -229,8 +229,12 @@ def firmware_file(name: str) -> Path:
 def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu",
                 bios: str | Path | None = None, timeout: float = 60.0,
                 memory: str = "64M", readonly: bool = False,
-                extra_args: Sequence[str] = ()) -> GuestRun:
+                extra_args: Sequence[str] = (), icount: bool = True) -> GuestRun:
     """Boot ``disk_images`` under ``engine`` and wait for the end.
+
+    ``icount`` (emu only): the deterministic mode, so a test sees the same run every
+    time (the default); False runs the guest at JIT speed on wall time, as
+    ``emu run`` does by default (for long boots where timing need not repeat).
 
     Disks attach in the order primary master, primary slave, secondary master,
     secondary slave; ``None`` leaves a position empty.  The run's ``disks`` are the
@@ -246,6 +250,8 @@ def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu
         argv = [sys.executable, "-m", "emu", "run", "--memory", memory,
                 "--serial", f"file:{serial}", "--debugcon", f"file:{debugcon}",
                 "--timeout", str(timeout)]
+        if icount:
+            argv.append("--icount")
         if rom is not None:
             argv += ["--bios", str(rom)]
         for index, image in enumerate(disk_images):

@@ -1,7 +1,8 @@
 """The one-screen report printed when a run ends abnormally.
 
-Registers, segment bases, the instruction at CS:EIP disassembled with Capstone,
-and the last port accesses: enough to see where and why a guest stopped.
+Registers (control registers and CPL included), segment bases, the instruction
+at CS:EIP (read through the page tables) disassembled with Capstone, and the
+last port accesses: enough to see where and why a guest stopped.
 """
 
 from __future__ import annotations
@@ -45,8 +46,15 @@ def stop_report(machine: Machine, reason: str, detail: str) -> str:
         eip = uc.reg_read(X.UC_X86_REG_EIP)
         eflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
         cr0 = uc.reg_read(X.UC_X86_REG_CR0)
-        lines.append(f"  eip={eip:08x}  eflags={eflags:08x}  cr0={cr0:08x}  "
-                     f"mode={'protected' if cr0 & x86.CR0_PE else 'real'}")
+        cr2, cr3, cr4 = (uc.reg_read(r) for r in (X.UC_X86_REG_CR2, X.UC_X86_REG_CR3,
+                                                  X.UC_X86_REG_CR4))
+        mode = "real" if not cr0 & x86.CR0_PE else (
+            "virtual-8086" if eflags & x86.FLAG_VM else "protected")
+        if cr0 & x86.CR0_PG:
+            mode += ", paging" + (" (PAE)" if cr4 & x86.CR4_PAE else "")
+        lines.append(f"  eip={eip:08x}  eflags={eflags:08x}  cpl={x86.current_privilege(uc)}"
+                     f"  mode={mode}")
+        lines.append(f"  cr0={cr0:08x}  cr2={cr2:08x}  cr3={cr3:08x}  cr4={cr4:08x}")
         segments = []
         for name in ("cs", "ds", "es", "ss", "fs", "gs"):
             try:
@@ -57,16 +65,17 @@ def stop_report(machine: Machine, reason: str, detail: str) -> str:
         lines.append("  " + "  ".join(segments))
         _, gdt_base, gdt_limit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
         _, idt_base, idt_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
+        counted = (f"instructions={machine.instructions}" if machine.icount
+                   else "instructions not counted (fast mode; --icount counts them)")
         lines.append(f"  gdtr={gdt_base:08x}/{gdt_limit:04x}  idtr={idt_base:08x}/{idt_limit:04x}"
-                     f"  virtual time={machine.clock.now_ns()} ns"
-                     f"  instructions~{machine.instructions}")
+                     f"  time={machine.clock.now_ns()} ns  {counted}")
         code_segment = x86.segment(uc, "cs")
         pc = (code_segment.base + eip) & 0xFFFF_FFFF
-        try:
-            code = bytes(uc.mem_read(pc, 16))
+        code = x86.code_bytes(uc, 16)
+        if code is not None:
             lines += ["  at: " + line for line in disassemble(code, pc, code_segment.big)]
-        except UcError:
-            lines.append(f"  at: {pc:08x}  (unmapped)")
+        else:
+            lines.append(f"  at: {pc:08x}  (not mapped)")
     except (UcError, x86.DeliveryError) as error:
         lines.append(f"  (CPU state unreadable: {error})")
     lines.append(f"  POST code (port 0x80): {machine.post.value:#04x}")

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="IDE disk: FILE[,format=F][,bus=0|1][,unit=0|1][,readonly=on]"
                              "[,snapshot=on]; repeatable (default: the built-in demo disk)")
     parser.add_argument("--bios", metavar="ROM", help="firmware image (default: built-in BIOS)")
-    parser.add_argument("--memory", default="64M", help="RAM size (default 64M)")
+    parser.add_argument("--memory", default="128M",
+                        help="RAM size, up to 3584M (default 128M, as QEMU)")
     parser.add_argument("--serial", default="stdio", metavar="stdio|file:PATH|null",
                         help="COM1 back end (default stdio; Ctrl-A x quits)")
     parser.add_argument("--debugcon", default="null", metavar="stdio|file:PATH|null",
@@ -47,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, metavar="SEC",
                         help="stop after SEC seconds of wall time (exit 124)")
     parser.add_argument("--max-instructions", type=int, metavar="N",
-                        help="stop after about N instructions (exit 127)")
-    parser.add_argument("--trace", metavar="FILE", help="write an instruction and port trace")
+                        help="stop after N instructions (exit 127; implies --icount)")
+    parser.add_argument("--trace", metavar="FILE",
+                        help="write an instruction and port trace (implies --icount)")
+    parser.add_argument("--icount", action="store_true",
+                        help="deterministic mode: count instructions and derive time from "
+                             "them (same inputs, same run; about 15x slower guest code)")
     parser.add_argument("--reboot", action="store_true",
                         help="on guest reset or triple fault, restart instead of exiting")
     return parser
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             machine = Machine(bios=args.bios, memory=args.memory, disks=disks,
                               serial=args.serial, debugcon=args.debugcon,
                               snapshot=args.snapshot, timeout=args.timeout, trace=args.trace,
-                              reboot=args.reboot, max_instructions=args.max_instructions)
+                              reboot=args.reboot, max_instructions=args.max_instructions,
+                              icount=args.icount)
         except (MachineConfigError, ChardevError) as error:
             print(f"emu run: {error}", file=sys.stderr)
             return SETUP_ERROR

@@ -22,7 +22,7 @@ class Tracer:
         self.engines = {False: Cs(CS_ARCH_X86, CS_MODE_16), True: Cs(CS_ARCH_X86, CS_MODE_32)}
 
     def on_instruction(self, uc: Any, address: int, size: int, _: Any) -> None:
-        code = bytes(uc.mem_read(address, size))
+        code = x86.peek_linear(uc, address, size) or b""
         bits32 = x86.code_is_32bit(uc)
         text = "(undecodable)"
         for instruction in self.engines[bits32].disasm(code, address, 1):

@@ -344,12 +344,13 @@ ud_handler:
     assert result.exit_code == 6
 
 
-def test_cpuid_hides_tsc_and_is_fixed(tmp_path: Path) -> None:
+def test_cpuid_shows_tsc_without_apic_and_rdtsc_follows_the_virtual_clock(
+        tmp_path: Path) -> None:
     body = STACK_SETUP + """
     mov eax, 1
     cpuid
     test edx, 0x10        ; TSC
-    jnz .bad
+    jz .bad
     test edx, 0x200       ; APIC
     jnz .bad
     test edx, 0x1         ; FPU
@@ -358,13 +359,32 @@ def test_cpuid_hides_tsc_and_is_fixed(tmp_path: Path) -> None:
     cpuid
     cmp ebx, 0x756E6547   ; "Genu"
     jne .bad
+    rdtsc
+    mov esi, eax
+    mov ecx, 1000
+.spin:
+    loop .spin
+    rdtsc
+    sub eax, esi          ; nanoseconds of virtual time for the loop
+    mov dx, 0xE9
+    mov cx, 4
+.digits:                  ; the difference as 4 bytes, low first
+    out dx, al
+    shr eax, 8
+    loop .digits
     mov al, 0
     out 0xF4, al
 .bad:
     mov al, 1
     out 0xF4, al
 """
-    assert run_machine(bios=build_rom(tmp_path, body), timeout=60).exit_code == 0
+    rom = build_rom(tmp_path, body)
+    results = [run_machine(bios=rom, timeout=60) for _ in range(2)]
+    assert results[0].exit_code == 0
+    elapsed = int.from_bytes(results[0].debugcon, "little")
+    # mov, mov, 1000 LOOPs, rdtsc at 10 ns each (1 GHz TSC): the virtual clock, exactly.
+    assert elapsed == (2 + 1000 + 1) * 10
+    assert results[1].debugcon == results[0].debugcon
 
 
 def test_same_inputs_same_trace(tmp_path: Path) -> None:
@@ -471,7 +491,7 @@ def test_halt_with_every_interrupt_masked_stops(tmp_path: Path) -> None:
 
 def test_pending_irq_is_taken_before_a_software_int_when_if_is_set(tmp_path: Path) -> None:
     body = STACK_SETUP + HOOK_INT21_AND_TICK + PIC_AT_BIOS_VECTORS + PIT_10MS + """
-    mov ecx, 1000000          ; spin with IF=0 past the first PIT period (~20 ms)
+    mov ecx, 700000           ; spin with IF=0 past the first PIT period (~14 ms)
 .spin:
     dec ecx
     jnz .spin
