@@ -26,10 +26,13 @@ from linux_guest import (
     DISK_SIZE,
     DRIVES,
     PASS_MARKER,
+    Cpio,
     Outcome,
     boot_disks,
     build_raw_set,
     expected_contents,
+    kernel,
+    module_depends,
 )
 
 from emu.pytest_plugin import DISK_FORMATS, DiskImage, GuestRun, need_tool, run_machine
@@ -37,7 +40,7 @@ from emu.pytest_plugin import DISK_FORMATS, DiskImage, GuestRun, need_tool, run_
 MEMORY = "128M"
 # Wall-time limit of one boot.  QEMU passes in ~10 s; the limit bounds a stuck or slow
 # emu run so the suite stays inside CI's budget (override with EMU_LINUX_TIMEOUT).
-EMU_TIMEOUT = float(os.environ.get("EMU_LINUX_TIMEOUT", "300"))
+EMU_TIMEOUT = float(os.environ.get("EMU_LINUX_TIMEOUT", "240"))
 QEMU_TIMEOUT = 120.0
 # qemu-img check supports these formats (raw and vpc have nothing to check).
 CHECKABLE = {"vdi", "vmdk", "vhdx"}
@@ -130,6 +133,45 @@ def qemu_img_contents(image: DiskImage, folder: Path) -> bytes:
     data = target.read_bytes()
     assert len(data) >= DISK_SIZE, f"{image.path}: qemu-img reads {len(data)} bytes"
     return data[:DISK_SIZE]
+
+
+def test_cpio_reads_the_initramfs_writer(tmp_path: Path) -> None:
+    """GNU cpio (the oracle) lists and extracts what Cpio writes: names, types, sizes,
+    modes, device numbers and contents."""
+    archive = Cpio()
+    archive.directory("bin")
+    archive.file("bin/tool", b"#!/bin/sh\necho odd-sized\n", 0o755)
+    archive.file("empty", b"")
+    archive.symlink("bin/sh", "tool")
+    archive.char_device("console", 5, 1)
+    (tmp_path / "initrd.cpio").write_bytes(archive.bytes())
+    cpio = need_tool("cpio")
+    listing = subprocess.run([cpio, "-itv", "--quiet", "-F", "initrd.cpio"], cwd=tmp_path,
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    fields = [line.split() for line in listing]
+    assert [(f[0], f[-1]) for f in fields] == [
+        ("drwxr-xr-x", "bin"), ("-rwxr-xr-x", "bin/tool"), ("-rw-r--r--", "empty"),
+        ("lrwxrwxrwx", "tool"), ("crw-------", "console")]
+    assert fields[3][-3:] == ["bin/sh", "->", "tool"]
+    assert fields[4][4:6] == ["5,", "1"]
+    extract = tmp_path / "tree"
+    extract.mkdir()
+    subprocess.run([cpio, "-id", "--quiet", "--no-absolute-filenames", "-F",
+                    str(tmp_path / "initrd.cpio"), "bin/tool", "bin/sh", "empty"],
+                   cwd=extract, check=True, capture_output=True)
+    assert (extract / "bin/tool").read_bytes() == b"#!/bin/sh\necho odd-sized\n"
+    assert (extract / "empty").read_bytes() == b""
+    assert os.readlink(extract / "bin/sh") == "tool"
+
+
+@pytest.mark.parametrize("flavour", ["686", "686-pae"])
+def test_modules_load_after_their_dependencies(flavour: str) -> None:
+    """The initramfs loads each module after every module its modinfo depends on."""
+    debian = kernel(flavour)
+    order = debian.module_order()
+    for position, name in enumerate(order):
+        assert set(module_depends(debian.modules / f"{name}.ko")) <= set(order[:position]), name
+    assert {"libata", "scsi_mod", "ata_piix", "sd_mod"} <= set(order)
 
 
 GUESTS = sorted({(boot.flavour, boot.mode) for boot in EMU_BOOTS})
