@@ -34,6 +34,16 @@ fields are found once per process in the saved CPU context
 engine); :meth:`FastUc.exception_taken` reads the error code and clears the
 exception in flight (context save, patch, restore) after the machine has
 delivered an exception itself.
+
+**A stop timer without a thread per slice.**  ``emu_start``'s own ``timeout``
+starts (and joins) a thread per call that polls every 2 us.  For slices that
+often end early that costs more than the slice; :meth:`FastUc.run_for` instead
+arms one POSIX timer (``timer_create`` with ``SIGEV_THREAD``, created once)
+whose expiry calls ``uc_emu_stop(uc)`` directly from glibc's notification
+thread -- the same call Unicorn's own timeout thread makes -- and disarms it when
+the slice returns.  A timer firing between slices only sets a stop request that
+the next ``emu_start`` clears.  Where ``timer_create`` is unavailable the
+binding's timeout is used.
 """
 
 from __future__ import annotations
@@ -212,6 +222,59 @@ def _context_address(context: Any) -> int:
     return int(getattr(pointer, "value", pointer) or 0)
 
 
+SIGEV_THREAD = 2
+CLOCK_MONOTONIC = 1
+
+
+class _SigEvent(ctypes.Structure):
+    """struct sigevent (glibc, 64 bytes) for SIGEV_THREAD."""
+
+    _fields_ = (("value", ctypes.c_void_p), ("signo", ctypes.c_int), ("notify", ctypes.c_int),
+                ("function", ctypes.c_void_p), ("attributes", ctypes.c_void_p),
+                ("_pad", ctypes.c_byte * 32))
+
+
+class _TimeSpec(ctypes.Structure):
+    _fields_ = (("sec", ctypes.c_long), ("nsec", ctypes.c_long))
+
+
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = (("interval", _TimeSpec), ("value", _TimeSpec))
+
+
+class _StopTimer:
+    """A POSIX timer that calls ``uc_emu_stop(handle)`` when it expires."""
+
+    def __init__(self, handle: int) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._create = libc.timer_create
+        self._settime = libc.timer_settime
+        self._delete = libc.timer_delete
+        self._timer = ctypes.c_void_p()
+        event = _SigEvent()
+        event.value = handle
+        event.notify = SIGEV_THREAD
+        event.function = ctypes.cast(_uclib.uc_emu_stop, ctypes.c_void_p).value
+        if self._create(CLOCK_MONOTONIC, ctypes.byref(event), ctypes.byref(self._timer)):
+            raise OSError(ctypes.get_errno(), "timer_create")
+        self._spec = _ITimerSpec()
+        self._spec_ref = ctypes.byref(self._spec)
+
+    def arm(self, microseconds: int) -> None:
+        self._spec.value.sec, self._spec.value.nsec = divmod(max(1, microseconds) * 1000,
+                                                             1_000_000_000)
+        self._settime(self._timer, 0, self._spec_ref, None)
+
+    def disarm(self) -> None:
+        self._spec.value.sec = self._spec.value.nsec = 0
+        self._settime(self._timer, 0, self._spec_ref, None)
+
+    def close(self) -> None:
+        if self._timer.value is not None:
+            self._delete(self._timer)
+            self._timer = ctypes.c_void_p()
+
+
 class FastUc(_Base):  # type: ignore[misc,valid-type]
     def __new__(cls, arch: int, mode: int) -> FastUc:
         # Uc.__new__ would pick the binding's own x86 class; keep this one.
@@ -230,6 +293,12 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
         self._table_ref = ctypes.byref(self._table)
         self.ctl_exits_enabled(True)  # "until" ignored: see the module docstring
         self._context: Any = None
+        self._stop_timer: _StopTimer | None = None
+        if self._fast:
+            try:
+                self._stop_timer = _StopTimer(int(self._uch.value or 0))
+            except (OSError, AttributeError):
+                self._stop_timer = None
         self._context_offsets = context_offsets()
         offset = counter_offset()
         self._counter = None if offset is None else ctypes.c_uint64.from_address(
@@ -272,6 +341,25 @@ class FastUc(_Base):  # type: ignore[misc,valid-type]
             raise UcError(status)
         if self._hook_exception is not None:
             raise self._hook_exception
+
+    def run_for(self, begin: int, microseconds: int) -> None:
+        """Run from ``begin`` until stopped, or for about ``microseconds`` of wall time
+        (see "A stop timer" in the module docstring); no instruction count."""
+        timer = self._stop_timer
+        if timer is None:
+            self.emu_start(begin, 0, microseconds, 0)
+            return
+        timer.arm(microseconds)
+        try:
+            self.emu_start(begin, 0, 0, 0)
+        finally:
+            timer.disarm()
+
+    def close_timer(self) -> None:
+        if self._stop_timer is not None:
+            self._stop_timer.disarm()
+            self._stop_timer.close()
+            self._stop_timer = None
 
     def reg_read(self, reg_id: int, aux: Any = None) -> Any:
         if not self._fast or aux is not None or reg_id not in FAST_REGISTERS:

@@ -27,7 +27,7 @@ slice is cut short so it is taken right after the current instruction.  While
 an IRQ waits for IF=1 slices are short, so it is taken soon after an STI.  There
 are two ways to bound a slice, as QEMU has two clocks:
 
-* *Fast* (``emu run``'s default, like QEMU without ``-icount``): no instruction
+* *Fast* (``emu run --fast``, like QEMU without ``-icount``): no instruction
   count, so no Python and no per-instruction callback on the hot path -- the
   guest runs at Unicorn's JIT speed.  A slice ends by Unicorn's C-level timeout
   (``emu_start``'s ``timeout``: a thread inside Unicorn that calls
@@ -36,10 +36,15 @@ are two ways to bound a slice, as QEMU has two clocks:
   :data:`SLICE_MAX_US`.  Time is :class:`~emu.clock.WallClock`: host time, so
   PIT and RTC interrupts arrive on time and a kernel's delay calibration and
   jiffies agree with the TSC.  Instructions are not counted (the report says
-  so) and runs are not repeatable.
-* *Deterministic* (``--icount``; implied by ``--max-instructions`` and
-  ``--trace``; the default of :class:`Machine` itself and of the pytest plugin,
-  so tests repeat exactly): a slice is :data:`SLICE_INSTRUCTIONS` instructions
+  so) and runs are not repeatable.  **Known defect, so not the default:** with
+  slices ended asynchronously (this timer, or Unicorn's own ``timeout``, both call
+  ``uc_emu_stop`` from another thread) some guests see corrupted state -- the
+  BIOS random-read test (tests/test_bios_disks.py) fails with 50 us slices and
+  passes with slices no timer ends, and SYSLINUX sometimes reports "Load error".
+  The cause inside Unicorn is not found yet.
+* *Deterministic* (the default of ``emu run``, of :class:`Machine` and of the
+  pytest plugin, so tests repeat exactly; ``--max-instructions`` and ``--trace``
+  require it): a slice is :data:`SLICE_INSTRUCTIONS` instructions
   counted by Unicorn (its ``count`` option inserts a C callback before every
   instruction: over ten times slower than the fast mode).  The instructions a
   slice really executed are read from Unicorn's counter
@@ -76,7 +81,12 @@ HLT.  The first time an address is seen a stop with IF=1 is taken as HLT (a
 harmless idle skip if wrong) and one with IF=0 as HLT only in the ``cli; hlt``
 idiom; later stops there are exact.  An address whose hook stays silent through a
 few such stops is proven a tail byte and unwatched (every code hook costs a check
-per executed instruction; at most :data:`MAX_HLT_SITES` are watched).  A HLT
+per executed instruction; at most :data:`MAX_HLT_SITES` are watched).  That is
+``--icount`` only.  In fast mode any ``UC_HOOK_CODE`` makes Unicorn stop
+restoring EIP at the exits and port hooks of translated blocks (it assumes the
+code hooks keep it current), so there a stop is a HLT when the slice returned
+well before its timer, no hook stopped it and the byte before EIP is 0xF4 (with
+IF=0: in the ``cli; hlt`` idiom or the second such stop in a row).  A HLT
 with IF=1 waits: the clock jumps to the next timer deadline and the interrupt is
 delivered (when the serial port is an interactive terminal the wait is paced to
 wall time instead, so a boot menu's countdown leaves time to press a key).  With
@@ -97,7 +107,9 @@ first item's hook: the rest of the burst goes through ``read_string`` /
 ``write_string`` and guest memory in one block (with paging on, the part of the
 burst inside the first item's page), and (E)CX and (E)DI/(E)SI are
 set so that the CPU's own bookkeeping for the first item ends the instruction
-exactly where the slow path would.
+exactly where the slow path would.  The hook reads the instruction at CS:EIP:
+Unicorn restores EIP from the translated block before an IN/OUT hook -- except
+when any ``UC_HOOK_CODE`` exists, which is why fast mode never installs one.
 """
 
 from __future__ import annotations
@@ -184,6 +196,9 @@ IDE_CHANNELS = ((0x1F0, 0x3F6, 14), (0x170, 0x376, 15))
 CLI = 0xFA
 HLT = 0xF4
 STI = 0xFB
+POP_SS = 0x17
+MOV_SREG = 0x8E               # mov Sreg, r/m16
+MODRM_REG_SS = 0x10           # ModRM reg field 2 = SS
 INPUT_WAIT_S = 0.05
 MAX_IDLE_NS = 60 * 1_000_000_000  # a virtual minute halted while timers fire into masks
 UD_VECTOR = 6
@@ -433,6 +448,8 @@ class Machine:
         self.stall: tuple[int, int] = (-1, 0)      # (address, slices) ending at once there
         self.cut_short = False                      # a hook stopped the running slice
         self.slice_wall_s = 0.0                     # fast mode: wall time in emu_start
+        self.slice_timeout_us = 0                   # fast mode: the slice's timer
+        self.last_hlt_stop = -1                     # fast mode: last HLT stop with IF=0
         self.reboot_requested: str | None = None
         self.deadline: float | None = None
         self.wall_start = 0.0
@@ -763,6 +780,11 @@ class Machine:
         self.hlt_fired = address
 
     def _on_interrupt(self, uc: Uc, vector: int, _: Any) -> None:
+        if not self.icount:
+            # The delivery writes EIP.  Unicorn then believes the user keeps EIP in sync
+            # until the run ends, and a later stop in the same run would leave EIP at
+            # the start of the translated block it stopped in: end the slice here.
+            self._stop_slice()
         try:
             self._interrupt(vector)
         except x86.TripleFault as error:
@@ -904,6 +926,7 @@ class Machine:
         if start + count * size > self.ram_size:
             return None
         step = -size if backwards else size
+        by_cpu = 1  # the CPU stores item 1, the hook's return value, itself
         if decoded.is_input:
             data = device.read_string(port, size, count)
             moved = len(data) // size
@@ -914,19 +937,18 @@ class Machine:
             bus.recent.append(("ins", port, size, moved))
             if bus.tracer is not None:
                 bus.tracer("ins", port, size, moved)
-            if moved > 1:
-                # Items 2..moved go straight into RAM (the range was checked above); the
-                # CPU stores item 1, the hook's return value, itself.
-                length = (moved - 1) * size
+            if moved > by_cpu:
+                # The items the CPU does not store go straight into RAM (the range was
+                # checked above).
+                length = (moved - by_cpu) * size
+                rest = data[by_cpu * size:moved * size]
                 if backwards:
-                    rest = data[size:size + length]
                     items = [rest[i:i + size] for i in range(0, length, size)]
-                    self.memory.write((base + index - length) & 0xFFFF_FFFF,
+                    self.memory.write((base + index - (moved - 1) * size) & 0xFFFF_FFFF,
                                       b"".join(reversed(items)))
                 else:
-                    address = (base + index + size) & 0xFFFF_FFFF
-                    self.memory.view[address:address + length] = \
-                        memoryview(data)[size:size + length]
+                    address = (base + index + by_cpu * size) & 0xFFFF_FFFF
+                    self.memory.view[address:address + length] = memoryview(rest)
                     self.memory.written(address, length)
             result = int.from_bytes(data[:size], "little")
         else:
@@ -940,7 +962,7 @@ class Machine:
                 return None
             self._record_string_io("outs", port, size, moved)
             result = out_value if out_value is not None else 0
-        skipped = moved - 1
+        skipped = moved - by_cpu
         if skipped:
             uc.reg_write_pair(index_register,
                               (full_index & ~mask) | ((index + skipped * step) & mask),
@@ -1007,9 +1029,9 @@ class Machine:
         uc = self.uc
         waiting_irq = self.pic.interrupt_pending  # IF was 0: come back soon to retry
         if not self.icount:
-            timeout_us = self._slice_timeout_us(waiting_irq)
+            timeout_us = self.slice_timeout_us = self._slice_timeout_us(waiting_irq)
             began = time.monotonic()
-            uc.emu_start(start, 0, timeout_us, 0)
+            uc.run_for(start, timeout_us)
             self.slice_wall_s = time.monotonic() - began
             return None
         budget = IRQ_WAIT_INSTRUCTIONS if waiting_irq else SLICE_INSTRUCTIONS
@@ -1078,6 +1100,8 @@ class Machine:
     def _halted(self, pc: int) -> bool:
         """Did the slice end at a HLT?  (see module docstring)"""
         uc = self.uc
+        if not self.icount:
+            return self._halted_fast(pc)
         try:
             if pc == 0 or self._code_byte(pc - 1) != HLT:
                 return False
@@ -1106,6 +1130,19 @@ class Machine:
             return pc >= 2 and self._code_byte(pc - 2) == CLI
         except UcError:
             return False
+
+    def _halted_fast(self, pc: int) -> bool:
+        """Fast mode has no code hooks (see "HLT"): a slice that returned before its
+        timer, not stopped by a hook, right after a 0xF4 byte stopped at a HLT."""
+        if self.cut_short or self.slice_wall_s * 1e6 >= self.slice_timeout_us * 0.9:
+            return False
+        if pc == 0 or self._code_byte(pc - 1) != HLT:
+            return False
+        if self.uc.reg_read(X.UC_X86_REG_EFLAGS) & x86.FLAG_IF:
+            return True
+        # IF=0: the "cli; hlt" idiom, or the same stop twice in a row.
+        repeated, self.last_hlt_stop = self.last_hlt_stop == pc, pc
+        return repeated or (pc >= 2 and self._code_byte(pc - 2) == CLI)
 
     def _service_interrupts(self, halted: bool, pc: int) -> None:
         uc = self.uc
@@ -1187,11 +1224,18 @@ class Machine:
         return int_address < 1 or self._code_byte(int_address - 1) != STI
 
     def _after_sti(self, pc: int) -> bool:
-        """Did the slice end right after an STI (interrupts stay blocked one instruction)?"""
+        """Did the slice end in an interrupt shadow: right after STI, MOV SS or POP SS
+        (interrupts stay blocked for one instruction, so that ``mov ss; mov sp``
+        is never split by one)?"""
         try:
-            return pc > 0 and self._code_byte(pc - 1) == STI
+            before = self._peek_code(pc - 2, 2) if pc >= 2 else b""
         except UcError:
             return False
+        if len(before) < 2:
+            return False
+        mov_ss = before[0] == MOV_SREG and (before[1] & 0x38) == MODRM_REG_SS \
+            and before[1] >= 0xC0
+        return before[1] in (STI, POP_SS) or mov_ss
 
     def _timed_out(self) -> bool:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -1226,6 +1270,9 @@ class Machine:
                          self.instructions, report)
 
     def close(self) -> None:
+        uc = getattr(self, "uc", None)
+        if uc is not None:
+            uc.close_timer()
         for _, _, image in getattr(self, "images", []):
             try:
                 image.close()

@@ -233,8 +233,8 @@ def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu
     """Boot ``disk_images`` under ``engine`` and wait for the end.
 
     ``icount`` (emu only): the deterministic mode, so a test sees the same run every
-    time (the default); False runs the guest at JIT speed on wall time, as
-    ``emu run`` does by default (for long boots where timing need not repeat).
+    time (the default); False passes ``--fast`` (JIT speed on wall time, experimental:
+    see emu.machine's theory of operation).
 
     Disks attach in the order primary master, primary slave, secondary master,
     secondary slave; ``None`` leaves a position empty.  The run's ``disks`` are the
@@ -250,8 +250,7 @@ def run_machine(folder: Path, *disk_images: DiskImage | None, engine: str = "emu
         argv = [sys.executable, "-m", "emu", "run", "--memory", memory,
                 "--serial", f"file:{serial}", "--debugcon", f"file:{debugcon}",
                 "--timeout", str(timeout)]
-        if icount:
-            argv.append("--icount")
+        argv.append("--icount" if icount else "--fast")
         if rom is not None:
             argv += ["--bios", str(rom)]
         for index, image in enumerate(disk_images):

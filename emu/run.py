@@ -52,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trace", metavar="FILE",
                         help="write an instruction and port trace (implies --icount)")
     parser.add_argument("--icount", action="store_true",
-                        help="deterministic mode: count instructions and derive time from "
-                             "them (same inputs, same run; about 15x slower guest code)")
+                        help="deterministic mode (the default): count instructions and "
+                             "derive time from them; same inputs, same run")
+    parser.add_argument("--fast", action="store_true",
+                        help="EXPERIMENTAL: guest code at JIT speed on wall time, like QEMU "
+                             "without -icount (about 10x faster, not repeatable; known to "
+                             "corrupt some guests' disk reads, see emu.machine)")
     parser.add_argument("--reboot", action="store_true",
                         help="on guest reset or triple fault, restart instead of exiting")
     return parser
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                               serial=args.serial, debugcon=args.debugcon,
                               snapshot=args.snapshot, timeout=args.timeout, trace=args.trace,
                               reboot=args.reboot, max_instructions=args.max_instructions,
-                              icount=args.icount)
+                              icount=args.icount or not args.fast)
         except (MachineConfigError, ChardevError) as error:
             print(f"emu run: {error}", file=sys.stderr)
             return SETUP_ERROR

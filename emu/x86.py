@@ -650,26 +650,34 @@ class StringIo:
     is_input: bool
     address_32: bool
     segment_name: str  # es for ins; ds or the override for outs
+    item_size: int = 0  # bytes per item (1, 2 or 4)
+    length: int = 0     # bytes of the instruction, prefixes included
 
 
 def decode_rep_string_io(code: bytes, code_32: bool) -> StringIo | None:
     """Decode prefixes + opcode; None unless it is a REP INS/OUTS."""
     rep = False
     address_32 = code_32
+    operand_32 = code_32
     segment_name = "ds"
-    for byte in code:
+    for position, byte in enumerate(code):
         if byte in PREFIX_REP:
             rep = True
         elif byte == PREFIX_ADDRESS_SIZE:
             address_32 = not code_32
+        elif byte == PREFIX_OPERAND_SIZE:
+            operand_32 = not code_32
         elif byte in SEGMENT_OVERRIDES:
             segment_name = SEGMENT_OVERRIDES[byte]
-        elif byte == PREFIX_OPERAND_SIZE or byte in OTHER_PREFIXES:
+        elif byte in OTHER_PREFIXES:
             continue
-        elif byte in OPCODES_INS:
-            return StringIo(True, address_32, "es") if rep else None
-        elif byte in OPCODES_OUTS:
-            return StringIo(False, address_32, segment_name) if rep else None
+        elif byte in OPCODES_INS or byte in OPCODES_OUTS:
+            if not rep:
+                return None
+            size = 1 if byte in (OPCODES_INS[0], OPCODES_OUTS[0]) else (4 if operand_32 else 2)
+            if byte in OPCODES_INS:
+                return StringIo(True, address_32, "es", size, position + 1)
+            return StringIo(False, address_32, segment_name, size, position + 1)
         else:
             return None
     return None
