@@ -191,7 +191,7 @@ def test_qemu_passes_the_linux_guest(raw_set, qemu_reference, flavour: str, mode
 def test_linux_ata_piix_on_emu(raw_set, qemu_reference, boot: Boot, tmp_path: Path) -> None:
     images = boot_disks(raw_set(boot.flavour, boot.mode), boot.variant, tmp_path / "disks")
     run = run_machine(tmp_path / "machines", *images, bios=boot.bios, memory=MEMORY,
-                      timeout=EMU_TIMEOUT, icount=False)
+                      timeout=EMU_TIMEOUT)
     assert_linux_passed(run)
     if boot.variant in CHECKABLE:
         for image in images:
