@@ -41,7 +41,7 @@ MEMORY = "128M"
 # Wall-time limit of one boot.  QEMU passes in ~10 s; the limit bounds a stuck or slow
 # emu run so the suite stays inside CI's budget (override with EMU_LINUX_TIMEOUT).
 EMU_TIMEOUT = float(os.environ.get("EMU_LINUX_TIMEOUT", "240"))
-QEMU_TIMEOUT = 120.0
+QEMU_TIMEOUT = 300.0
 # qemu-img check supports these formats (raw and vpc have nothing to check).
 CHECKABLE = {"vdi", "vmdk", "vhdx"}
 
