@@ -72,6 +72,9 @@ def options_for(argv: list[str], monkeypatch: pytest.MonkeyPatch,
     (["--reboot"], {"reboot": True}),
     (["--reboot", "-no-reboot"], {"reboot": False}),
     (["--io-log", "io.jsonl"], {"io_log": "io.jsonl"}),
+    (["-cdrom", "cd.iso", "-boot", "d"], {"cdrom": "cd.iso", "boot": "d"}),
+    (["-drive", "file=cd.iso,media=cdrom,index=2"],
+     {"disks": ["cd.iso,media=cdrom,bus=1,unit=0"]}),
 ])
 def test_qemu_spellings(argv: list[str], expected: dict[str, Any],
                         monkeypatch: pytest.MonkeyPatch) -> None:
